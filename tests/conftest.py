@@ -1,0 +1,41 @@
+"""Shared fixtures: where the real test videos are, the cuda marker, hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+VIDEOS = pathlib.Path(os.environ.get("RINGLOAD_TEST_VIDEOS", REPO.parent / "shared" / "videos"))
+
+# CI must be deterministic: no deadlines (a shared 2-core machine is noisy), derandomised.
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", deadline=None, max_examples=100)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_runtest_setup(item):
+    if "cuda" in item.keywords and not _has_cuda():
+        if os.environ.get("RINGLOAD_REQUIRE_CUDA") == "1":
+            pytest.fail("RINGLOAD_REQUIRE_CUDA=1 but torch.cuda.is_available() is False")
+        pytest.skip("needs a CUDA GPU (set RINGLOAD_REQUIRE_CUDA=1 to make this a failure)")
+
+
+@pytest.fixture(scope="session")
+def videos_dir() -> pathlib.Path:
+    if not VIDEOS.is_dir():
+        pytest.fail(f"test videos not found at {VIDEOS}; set RINGLOAD_TEST_VIDEOS")
+    return VIDEOS
