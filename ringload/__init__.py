@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import (
@@ -21,6 +22,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
+# Public names that live in heavier modules are imported on first use, so that
+# `import ringload` (in a decoder process, or for the CLI) stays cheap.
+_LAZY = {
+    # "name": "module",  one line per public name, grouped by module
+}
+
 __all__ = sorted(
     [
         "ConfigError",
@@ -32,5 +39,19 @@ __all__ = sorted(
         "VideoError",
         "VideoOpenError",
         "WorkerError",
+        *_LAZY,
     ]
 )
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ringload' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
