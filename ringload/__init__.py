@@ -29,6 +29,10 @@ _LAZY = {
     "Plan": ".plan",
     "plan_epoch": ".plan",
     "segment_indices": ".plan",
+    "VideoInfo": ".probe",
+    "probe": ".probe",
+    "Frames": ".read",
+    "read_frames": ".read",
 }
 
 __all__ = sorted(
