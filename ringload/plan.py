@@ -489,8 +489,6 @@ class Plan:
         return self.config.batch_size if k < self.num_batches - 1 else self._last
 
     def _batch(self, k: int):
-        if self._cache[0] == k:
-            return self._cache[1], self._cache[2]
         cfg = self.config
         n = self.num_batches
         if not isinstance(k, numbers.Integral) or isinstance(k, bool):
@@ -500,6 +498,10 @@ class Plan:
             k += n
         if not 0 <= k < n:
             raise IndexError(f"batch {k} out of range: the plan has {n} batches")
+        # plan[k] and plan.chunks(k) come in pairs; one tuple read keeps this thread-safe.
+        cache = self._cache
+        if cache[0] == k:
+            return cache[1], cache[2]
         b = self.batch_len(k)
         slots = np.arange(b, dtype=np.int64)
         if cfg.mode == "sequential":
