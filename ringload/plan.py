@@ -67,10 +67,9 @@ _PRIMES = np.array([4099, 4111, 4127, 4129, 4133, 4139, 4153, 4157, 4159, 4177, 
 _EXPLICIT_MAX = 1 << 20
 # Six rounds: Luby-Rackoff needs four for a pseudo-random permutation; two spare.
 _FEISTEL_ROUNDS = 6
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
-_SH27, _SH30, _SH31 = np.uint64(27), np.uint64(30), np.uint64(31)
+_SH29 = np.uint64(29)
 _M64 = (1 << 64) - 1
 
 # Stream tags: independent random choices of one (seed, epoch) must not share numbers.
@@ -126,40 +125,43 @@ class _Perm:
             # Round r splits its input into (hi, lo) with hi of width[r] bits; widths
             # alternate, and an even number of rounds ends where it started.
             self._width = [bits // 2 if r % 2 == 0 else self._lo_bits for r in range(_FEISTEL_ROUNDS)]
-            self._masks = [np.uint64((1 << w) - 1) for w in self._width]
             self._keys = [_u64(_derive(key, _S_ROUNDS, r)) for r in range(_FEISTEL_ROUNDS)]
 
     @staticmethod
-    def _round(x: np.ndarray, k: np.uint64, mask: np.uint64) -> np.ndarray:
-        # splitmix64 of (x ^ k), in place: the Feistel rounds dominate plan construction.
+    def _round(x: np.ndarray, k: np.uint64, width: int) -> np.ndarray:
+        # Multiply-xorshift-multiply of (x ^ k), keeping the top `width` bits (the best
+        # mixed ones). In place: the Feistel rounds dominate plan construction.
+        if width == 0:
+            return np.zeros_like(x)
         z = x ^ k
-        t = z >> _SH30
         with np.errstate(over="ignore"):
-            z += _GOLDEN
-            np.right_shift(z, _SH30, out=t)
-            z ^= t
             z *= _MUL1
-            np.right_shift(z, _SH27, out=t)
-            z ^= t
+            z ^= z >> _SH29
             z *= _MUL2
-        np.right_shift(z, _SH31, out=t)
-        z ^= t
-        z &= mask
+        z >>= np.uint64(64 - width)
         return z
 
     def _enc(self, x: np.ndarray) -> np.ndarray:
         lo_bits = np.uint64(self._lo_bits)
         hi, lo = x >> lo_bits, x & np.uint64((1 << self._lo_bits) - 1)
-        for k, mask in zip(self._keys, self._masks):
-            hi, lo = lo, hi ^ self._round(lo, k, mask)
-        return (hi << lo_bits) | lo
+        for k, w in zip(self._keys, self._width):
+            f = self._round(lo, k, w)
+            f ^= hi
+            hi, lo = lo, f
+        hi <<= lo_bits
+        hi |= lo
+        return hi
 
     def _dec(self, x: np.ndarray) -> np.ndarray:
         lo_bits = np.uint64(self._lo_bits)
         hi, lo = x >> lo_bits, x & np.uint64((1 << self._lo_bits) - 1)
-        for k, mask in zip(reversed(self._keys), reversed(self._masks)):
-            hi, lo = lo ^ self._round(hi, k, mask), hi
-        return (hi << lo_bits) | lo
+        for k, w in zip(reversed(self._keys), reversed(self._width)):
+            f = self._round(hi, k, w)
+            f ^= lo
+            hi, lo = f, hi
+        hi <<= lo_bits
+        hi |= lo
+        return hi
 
     def _walk(self, x: np.ndarray, step) -> np.ndarray:
         y = step(np.asarray(x, dtype=np.int64).astype(np.uint64))
