@@ -201,6 +201,30 @@ def test_gpu_copy_equals_cpu_copy_bit_for_bit(shm_slots, register_memory, shape)
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("register_memory", [True, False])
+@pytest.mark.parametrize("clip", [False, True])
+def test_gpu_copy_of_the_loaders_hwc_view_equals_cpu(shm_slots, register_memory, clip):
+    b, tt, h, w = 6, (3 if clip else 1), 17, 19
+    slots = shm_slots(3, b * tt * h * w * 3)
+    gpu = _cuda.CudaTransfer("cuda", register_memory=register_memory)
+    cpu = CpuTransfer()
+    try:
+        gpu.register(slots)
+        for k in range(6):
+            s = k % 3
+            _fill(slots[s], 50 + k)
+            hwc = slots[s].view(b, tt, h, w, 3)[: b - k % 2]
+            view = hwc.permute(0, 1, 4, 2, 3) if clip else hwc[:, 0].permute(0, 3, 1, 2)
+            got = gpu.submit(s, view)
+            want = cpu.submit(s, view)
+            assert got.shape == want.shape and got.stride() == want.stride()
+            assert torch.equal(got.cpu(), want)
+            gpu.reclaim(timeout_s=10.0)
+    finally:
+        gpu.close()
+
+
+@pytest.mark.cuda
 def test_consumer_stream_waits_and_slot_held_until_copy_done(shm_slots):
     shape = (8, 3, 64, 64)
     slots = shm_slots(2, int(np.prod(shape)))
@@ -608,16 +632,51 @@ def test_sim_depth_bounds_copies_in_flight_with_a_timeout(sim):
         assert t.in_flight <= 2
 
 
-def test_sim_frames_outside_the_ring_or_strided_are_staged(sim):
+def test_sim_non_dense_frames_are_staged(sim):
     shape = (2, 3, 4, 4)
     slots = _anon_slots(2, int(np.prod(shape)))
     with _cuda.CudaTransfer("cuda") as t:
         t.register(slots)
-        strided = slots[0].view(shape).transpose(-1, -2)
-        out = t.submit(0, strided)
+        _fill(slots[0], 4)
+        gappy = slots[0].view(shape)[:, :, ::2]  # not a permutation of a dense block
+        assert _cuda.dense_order(gappy) is None and not gappy.is_contiguous()
+        out = t.submit(0, gappy)
         assert t.reclaim() == [0]  # staged: slot free at once
         sim.run_all()
-        assert torch.equal(out.as_subclass(torch.Tensor), strided)
+        assert torch.equal(out.as_subclass(torch.Tensor), gappy)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_sim_permuted_hwc_view_is_copied_from_the_registered_slot(sim, clip):
+    """The loader's view: slots hold (B, T, H, W, 3); frames are (B, C, H, W) or (B, T, C, H, W)."""
+    b, tt, h, w = 3, (2 if clip else 1), 5, 6  # frames samples have T = 1 in the ring
+    slots = _anon_slots(2, b * tt * h * w * 3)
+    cpu = CpuTransfer()
+    with _cuda.CudaTransfer("cuda", timeout_s=2.0) as t:
+        t.register(slots)
+        _fill(slots[1], 8)
+        hwc = slots[1].view(b, tt, h, w, 3)
+        view = hwc.permute(0, 1, 4, 2, 3) if clip else hwc[:, 0].permute(0, 3, 1, 2)
+        sim.stalled = True
+        out = t.submit(1, view)
+        assert t.reclaim() == []  # registered path: the slot waits for the copy
+        sim.stalled = False
+        assert t.reclaim(timeout_s=1.0) == [1]
+        want = cpu.submit(1, view)
+        got = out.as_subclass(torch.Tensor)
+        assert got.shape == view.shape and got.stride() == want.stride()
+        assert torch.equal(got, want)
+
+
+def test_dense_order():
+    x = torch.zeros(2, 3, 4, 5)
+    assert _cuda.dense_order(x) is None
+    p = x.permute(0, 3, 1, 2)
+    order = _cuda.dense_order(p)
+    assert p.permute(order).is_contiguous()
+    assert order == [0, 2, 3, 1] and _cuda._inverse(order) == [0, 3, 1, 2]
+    assert p.permute(order).permute(_cuda._inverse(order)).stride() == p.stride()
+    assert _cuda.dense_order(x[:, :, ::2]) is None
 
 
 def test_sim_finalizer_unregisters_a_dropped_transfer(sim):
