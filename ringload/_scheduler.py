@@ -784,7 +784,8 @@ class Scheduler:
             self._loop.remove_reader(dec.proc.sentinel)
         except (ValueError, OSError):
             pass
-        dec.proc.join(0)
+        # The sentinel fires as the process exits; reaping it can take a moment longer.
+        dec.proc.join(2.0)
         if dec.transport is not None:
             dec.transport.close()
         self._decoders.pop(dec.id, None)
@@ -792,7 +793,8 @@ class Scheduler:
         if self._closing:
             return
         exitcode = dec.proc.exitcode
-        dec.proc.close()
+        if exitcode is not None:
+            dec.proc.close()
         tasks = list(dec.inflight.values())
         dec.inflight.clear()
         self.counters["decoder_restarts"] += 1
