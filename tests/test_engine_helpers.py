@@ -3,6 +3,7 @@ collecting batches, and polling for processes and shared memory to go away."""
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import time
@@ -86,3 +87,31 @@ def wait_gone(pids, timeout_s: float = 15.0) -> list[int]:
 
 def ringload_shm() -> list[str]:
     return sorted(n for n in os.listdir("/dev/shm") if n.startswith("ringload-"))
+
+
+def check_exact(batches, paths, size, clip_axis=False):
+    """Every delivered frame equals read_frames of its (video, frame index), pixels and pts."""
+    wanted = collections.defaultdict(set)
+    for b in batches:
+        for v, f in zip(b["video"].tolist(), np.atleast_2d(b["frame"].T).T.tolist()):
+            wanted[v].update(f if isinstance(f, list) else [f])
+    import ringload
+
+    ref = {}
+    for v, idx in wanted.items():
+        idx = sorted(idx)
+        fr = ringload.read_frames(paths[v], idx, size=size)
+        for i, d, p in zip(idx, fr.data.numpy(), fr.pts_seconds.numpy()):
+            ref[(v, i)] = (d, p)
+    n = 0
+    for b in batches:
+        frames = b["frames"] if clip_axis else b["frames"][:, None]
+        fidx = b["frame"] if clip_axis else b["frame"][:, None]
+        pts = b["pts"] if clip_axis else b["pts"][:, None]
+        for r, v in enumerate(b["video"].tolist()):
+            for t in range(frames.shape[1]):
+                d, p = ref[(v, int(fidx[r, t]))]
+                assert np.array_equal(frames[r, t], d), f"video {v} frame {fidx[r, t]} differs"
+                assert pts[r, t] == p
+                n += 1
+    return n

@@ -1,4 +1,3 @@
-import collections
 import json
 import math
 import os
@@ -6,37 +5,11 @@ import random
 
 import numpy as np
 import pytest
-from test_engine_helpers import assert_same_batches, collect, engine_videos, wait_gone  # noqa: F401
+from test_engine_helpers import assert_same_batches, check_exact, collect, engine_videos, wait_gone  # noqa: F401
 
 import ringload
 from ringload import ConfigError
 from ringload.loader import _clip_frames, _fps_starts, random_resized_boxes
-
-
-def _check_exact(batches, paths, size, clip_axis=False):
-    """Every delivered frame equals read_frames of its (video, frame index), pixels and pts."""
-    wanted = collections.defaultdict(set)
-    for b in batches:
-        for v, f in zip(b["video"].tolist(), np.atleast_2d(b["frame"].T).T.tolist()):
-            wanted[v].update(f if isinstance(f, list) else [f])
-    ref = {}
-    for v, idx in wanted.items():
-        idx = sorted(idx)
-        fr = ringload.read_frames(paths[v], idx, size=size)
-        for i, d, p in zip(idx, fr.data.numpy(), fr.pts_seconds.numpy()):
-            ref[(v, i)] = (d, p)
-    n = 0
-    for b in batches:
-        frames = b["frames"] if clip_axis else b["frames"][:, None]
-        fidx = b["frame"] if clip_axis else b["frame"][:, None]
-        pts = b["pts"] if clip_axis else b["pts"][:, None]
-        for r, v in enumerate(b["video"].tolist()):
-            for t in range(frames.shape[1]):
-                d, p = ref[(v, int(fidx[r, t]))]
-                assert np.array_equal(frames[r, t], d), f"video {v} frame {fidx[r, t]} differs"
-                assert pts[r, t] == p
-                n += 1
-    return n
 
 
 def test_exact_frames_every_sample_once(engine_videos):
@@ -53,7 +26,7 @@ def test_exact_frames_every_sample_once(engine_videos):
     seen = [(v, f) for b in batches for v, f in zip(b["video"].tolist(), b["frame"].tolist())]
     assert len(seen) == total and len(set(seen)) == total
     assert batches[0]["frames"].shape == (16, 3, 40, 56) and batches[0]["frames"].dtype == np.uint8
-    assert _check_exact(batches, engine_videos, size) == total
+    assert check_exact(batches, engine_videos, size) == total
     assert stats["images_per_s"] > 0 and stats["ring_bytes"] == stats["num_slots"] * stats["slot_bytes"]
     assert stats["decoded_frames"] >= total
 
@@ -64,7 +37,7 @@ def test_exact_frames_real_videos(videos_dir):
     size = (36, 48)
     with ringload.VideoLoader(paths, batch_size=24, size=size, crop="none", sampling="strict", num_workers=2, seed=1) as loader:
         batches = collect(loader, limit=6)
-    assert _check_exact(batches, paths, size) == 6 * 24
+    assert check_exact(batches, paths, size) == 6 * 24
     # decord_corrupted.mp4: only the 28 frames that decode are ever sampled.
     for b in batches:
         assert (b["frame"][b["video"] == 4] < 28).all()
@@ -151,7 +124,7 @@ def test_clips_and_segments(engine_videos):
     assert cb[0]["frames"].shape == (6, 4, 3, 24, 32)
     for b in cb:
         assert (np.diff(b["frame"], axis=1) == 2).all()
-    _check_exact(cb, engine_videos, size, clip_axis=True)
+    check_exact(cb, engine_videos, size, clip_axis=True)
 
     from ringload.probe import probe
 
@@ -166,7 +139,7 @@ def test_clips_and_segments(engine_videos):
         for v, f in zip(b["video"].tolist(), b["frame"]):
             parts = np.arange(4) * n[v] // 3
             assert ((f >= parts[:3]) & (f < parts[1:])).all()
-    _check_exact(sb, engine_videos, size, clip_axis=True)
+    check_exact(sb, engine_videos, size, clip_axis=True)
 
 
 def test_fps_clips_pick_frames_by_timestamp():
