@@ -751,3 +751,137 @@ def test_bench_nvdec_check_reports_cpu_decoding_and_what_the_build_has(videos_di
     for label in ("hwaccel_cuda", "h264_cuvid", "h264_cuvid_resize"):
         if label in res:  # without a GPU these carry the error, with one a rate
             assert "error" in res[label] or res[label]["frames"] == 20
+
+
+# ---------------------------------------------------------------- GPU: the VideoLoader on device="cuda"
+
+from test_engine_helpers import engine_videos  # noqa: E402,F401  (fixture: small synthetic dataset)
+
+LOADER_KW = dict(batch_size=8, size=(24, 32), crop="random_resized", hflip=True, sampling="strict", seed=7,
+                 num_workers=2)
+
+
+def _collect_any(loader, limit=None):
+    out = []
+    for k, b in enumerate(loader):
+        out.append({"frames": b.frames.cpu().contiguous().numpy().copy(), "device": b.frames.device.type,
+                    "stride": tuple(b.frames.stride()), "video": b.video_index.numpy().copy(),
+                    "frame": b.frame_index.numpy().copy(), "pts": b.pts_seconds.numpy().copy()})
+        if limit is not None and k + 1 >= limit:
+            break
+    return out
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sample", ["frames", "clips"])
+def test_loader_on_cuda_gives_the_cpu_batches_bit_for_bit(engine_videos, sample):
+    import ringload
+
+    kw = dict(LOADER_KW, sample=sample, **({"clip_len": 3, "frame_stride": 2} if sample == "clips" else {}))
+    with ringload.VideoLoader(engine_videos, device="cpu", **kw) as loader:
+        ref = _collect_any(loader)
+    with ringload.VideoLoader(engine_videos, device="cuda", **kw) as loader:
+        got = _collect_any(loader)
+        transfer = loader._transfer
+        assert isinstance(transfer, _cuda.CudaTransfer) and transfer.mode == "registered"
+        per_image = transfer.bytes_copied / sum(len(b["video"]) for b in got)
+    assert all(b["device"] == "cuda" for b in got) and all(b["device"] == "cpu" for b in ref)
+    assert [b["stride"] for b in got] == [b["stride"] for b in ref]
+    for k, (a, b) in enumerate(zip(ref, got)):
+        for key in ("frames", "video", "frame", "pts"):
+            assert np.array_equal(a[key], b[key]), (k, key)
+    assert len(ref) == len(got)
+    # Only uint8 frames at their final size crossed: C * H * W (* T) bytes per sample.
+    assert per_image == 3 * 24 * 32 * (3 if sample == "clips" else 1)
+
+
+@pytest.mark.cuda
+def test_loader_on_cuda_survives_a_decoder_respawned_after_cuda_init(engine_videos):
+    import signal
+
+    import ringload
+
+    with ringload.VideoLoader(engine_videos, device="cpu", **LOADER_KW) as loader:
+        ref = _collect_any(loader)
+    with ringload.VideoLoader(engine_videos, device="cuda", prefetch_batches=1, **LOADER_KW) as loader:
+        got = []
+        for k, b in enumerate(loader):
+            got.append({"frames": b.frames.cpu().numpy().copy(), "video": b.video_index.numpy().copy()})
+            if k == 2:
+                os.kill(loader.stats()["decoder_pids"][0], signal.SIGKILL)
+        stats = loader.stats()
+        decs = loader._sched.snapshot()["decoders"]
+    assert stats["decoder_restarts"] >= 1
+    assert all(d["torch_loaded"] is False for d in decs)  # the replacement, spawned after CUDA init, too
+    assert len(got) == len(ref)
+    for a, b in zip(ref, got):
+        assert np.array_equal(a["frames"], b["frames"]) and np.array_equal(a["video"], b["video"])
+
+
+LOADER_ORDER_SCRIPT = """
+import json, sys, numpy as np, torch, ringload
+paths, mode = json.loads(sys.argv[1]), sys.argv[2]
+kw = dict(batch_size=8, size=(24, 32), crop="center", sampling="strict", seed=1, num_workers=2)
+with ringload.VideoLoader(paths, device="cpu", **kw) as cpu:
+    ref = [b.frames.contiguous().numpy().copy() for b in cpu]
+assert not torch.cuda.is_initialized()
+got = []
+if mode == "cuda_before":
+    torch.zeros(1, device="cuda")
+    with ringload.VideoLoader(paths, device="cuda", **kw) as loader:
+        got = [b.frames.cpu().contiguous().numpy() for b in loader]
+elif mode == "cuda_after_start":
+    with ringload.VideoLoader(paths, device="cpu", **kw) as loader:
+        it = iter(loader)
+        got.append(next(it).frames.contiguous().numpy().copy())  # decoders are running
+        assert not torch.cuda.is_initialized()
+        torch.zeros(1, device="cuda")
+        got += [b.frames.cuda(non_blocking=True).cpu().contiguous().numpy() for b in it]
+elif mode == "cuda_by_loader":
+    with ringload.VideoLoader(paths, device="cuda", **kw) as loader:
+        got = [b.frames.cpu().contiguous().numpy() for b in loader]
+assert torch.cuda.is_initialized()
+assert len(got) == len(ref) and all(np.array_equal(a, b) for a, b in zip(ref, got))
+print("ok", len(got))
+"""
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["cuda_before", "cuda_after_start", "cuda_by_loader"])
+def test_cuda_initialised_before_or_after_the_loader_starts(engine_videos, mode):
+    import json
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-c", LOADER_ORDER_SCRIPT, json.dumps(engine_videos), mode],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ok ")
+
+
+@pytest.mark.cuda
+def test_loader_on_cuda_no_memory_leak_over_many_epochs(engine_videos):
+    import ringload
+
+    kw = dict(LOADER_KW, sampling="bounded")
+
+    def run_epochs(loader, first, n):
+        for e in range(first, first + n):
+            loader.set_epoch(e)
+            acc = torch.zeros((), device="cuda")
+            for b in loader:
+                acc += b.frames.float().mean()
+            acc.item()
+
+    with ringload.VideoLoader(engine_videos, device="cuda", **kw) as loader:
+        run_epochs(loader, 0, 2)  # warm the caching allocators
+        torch.cuda.synchronize()
+        gpu0, host0 = torch.cuda.memory_allocated(), _host_allocated_bytes()
+        run_epochs(loader, 2, 20)
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() == gpu0
+        assert _host_allocated_bytes() == host0
+        slots = list(loader._slot_tensors)
+        assert all(s.is_pinned() for s in slots)
+    assert not any(s.is_pinned() for s in slots)  # close() unregistered the ring
+    del slots
