@@ -21,6 +21,14 @@ from ringload._transfer import CpuTransfer, make_transfer
 from ringload.errors import ConfigError
 
 PAGE = 4096
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env() -> dict:
+    """Environment for a child interpreter: this checkout first, the caller's PYTHONPATH kept
+    (on a GPU machine PyAV and posix_ipc may come from a --target directory on it)."""
+    old = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": REPO + (os.pathsep + old if old else "")}
 
 
 # ---------------------------------------------------------------- CPU: pure parts
@@ -126,7 +134,7 @@ def test_importing_the_gpu_modules_does_not_initialise_cuda():
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+                         env=_env())
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
@@ -363,7 +371,7 @@ t.close()
 print(t.mode)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+                         env=_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "registered"
 
@@ -697,19 +705,15 @@ def test_sim_finalizer_unregisters_a_dropped_transfer(sim):
 def _bench_module():
     import importlib.util
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("gpu_overlap", REPO / "bench" / "gpu_overlap.py")
+    spec = importlib.util.spec_from_file_location("gpu_overlap", os.path.join(REPO, "bench", "gpu_overlap.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_bench_help_and_clear_exit_without_cuda(tmp_path):
-    from conftest import REPO
-
-    script = str(REPO / "bench" / "gpu_overlap.py")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = os.path.join(REPO, "bench", "gpu_overlap.py")
+    env = _env()
     out = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and "--source" in out.stdout and "--make-videos" in out.stdout
     if torch.cuda.is_available():
@@ -851,10 +855,8 @@ print("ok", len(got))
 def test_cuda_initialised_before_or_after_the_loader_starts(engine_videos, mode):
     import json
 
-    from conftest import REPO
-
     out = subprocess.run([sys.executable, "-c", LOADER_ORDER_SCRIPT, json.dumps(engine_videos), mode],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+                         capture_output=True, text=True, timeout=300, env=_env())
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok ")
 
