@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import platform
@@ -60,10 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=None, help="decoder processes (loader default when omitted)")
     p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=8, help="untimed steps before each measurement")
-    p.add_argument("--depth", type=int, default=0,
-                   help="conv blocks in the model; 0 = choose so the model runs at --model-ratio of the loader rate")
+    p.add_argument("--depth", type=int, default=8, help="3x3 conv blocks (at 1/8 of the input size)")
+    p.add_argument("--width", type=int, default=256, help="channels of the conv blocks")
+    p.add_argument("--repeats", type=int, default=0,
+                   help="forward+backward passes per batch (gradient accumulation on the same batch); "
+                   "0 = choose so the model runs at --model-ratio of the loader's rate, at constant memory")
     p.add_argument("--model-ratio", type=float, default=0.7)
-    p.add_argument("--width", type=int, default=64, help="channels of the conv blocks")
     p.add_argument("--prefetch-depth", type=int, default=2, help="copies in flight (--source ring)")
     p.add_argument("--ring-slots", type=int, default=6, help="slots of the synthetic ring (--source ring)")
     p.add_argument("--profile-steps", type=int, default=6, help="fed steps recorded by torch.profiler")
@@ -198,7 +199,9 @@ class LoaderSource:
 
 def make_model(torch, depth: int, width: int, classes: int = 1000):
     nn = torch.nn
-    layers = [nn.Conv2d(3, width, 7, stride=4, padding=3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    # Patchify stem to 1/8 of the input size: compute per block grows with width squared,
+    # activation memory only with width.
+    layers = [nn.Conv2d(3, width, 8, stride=8, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
     for _ in range(depth):
         layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes)]
@@ -206,10 +209,11 @@ def make_model(torch, depth: int, width: int, classes: int = 1000):
 
 
 class Trainer:
-    def __init__(self, torch, depth, width, batch_size):
+    def __init__(self, torch, depth, width, batch_size, repeats=1):
         from ringload import augment
 
         self.torch = torch
+        self.repeats = repeats
         self.model = make_model(torch, depth, width)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.aug = augment.BatchAugment(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, hflip_p=0.5,
@@ -220,9 +224,10 @@ class Trainer:
     def step(self, frames, keys, epoch=0):
         torch = self.torch
         x = self.aug(frames, keys, seed=0, epoch=epoch).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = self.loss_fn(self.model(x), self.labels[: x.shape[0]])
-        loss.backward()
+        for _ in range(self.repeats):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = self.loss_fn(self.model(x), self.labels[: x.shape[0]])
+            loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss
@@ -354,7 +359,7 @@ def plot_timeline(events, stats, path):
     return True
 
 
-def profile_fed(torch, trainer, it, steps, out_dir: pathlib.Path) -> dict:
+def profile_fed(torch, trainer, it, steps, out_dir: pathlib.Path, bytes_copied=lambda: 0) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(2):
@@ -362,6 +367,7 @@ def profile_fed(torch, trainer, it, steps, out_dir: pathlib.Path) -> dict:
         trainer.step(frames, keys)
     torch.cuda.synchronize()
     images = 0
+    copied0 = bytes_copied()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             frames, keys = next(it)
@@ -373,6 +379,7 @@ def profile_fed(torch, trainer, it, steps, out_dir: pathlib.Path) -> dict:
     events = gpu_events(json.loads(trace_path.read_text()))
     stats = overlap_stats(events)
     stats["images"] = images
+    stats["transfer_bytes_per_image"] = (bytes_copied() - copied0) / images if images else None
     stats["h2d_bytes_per_image"] = stats["h2d_bytes"] / images if images and stats["h2d_bytes"] else None
     stats["timeline_png"] = plot_timeline(events, stats, out_dir / "timeline.png") and "timeline.png"
     return stats
@@ -498,23 +505,23 @@ def main(argv=None) -> int:
     source = RingSource(args, torch) if args.source == "ring" else LoaderSource(args, torch)
     try:
         it = iter(source)
-        loader_rate = time_loader_alone(torch, it, args.steps, args.warmup, args.batch_size)
+        # 3x the steps: the batches already waiting in the ring would otherwise inflate the rate.
+        loader_rate = time_loader_alone(torch, it, 3 * args.steps, args.warmup, args.batch_size)
         result["loader_images_per_s"] = loader_rate
         frames, keys = next(it)
         frames = frames.clone()
-        depth = args.depth
-        if depth <= 0:  # model time is close to linear in depth: fit two points
-            t1 = time_model_alone(torch, Trainer(torch, 1, args.width, args.batch_size), frames, keys, 10, 3) / 10
-            t9 = time_model_alone(torch, Trainer(torch, 9, args.width, args.batch_size), frames, keys, 10, 3) / 10
-            per_block = max((t9 - t1) / 8, 1e-6)
+        repeats = args.repeats
+        if repeats <= 0:  # step time is linear in the passes per batch
+            t1 = time_model_alone(torch, Trainer(torch, args.depth, args.width, args.batch_size), frames, keys, 10, 3) / 10
             target = args.batch_size / (args.model_ratio * loader_rate)
-            depth = int(min(400, max(1, math.ceil(1 + (target - t1) / per_block))))
-        trainer = Trainer(torch, depth, args.width, args.batch_size)
+            repeats = int(min(1000, max(1, round(target / t1))))
+        trainer = Trainer(torch, args.depth, args.width, args.batch_size, repeats)
         t_alone = time_model_alone(torch, trainer, frames, keys, args.steps, args.warmup)
         t_fed, waited = time_fed(torch, trainer, it, args.steps, args.warmup)
         images = args.steps * args.batch_size
         result.update({
-            "depth": depth,
+            "depth": args.depth,
+            "repeats": repeats,
             "model_images_per_s": images / t_alone,
             "fed_images_per_s": images / t_fed,
             "model_time_s": t_alone,
@@ -523,12 +530,10 @@ def main(argv=None) -> int:
             "host_time_in_next_fraction": waited / t_fed,
             "loader_faster_than_model": loader_rate > images / t_alone,
         })
-        copied_before = source.bytes_copied
-        result["profile"] = profile_fed(torch, trainer, it, args.profile_steps, out)
+        result["profile"] = profile_fed(torch, trainer, it, args.profile_steps, out, lambda: source.bytes_copied)
         result["bytes_per_image"] = {
             "expected_uint8": 3 * args.size * args.size,
-            "transfer": (source.bytes_copied - copied_before) / max(1, result["profile"]["images"])
-            if source.bytes_copied else None,
+            "transfer": result["profile"]["transfer_bytes_per_image"],
             "trace": result["profile"].get("h2d_bytes_per_image"),
         }
     finally:
@@ -540,7 +545,7 @@ def main(argv=None) -> int:
         result["nvdec"] = nvdec_check(video, args.nvdec_frames, args.size) if video else {"skipped": "no H.264 file"}
     (out / "gpu_overlap.json").write_text(json.dumps(result, indent=2, default=str))
     sys.stdout.write(json.dumps({k: result[k] for k in ("loader_images_per_s", "model_images_per_s",
-                                                        "fed_images_per_s", "data_wait_fraction", "depth")},
+                                                        "fed_images_per_s", "data_wait_fraction", "repeats")},
                                 indent=2) + "\n")
     sys.stdout.write(f"overlap: {json.dumps(result['profile'], default=str)}\n")
     sys.stdout.write(f"bytes per image: {result['bytes_per_image']}\n")
