@@ -293,3 +293,21 @@ def test_matches_torchvision_on_the_gpu_machine():
         for op in p.order[i]:
             img = fns[op](img, float(factors[op][i]))
         torch.testing.assert_close(got[i], img, rtol=0, atol=1e-4)
+
+
+@pytest.mark.cuda
+def test_cuda_augment_never_makes_the_host_wait():
+    """No synchronising call (a blocking copy of the draws, a .item()) on the hot path: the
+    host must stay ahead of the GPU for the next batch's copy to overlap compute."""
+    aug = augment.BatchAugment(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, hflip_p=0.5,
+                               mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD)
+    frames = random_frames((32, 3, 16, 16), seed=10).cuda()
+    keys = _rng.sample_keys(np.arange(32), np.arange(32))
+    aug(frames, keys, seed=0, epoch=0)  # first call: per-device constants are made once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = aug(frames, keys, seed=0, epoch=1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == frames.shape and torch.isfinite(out).all().item()

@@ -259,6 +259,25 @@ def test_consumer_stream_waits_and_slot_held_until_copy_done(shm_slots):
         assert total.item() == want
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("register_memory", [True, False])
+def test_submit_and_reclaim_never_make_the_host_wait(shm_slots, register_memory):
+    shape = (8, 3, 32, 32)
+    slots = shm_slots(3, int(np.prod(shape)))
+    with _cuda.CudaTransfer("cuda", prefetch_depth=3, register_memory=register_memory) as t:
+        t.register(slots)
+        t.submit(0, slots[0].view(shape))  # warm the allocators
+        torch.cuda.synchronize()
+        t.reclaim(timeout_s=5.0)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            outs = [t.submit(s, slots[s].view(shape)) for s in (1, 2)]
+            t.reclaim(0.0)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert all(torch.equal(o.cpu(), slots[s].view(shape)) for o, s in zip(outs, (1, 2)))
+
+
 def _run_ring(t, slots, shape, n_batches, *, side_delay_ms, consumer_delay_ms):
     """A fast ring and a slow consumer: a slot is overwritten the moment reclaim returns it."""
     free = list(range(len(slots)))
