@@ -184,10 +184,10 @@ class CudaTransfer:
     ) -> None:
         dev = torch.device(device)
         if dev.type != "cuda":
-            raise ConfigError(f"device={device!r}: CudaTransfer needs a CUDA device; use device='cpu' for the CPU path")
+            raise ConfigError(f"device={str(device)!r}: CudaTransfer needs a CUDA device; use device='cpu' for the CPU path")
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"device={device!r}: torch.cuda.is_available() is False (no GPU, or a CPU-only torch build); "
+                f"device={str(device)!r}: torch.cuda.is_available() is False (no GPU, or a CPU-only torch build); "
                 "use device='cpu'"
             )
         if dev.index is None:

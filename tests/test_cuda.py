@@ -795,6 +795,17 @@ def _collect_any(loader, limit=None):
     return out
 
 
+def test_loader_asked_for_cuda_without_it_says_so_and_leaves_nothing(engine_videos, monkeypatch):
+    import ringload
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(ConfigError, match="device='cuda'.*use device='cpu'"):
+        with ringload.VideoLoader(engine_videos, device="cuda", **LOADER_KW) as loader:
+            next(iter(loader))
+    assert set(os.listdir("/dev/shm")) <= before
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("sample", ["frames", "clips"])
 def test_loader_on_cuda_gives_the_cpu_batches_bit_for_bit(engine_videos, sample):
