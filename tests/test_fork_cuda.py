@@ -121,7 +121,7 @@ def test_decoder_side_modules_never_import_torch_or_cuda():
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res == {"torch": False, "cuda": []}, (present, res)
