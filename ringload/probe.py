@@ -467,6 +467,43 @@ def _verify(path: str, stream_index: int, pts: np.ndarray, keyframes: np.ndarray
     return True, (first[0] if first else None)
 
 
+def _rgb_frames(path: str, info: VideoInfo, indices: range, threads: int | None, *, warm_from: int | None = None):
+    from ._decode import VideoReader
+
+    got = {}
+    lo = indices.start if warm_from is None else warm_from
+    wanted = range(lo, indices.stop)
+
+    def keep(pos, frame):
+        if wanted[pos] >= indices.start:
+            got[wanted[pos]] = frame.to_ndarray(format="rgb24")
+
+    with VideoReader(path, info, threads=1 if threads is None else threads, skip_nonref=False) as reader:
+        reader.decode(wanted, keep)
+    return got
+
+
+def _seek_is_exact(path: str, info: VideoInfo, threads: int | None) -> bool:
+    """Does a seek to the last keyframe give the frames a decode running through it gives?
+
+    Some files flag frames as keyframes that FFmpeg cannot decode on their own (seen: an
+    H.264 4:4:4 file whose later IDR frames decode to garbage after a seek). Checked on
+    the last keyframe: decoded continuing from the keyframe before it, and after a seek.
+    """
+    kf = info.keyframes
+    if len(kf) < 2 or info.timestamps == TS_COUNT:
+        return True
+    k, prev = int(kf[-1]), int(kf[-2])
+    span = range(k, min(info.num_frames, k + 3))
+    try:
+        through = _rgb_frames(path, info, span, threads, warm_from=prev)
+        seeked = _rgb_frames(path, info, span, threads)
+    except DecodeError as exc:
+        log.info("%s: seek check failed to decode (%s)", path, exc.reason)
+        return False
+    return all(np.array_equal(through[i], seeked[i]) for i in span)
+
+
 def _build(path: str, stream: int | None, threads: int | None = None) -> VideoInfo:
     import av
 
@@ -515,6 +552,17 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
             ts = np.asarray([round(i * period / tb) for i in range(len(pts_l))], dtype=np.int64)
     if first is None:
         raise DecodeError(path, f"no frame of video stream {idx} decodes")
+    if len(keyframes) > 1:
+        candidate = VideoInfo(
+            path=path, stream=idx, num_frames=len(ts), pts=ts, pts_seconds=_seconds(ts, tb), keyframes=keyframes,
+            fps=0.0, width=0, height=0, rotation=0, codec=codec, pix_fmt="", time_base=tb, timestamps=rule,
+        )
+        if not _seek_is_exact(path, candidate, threads):
+            log.warning(
+                "%s: stream %d: a seek to a keyframe does not reproduce the frames of a continuous decode; "
+                "reads of this file decode from its first keyframe (re-encoding the file fixes this)", path, idx
+            )
+            keyframes = keyframes[:1]
 
     n = len(ts)
     secs = _seconds(ts, tb)
