@@ -376,15 +376,21 @@ def _crop_frame(frame, x: int, y: int, w: int, h: int):
     if len(comps) != len(planes) or sorted(c.plane for c in comps) != list(range(len(planes))):
         return None
     bits = max(c.bits for c in comps)
-    if bits > 16 or getattr(fmt, "is_bayer", False):
+    # Deeper formats are dithered/rounded near the crop edges differently than in the
+    # full conversion (measured: up to 3 levels in the outer pixels), so they crop in RGB.
+    if bits != 8 or getattr(fmt, "is_bayer", False):
         return None
-    bps = 1 if bits <= 8 else 2
+    bps = 1
     shifts = []
     for p in planes:
         sx, sy = _shift(frame.width, p.width), _shift(frame.height, p.height)
         if sx is None or sy is None:
             return None
         ax, ay = 1 << sx, 1 << sy
+        # swscale converts odd-sized subsampled frames on a path that interpolates chroma,
+        # so a plane crop of them would not match the full conversion: crop in RGB instead.
+        if frame.width % ax or frame.height % ay:
+            return None
         if x % ax or y % ay or (w % ax and x + w != frame.width) or (h % ay and y + h != frame.height):
             return None
         shifts.append((sx, sy))

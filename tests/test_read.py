@@ -147,3 +147,142 @@ def test_corrupted_tail_reads_up_to_the_last_decodable_frame(videos_dir):
         ringload.read_frames(path, [5, 28])
     with pytest.raises(ringload.FrameIndexError, match="decord_corrupted.mp4"):
         ringload.read_frames(path, [49])
+
+
+# ---------------------------------------------------------------------- GOP accounting
+
+
+def _encode(path, *, n=60, gop=10, bframes=2, size=(64, 48)):
+    """A tiny H.264 video with a fixed GOP and B-frames, each frame a different picture."""
+    w, h = size
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+        st.codec_context.gop_size = gop
+        st.codec_context.max_b_frames = bframes
+        st.codec_context.options = {"keyint_min": str(gop), "sc_threshold": "0", "bframes": str(bframes)}
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            img[: h // 2] = (i * 4) % 256
+            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode(None):
+            c.mux(pkt)
+
+
+@pytest.fixture(scope="module")
+def gop_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gop") / "gop10.mp4"
+    _encode(path)
+    return path
+
+
+def test_each_gop_decoded_at_most_once(gop_video, cache_dir):
+    info = probe(gop_video, cache=cache_dir)
+    assert info.num_frames == 60 and info.keyframes.tolist() == [0, 10, 20, 30, 40, 50]
+    # Two frames far apart: a seek to each one's keyframe, not a decode through the gap.
+    got = ringload.read_frames(gop_video, [45, 3])
+    assert got.decoded_frames <= (3 - 0 + 1) + (45 - 40 + 1) + 2
+    # Unsorted, repeated indices inside one GOP: that GOP once.
+    got = ringload.read_frames(gop_video, [27, 21, 27, 25])
+    assert got.decoded_frames <= 10
+    assert got.indices.tolist() == [27, 21, 27, 25]
+    assert torch_equal(got.data[0], got.data[2])
+    # Every frame in random order: each GOP once, so at most every frame once.
+    order = list(range(60))
+    random.Random(3).shuffle(order)
+    got = ringload.read_frames(gop_video, order)
+    assert got.decoded_frames <= 60
+    with av.open(str(gop_video)) as c:
+        ref = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    for k, i in enumerate(order):
+        assert np.array_equal(got.data[k].permute(1, 2, 0).numpy(), ref[i])
+
+
+def torch_equal(a, b):
+    return bool((a == b).all())
+
+
+def test_reader_stays_warm_for_sequential_runs(gop_video, cache_dir):
+    from ringload._decode import VideoReader
+
+    info = probe(gop_video, cache=cache_dir)
+    seen = []
+    with VideoReader(gop_video, info) as reader:
+        reader.decode(range(12, 16), lambda pos, f: seen.append(f.pts))
+        before = reader.decoded_frames
+        reader.decode(range(16, 24), lambda pos, f: seen.append(f.pts))  # continues, no seek back to 10
+        assert reader.decoded_frames - before <= 8 + 2
+        reader.decode([5], lambda pos, f: seen.append(f.pts))  # backwards: seeks
+    assert seen == [int(info.pts[i]) for i in [*range(12, 24), 5]]
+
+
+def test_out_of_range_and_empty(gop_video):
+    with pytest.raises(ringload.FrameIndexError, match="gop10.mp4") as exc:
+        ringload.read_frames(gop_video, [0, 60])
+    assert "60 frames" in str(exc.value)
+    with pytest.raises(ringload.FrameIndexError):
+        ringload.read_frames(gop_video, [-1])
+    empty = ringload.read_frames(gop_video, [])
+    assert tuple(empty.data.shape) == (0, 3, 48, 64) and tuple(empty.pts_seconds.shape) == (0,)
+
+
+# ---------------------------------------------------------------------- conversion
+
+
+CONVERT_FILES = ["sowt-with-video.mov", "cockatoo.mp4", "roadtrip-vp92-10bit.webm", "bear-vp9-odd-dimensions.webm",
+                 "trim_optimization_failure.mp4"]
+
+
+@pytest.mark.parametrize("name", CONVERT_FILES)
+def test_convert_into_crop_equals_cropping_the_full_conversion(name, videos_dir):
+    from ringload._decode import convert_into
+
+    with av.open(str(videos_dir / name)) as c:
+        frame = next(c.decode(c.streams.video[0]))
+    w, h = frame.width, frame.height
+    full = frame.to_ndarray(format="rgb24")
+    for crop in [(0, 0, w, h), (2, 4, w // 2, h // 2), (1, 3, w // 2 + 1, h // 2 + 1), (w - 33, h - 21, 33, 21)]:
+        out = np.empty((crop[3], crop[2], 3), np.uint8)
+        convert_into(frame, out, crop=crop)
+        x, y, cw, ch = crop
+        assert np.array_equal(out, full[y : y + ch, x : x + cw]), crop
+
+
+@pytest.mark.parametrize("name", CONVERT_FILES)
+def test_convert_into_resize(name, videos_dir):
+    from av.video.reformatter import Interpolation
+
+    from ringload._decode import convert_into
+
+    with av.open(str(videos_dir / name)) as c:
+        frame = next(c.decode(c.streams.video[0]))
+    out = np.empty((50, 70, 3), np.uint8)
+    convert_into(frame, out, size=(50, 70))
+    assert np.array_equal(out, frame.to_ndarray(format="rgb24", width=70, height=50, interpolation=Interpolation.AREA))
+    # Crop then resize: close to resizing the cropped full-resolution RGB.
+    w, h = frame.width, frame.height
+    crop = ((w // 8) * 2, (h // 8) * 2, (w // 4) * 2, (h // 4) * 2)
+    convert_into(frame, out, crop=crop, size=(50, 70))
+    x, y, cw, ch = crop
+    rgb = np.ascontiguousarray(frame.to_ndarray(format="rgb24")[y : y + ch, x : x + cw])
+    ref = av.VideoFrame.from_ndarray(rgb, format="rgb24").to_ndarray(
+        format="rgb24", width=70, height=50, interpolation=Interpolation.AREA
+    )
+    assert np.abs(out.astype(int) - ref).mean() < 2.0
+
+
+def test_convert_into_rejects_bad_arguments(videos_dir):
+    from ringload._decode import convert_into
+
+    with av.open(str(videos_dir / "carphone_pristine.mp4")) as c:
+        frame = next(c.decode(c.streams.video[0]))
+    with pytest.raises(ringload.ConfigError, match="out has shape"):
+        convert_into(frame, np.empty((10, 10, 3), np.uint8))
+    with pytest.raises(ringload.ConfigError, match="does not fit"):
+        convert_into(frame, np.empty((10, 10, 3), np.uint8), crop=(170, 0, 10, 10))
+    with pytest.raises(ringload.ConfigError, match="size"):
+        ringload.read_frames(videos_dir / "carphone_pristine.mp4", [0], size=(0, 5))
+    small = ringload.read_frames(videos_dir / "carphone_pristine.mp4", [0, 119], size=(32, 40))
+    assert tuple(small.data.shape) == (2, 3, 32, 40)
