@@ -65,6 +65,7 @@ class VideoReader:
         self._last = None  # index of the last frame identified since the last seek
         self._fresh = False  # container just opened: decoding starts at the first frame
         self._count = 0  # frames output since the start (TS_COUNT streams only)
+        self._seek_kf = 0  # the keyframe the last seek aimed at
         self._ts_index = {int(t): i for i, t in enumerate(info.pts)} if info.timestamps != TS_COUNT else None
         self._kf = [int(k) for k in info.keyframes]
         # Skipping non-reference frames is exact only where a packet's pts is its frame's
@@ -158,6 +159,7 @@ class VideoReader:
         self._frames = self._generate()
         self._fresh = False
         self._last = None
+        self._seek_kf = k
 
     def _index_of(self, frame) -> int | None:
         if self._ts_index is None:
@@ -272,9 +274,12 @@ class VideoReader:
                     "does not list (the file changed or the index is stale; delete the cache entry)"
                 )
             if self._last is None:
-                if j > t:
-                    if self._fresh:
+                if self._fresh:
+                    if j > t:
                         raise _DecodeFailed("decoding from the start skips it")
+                elif j > self._seek_kf:
+                    # The demuxer landed after the keyframe: frames from there on may lack
+                    # their references, so none of them is trusted.
                     raise _Late()
             elif j <= self._last:
                 raise _DecodeFailed(f"frames come out of order after frame {self._last}")

@@ -47,9 +47,13 @@ OTHER_STREAMS = {("nasa_13013.mp4", 0): 325, ("mv_with_2_top_shots.mp4", 1): 2}
 DEFAULT_STREAM = {"nasa_13013.mp4": 3}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("index-cache")
+    """A private cache: read_frames probes with the default cache, which must not be the user's."""
+    path = tmp_path_factory.mktemp("index-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RINGLOAD_CACHE_DIR", str(path))
+        yield path
 
 
 def test_every_video_is_listed(videos_dir):
