@@ -156,15 +156,14 @@ def test_corrupted_tail_reads_up_to_the_last_decodable_frame(videos_dir):
 # ---------------------------------------------------------------------- GOP accounting
 
 
-def _encode(path, *, n=60, gop=10, bframes=2, size=(64, 48)):
+def _encode(path, *, n=60, gop=10, bframes=2, size=(64, 48), open_gop=False):
     """A tiny H.264 video with a fixed GOP and B-frames, each frame a different picture."""
     w, h = size
     with av.open(str(path), "w") as c:
         st = c.add_stream("libx264", rate=25)
         st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.codec_context.gop_size = gop
-        st.codec_context.max_b_frames = bframes
-        st.codec_context.options = {"keyint_min": str(gop), "sc_threshold": "0", "bframes": str(bframes)}
+        params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:open-gop={int(open_gop)}"
+        st.codec_context.options = {"x264-params": params, "loglevel": "error"}
         rng = np.random.default_rng(0)
         for i in range(n):
             img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -206,6 +205,32 @@ def test_each_gop_decoded_at_most_once(gop_video, cache_dir):
 
 def torch_equal(a, b):
     return bool((a == b).all())
+
+
+def test_open_gop_leading_frames(tmp_path, cache_dir):
+    """Open GOPs: B-frames after a keyframe in decode order that show before it and
+    reference the previous GOP. Every frame, alone or all at once, equals the sequential decode."""
+    path = tmp_path / "open_gop.mp4"
+    _encode(path, open_gop=True, bframes=3)
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        ref = [f.to_ndarray(format="rgb24") for f in c.decode(st)]
+    with av.open(str(path)) as c:
+        packets = [(p.pts, p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.size]
+    key_pts = [pts for pts, key in packets if key]
+    after_key = [packets[i + 1][0] for i, (pts, key) in enumerate(packets[:-1]) if key and i > 0]
+    assert any(a < k for a, k in zip(after_key, key_pts[1:])), "the encoder made no leading frames"
+    info = probe(path, cache=cache_dir)
+    assert info.num_frames == 60 and len(info.keyframes) == 6
+    order = list(range(60))
+    random.Random(0).shuffle(order)
+    for i in order[:25]:
+        got = ringload.read_frames(path, [i])
+        assert np.array_equal(got.data[0].permute(1, 2, 0).numpy(), ref[i]), i
+    got = ringload.read_frames(path, order)
+    assert got.decoded_frames <= 60
+    for k, i in enumerate(order):
+        assert np.array_equal(got.data[k].permute(1, 2, 0).numpy(), ref[i]), i
 
 
 def test_reader_stays_warm_for_sequential_runs(gop_video, cache_dir):
