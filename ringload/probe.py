@@ -336,8 +336,8 @@ def select_stream(container, path: str, stream: int | None):
         return st
     cands = [s for s in streams if s.type == "video" and not _is_attached_pic(s)]
     if not cands:
-        kinds = ", ".join(f"{s.index}:{s.type}" for s in streams) or "none"
-        raise NoVideoStreamError(path, f"no video stream (streams: {kinds})")
+        kinds = ", ".join(f"{s.index}:{s.type}" + (" (attached picture)" if _is_attached_pic(s) else "") for s in streams)
+        raise NoVideoStreamError(path, f"no video stream (streams: {kinds or 'none'})")
 
     def score(s):
         frames = int(s.frames or 0)
