@@ -191,7 +191,7 @@ class VideoReader:
 
     def decode(self, indices: Iterable[int], sink: Callable[[int, object], None]) -> None:
         """Call ``sink(position, frame)`` for every position of ``indices`` (any order, repeats allowed)."""
-        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64).ravel()
+        idx = as_indices(indices, self.path)
         n = self.info.num_frames
         if idx.size == 0:
             return
@@ -315,6 +315,20 @@ class VideoReader:
 
 class _DecodeFailed(Exception):
     pass
+
+
+def as_indices(indices, path) -> np.ndarray:
+    """Frame indices as a flat int64 array; floats must be whole numbers."""
+    if isinstance(indices, range):
+        return np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
+    arr = np.asarray(indices if hasattr(indices, "__len__") or hasattr(indices, "__array__") else list(indices))
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise ConfigError(f"frame indices for {os.fspath(path)} must be integers, got {arr.dtype} values")
+    return arr.astype(np.int64, copy=False).ravel()
 
 
 # ---------------------------------------------------------------------- conversion

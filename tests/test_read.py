@@ -257,6 +257,36 @@ def test_out_of_range_and_empty(gop_video):
     assert tuple(empty.data.shape) == (0, 3, 48, 64) and tuple(empty.pts_seconds.shape) == (0,)
 
 
+def test_index_types(gop_video):
+    a = ringload.read_frames(gop_video, np.array([3, 1], dtype=np.uint16))
+    b = ringload.read_frames(gop_video, (3.0, 1.0))
+    c = ringload.read_frames(gop_video, range(3, 0, -2))
+    assert a.indices.tolist() == b.indices.tolist() == c.indices.tolist() == [3, 1]
+    assert bool((a.data == b.data).all()) and bool((a.data == c.data).all())
+    with pytest.raises(ringload.ConfigError, match="integers"):
+        ringload.read_frames(gop_video, [1.5])
+    with pytest.raises(ringload.ConfigError, match="integers"):
+        ringload.read_frames(gop_video, ["3"])
+
+
+def test_count_rule_reads_by_position_from_the_start(gop_video, cache_dir):
+    """Streams without usable timestamps are read by counting frames from the start."""
+    import dataclasses
+
+    from ringload._decode import VideoReader
+
+    info = probe(gop_video, cache=cache_dir)
+    counted = dataclasses.replace(info, timestamps="count", keyframes=np.array([0]))
+    with av.open(str(gop_video)) as c:
+        ref = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    got = {}
+    with VideoReader(gop_video, counted) as reader:
+        reader.decode([41, 7, 59], lambda pos, f: got.__setitem__(pos, f.to_ndarray(format="rgb24")))
+        reader.decode([2], lambda pos, f: got.__setitem__(3, f.to_ndarray(format="rgb24")))
+    for pos, i in enumerate([41, 7, 59, 2]):
+        assert np.array_equal(got[pos], ref[i]), i
+
+
 # ---------------------------------------------------------------------- conversion
 
 
