@@ -287,6 +287,7 @@ def _cache_store(cache_dir: str, key: str, info: VideoInfo) -> None:
         # see either no entry or a complete one.
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
         try:
+            os.fchmod(fd, 0o644)  # an index is not secret; a shared cache must be readable
             with io.open(fd, "w", encoding="utf-8") as fh:
                 json.dump(info.to_json(), fh, separators=(",", ":"))
             os.replace(tmp, fname)

@@ -6,6 +6,8 @@ import random
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 import ringload
 from ringload.probe import probe
@@ -255,6 +257,36 @@ def test_out_of_range_and_empty(gop_video):
         ringload.read_frames(gop_video, [-1])
     empty = ringload.read_frames(gop_video, [])
     assert tuple(empty.data.shape) == (0, 3, 48, 64) and tuple(empty.pts_seconds.shape) == (0,)
+
+
+@pytest.fixture(scope="module")
+def gop_reference(gop_video):
+    with av.open(str(gop_video)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
+@settings(max_examples=30)
+@given(calls=hst.lists(hst.lists(hst.integers(0, 59), min_size=1, max_size=12), min_size=1, max_size=4))
+def test_reader_any_call_sequence_is_exact(calls, gop_video, gop_reference, cache_dir):
+    """One warm reader, any sequence of calls (unsorted, repeated, backwards): exact frames,
+    each position once, and no call decodes more frames than the file has."""
+    from ringload._decode import VideoReader
+
+    info = probe(gop_video, cache=cache_dir)
+    with VideoReader(gop_video, info) as reader:
+        for indices in calls:
+            got = {}
+
+            def sink(pos, frame, got=got):
+                assert pos not in got
+                got[pos] = frame.to_ndarray(format="rgb24")
+
+            before = reader.decoded_frames
+            reader.decode(indices, sink)
+            assert sorted(got) == list(range(len(indices)))
+            for pos, i in enumerate(indices):
+                assert np.array_equal(got[pos], gop_reference[i])
+            assert reader.decoded_frames - before <= 60
 
 
 def test_index_types(gop_video):
