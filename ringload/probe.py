@@ -77,6 +77,13 @@ class VideoInfo:
                 arr.flags.writeable = False
                 object.__setattr__(self, name, arr)
 
+    def __setstate__(self, state):
+        # Unpickled arrays (e.g. in a decoder process) come back writeable: lock them again.
+        for key, value in state.items():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+            object.__setattr__(self, key, value)
+
     @property
     def duration_seconds(self) -> float:
         """Span from the first frame to the end of the last one (one average frame period)."""

@@ -47,6 +47,19 @@ def test_fields(name, videos_dir, cache):
     assert info.duration_seconds == pytest.approx(info.num_frames / info.fps, rel=0.1)
 
 
+def test_info_pickles_with_read_only_arrays(videos_dir, cache):
+    import pickle
+
+    info = probe(videos_dir / "bikes.mp4", cache=cache)
+    back = pickle.loads(pickle.dumps(info))
+    assert np.array_equal(back.pts, info.pts) and np.array_equal(back.keyframes, info.keyframes)
+    assert (back.num_frames, back.time_base, back.timestamps) == (info.num_frames, info.time_base, info.timestamps)
+    with pytest.raises(ValueError):
+        back.pts[0] = 5
+    with pytest.raises(AttributeError):
+        back.num_frames = 3
+
+
 def test_public_names():
     import ringload.probe  # noqa: F401  (importing the module must not rebind the name)
 
