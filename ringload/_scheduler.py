@@ -45,6 +45,8 @@ _MAX_ATTEMPTS = 64  # redraws of one sample before the loader gives up (too many
 _CRASHES_PER_VIDEO = 3  # decoder deaths on one file before the file counts as bad
 _TASK_CAP = 128  # frame requests per task: bounds a task's duration and keeps decoders parallel
 _MAX_GOPS_PER_TASK = 8
+# Groups of the first _GATE + 1 incomplete batches are decoded first (see Scheduler._pick).
+_GATE = 1
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,11 @@ class Scheduler:
     def wait(self, gen: int, k: int, timeout_s: float) -> Completed:
         """Block until batch k of generation gen is complete; raises its error if it failed."""
         fut = self._future(gen, k)
-        return fut.result(timeout=timeout_s)
+        result = fut.result(timeout=timeout_s)
+        with self._lock:
+            if self._futures.get(k) is fut:
+                del self._futures[k]  # delivered: keep the table as small as the window
+        return result
 
     def release(self, slot: int) -> None:
         """The consumer is done with ``slot``: it may be refilled."""
@@ -427,6 +433,7 @@ class Scheduler:
             dec.torch_loaded = dec.torch_loaded or msg[1]
             self._dispatch()
         elif kind == "done":
+            self._account_time(msg[-2], msg[-1])
             task = dec.inflight.pop(msg[1], None)
             if task is None:
                 return
@@ -437,7 +444,8 @@ class Scheduler:
             self._finish(task, None, None)
             self._dispatch()
         elif kind == "error":
-            _, tid, exc, delivered, decoded = msg
+            _, tid, exc, delivered, decoded, idle_s, busy_s = msg
+            self._account_time(idle_s, busy_s)
             task = dec.inflight.pop(tid, None)
             if task is None:
                 return
@@ -449,6 +457,10 @@ class Scheduler:
             self._arm_head(dec)
             self._finish(task, exc, delivered)
             self._dispatch()
+
+    def _account_time(self, idle_s: float, busy_s: float) -> None:
+        self.counters["decoder_idle_s"] += idle_s
+        self.counters["decoder_busy_s"] += busy_s
 
     # ---- epochs and batches
 
@@ -538,13 +550,29 @@ class Scheduler:
             heapq.heappop(heap)
         return None
 
-    def _pick(self, dec: _Decoder):
-        """Choose the next task's requests for ``dec`` (see the module docstring)."""
+    def _head(self) -> int | None:
+        """The earliest batch in the window that still waits for frames."""
+        ks = [k for k, b in self._active.items() if b.remaining > 0 and not b.failed]
+        return min(ks) if ks else None
+
+    def _pick(self, dec: _Decoder, *, eager: bool):
+        """Choose the next task's requests for ``dec`` (see the module docstring).
+
+        Only groups needed by the first ``_GATE + 1`` incomplete batches are eligible, so a
+        GOP is decoded when the window already holds every batch that the same GOP (or the
+        same bounded chunk) feeds; an otherwise idle decoder (``eager``) may start on the
+        earliest group beyond that rather than wait.
+        """
         while True:
             k0 = self._earliest()
             if k0 is None:
                 return None
-            limit = k0 + max(1, self.ring.layout.num_slots // 2)
+            head = self._head()
+            limit = (head if head is not None else k0) + _GATE
+            if k0 > limit:
+                if not eager:
+                    return None
+                limit = k0
             key = None
             if dec.last is not None:
                 v, g = dec.last
@@ -588,9 +616,9 @@ class Scheduler:
             for dec in self._decoders.values():
                 if not dec.ready or dec.dead or len(dec.inflight) >= self.depth:
                     continue
-                picked = self._pick(dec)
+                picked = self._pick(dec, eager=not dec.inflight)
                 if picked is None:
-                    return
+                    continue
                 self._send_task(dec, *picked)
                 progress = True
 
