@@ -26,6 +26,15 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # `import ringload` (in a decoder process, or for the CLI) stays cheap.
 _LAZY = {
     # "name": "module",  one line per public name, grouped by module
+    "VideoInfo": ".probe",
+    "probe": ".probe",
+    "Frames": ".read",
+    "read_frames": ".read",
+    "Plan": ".plan",
+    "plan_epoch": ".plan",
+    "segment_indices": ".plan",
+    "Batch": ".loader",
+    "VideoLoader": ".loader",
 }
 
 __all__ = sorted(
