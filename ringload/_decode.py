@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from .errors import ConfigError, DecodeError, FrameIndexError, VideoOpenError
-from .probe import TS_COUNT, VideoInfo, frame_timestamp
+from .probe import TS_COUNT, TS_PTS, VideoInfo, frame_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,13 @@ SEEK_COST_FRAMES = 8
 # before decoding from the start.
 _MAX_STEP_BACK = 3
 
-# The one interpolation used for every resize: bilinear is what most training
-# pipelines expect (PIL/torchvision default), and swscale's is exact and fast.
-INTERPOLATION = "BILINEAR"
+_NONREF_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video"})
+
+# The one interpolation used for every resize. swscale's AREA averages the source pixels
+# each output pixel covers when shrinking (no aliasing, like OpenCV's INTER_AREA) and is
+# bilinear when enlarging; it measured faster than swscale's BILINEAR for 1080p -> 224
+# (docs/indexing.md, bench/index_speed.py --convert).
+INTERPOLATION = "AREA"
 
 
 class _Late(Exception):
@@ -48,7 +52,7 @@ class VideoReader:
     for a process that is one of several decoders; 0: FFmpeg picks).
     """
 
-    def __init__(self, path: str | os.PathLike, info: VideoInfo, *, threads: int = 1):
+    def __init__(self, path: str | os.PathLike, info: VideoInfo, *, threads: int = 1, skip_nonref: bool = True):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f"VideoReader(threads={threads!r}): pass an int >= 0 (0 lets FFmpeg choose)")
         self.path = os.fspath(path)
@@ -63,6 +67,10 @@ class VideoReader:
         self._count = 0  # frames output since the start (TS_COUNT streams only)
         self._ts_index = {int(t): i for i, t in enumerate(info.pts)} if info.timestamps != TS_COUNT else None
         self._kf = [int(k) for k in info.keyframes]
+        # Skipping non-reference frames is exact only where a packet's pts is its frame's
+        # pts and the codec marks reference use per frame (see docs/indexing.md).
+        self.skip_nonref = bool(skip_nonref) and info.timestamps == TS_PTS and info.codec in _NONREF_CODECS
+        self._walk_ts = None  # timestamp of the frame being walked to, while skipping is allowed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -109,7 +117,19 @@ class VideoReader:
 
         st = self._stream
         cc = st.codec_context
+        skipping = False
         for packet in self._container.demux(st):
+            # While walking to a target, frames nobody references and nobody asked for
+            # need not be decoded at all; the target's own packet and every packet after
+            # it are decoded normally.
+            walk = self._walk_ts
+            if walk is not None and packet.pts is not None and packet.pts < walk:
+                if not skipping:
+                    cc.skip_frame = "NONREF"
+                    skipping = True
+            elif skipping:
+                cc.skip_frame = "DEFAULT"
+                skipping = False
             try:
                 frames = cc.decode(packet)
             except av.FFmpegError as exc:
@@ -228,6 +248,14 @@ class VideoReader:
 
     def _run_to(self, t: int, wanted: dict[int, list[int]], sink) -> None:
         """Decode forward until frame ``t`` is delivered, delivering wanted frames on the way."""
+        # t is the smallest frame still wanted, so nothing before it needs decoding unless referenced.
+        self._walk_ts = int(self.info.pts[t]) if self.skip_nonref else None
+        try:
+            self._run_to_inner(t, wanted, sink)
+        finally:
+            self._walk_ts = None
+
+    def _run_to_inner(self, t: int, wanted: dict[int, list[int]], sink) -> None:
         while True:
             nxt = self._next_frame()
             if nxt is None:

@@ -50,7 +50,7 @@ def read_frames(
 
     Frame i is the i-th frame of a full decode in presentation order, with the pixels of
     ``frame.to_ndarray(format="rgb24")`` (resized to ``size=(height, width)`` when given,
-    bilinear). Each GOP is decoded at most once per call. Out-of-range indices raise
+    area-averaging). Each GOP is decoded at most once per call. Out-of-range indices raise
     :class:`ringload.FrameIndexError`.
     """
     import torch
