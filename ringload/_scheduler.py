@@ -187,6 +187,7 @@ class Scheduler:
         self._slot_batch: dict[int, _Batch] = {}
         self._active: dict[int, _Batch] = {}
         self._sampler = None
+        self._spread = 1
         self._epoch_gen = 0
         self._next_k = 0
         self._end_k = 0
@@ -474,6 +475,7 @@ class Scheduler:
         self._by_video.clear()
         self._heap.clear()
         self._sampler = sampler
+        self._spread = int(getattr(sampler, "spread", 1))
         self._epoch_gen = gen
         self._next_k = first_k
         self._end_k = end_k
@@ -558,10 +560,11 @@ class Scheduler:
     def _pick(self, dec: _Decoder, *, eager: bool):
         """Choose the next task's requests for ``dec`` (see the module docstring).
 
-        Only groups needed by the first ``_GATE + 1`` incomplete batches are eligible, so a
-        GOP is decoded when the window already holds every batch that the same GOP (or the
-        same bounded chunk) feeds; an otherwise idle decoder (``eager``) may start on the
-        earliest group beyond that rather than wait.
+        Only groups needed by the first ``_GATE + 1`` incomplete batches are eligible (in
+        bounded mode also those whose chunk lies wholly inside the window: the sampler's
+        ``spread`` is how many consecutive batches a chunk can reach), so a GOP is decoded
+        when the window already holds as many of the batches it feeds as it can; an
+        otherwise idle decoder (``eager``) may start on the earliest group rather than wait.
         """
         while True:
             k0 = self._earliest()
@@ -569,6 +572,11 @@ class Scheduler:
                 return None
             head = self._head()
             limit = (head if head is not None else k0) + _GATE
+            if self._spread > 1 and self._next_k < self._end_k:
+                # Bounded chunks: a group is ready once every batch its chunk can reach is in.
+                limit = max(limit, self._next_k - self._spread)
+            elif self._spread > 1:
+                limit = max(limit, self._end_k)
             if k0 > limit:
                 if not eager:
                     return None

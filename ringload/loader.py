@@ -259,6 +259,8 @@ class _Sampler:
         self.width = np.array([i.width if i is not None else 0 for i in infos], dtype=np.int64)
         self.height = np.array([i.height if i is not None else 0 for i in infos], dtype=np.int64)
         self.counts = counts
+        # Consecutive batches a bounded chunk can reach (the scheduler's look-ahead unit).
+        self.spread = int(getattr(plan, "chunk_window", 1)) if cfg.sampling == "bounded" else 1
         self.eligible = np.flatnonzero(counts > 0)
         self.cum = np.cumsum(counts[self.eligible])
 
@@ -380,8 +382,9 @@ class VideoLoader:
     torch.distributed's when it is initialised.
 
     Resources: ``num_workers`` decoder processes (default: one per CPU); a ring of
-    ``prefetch_batches + 1`` batch slots in shared memory (default: as many batches as fit
-    in 1 GiB, 2 to 8). ``on_error="skip"`` quarantines bad files (``stats()``) and replaces
+    ``prefetch_batches + 1`` batch slots in shared memory (default: 8, in bounded mode
+    enough for a whole chunk's batches plus two per decoder, at most what fits in 1 GiB and
+    at least 2). ``on_error="skip"`` quarantines bad files (``stats()``) and replaces
     their samples deterministically; ``"raise"`` raises a :class:`ringload.VideoError`.
     ``timeout_s`` bounds the wait for one batch, ``task_timeout_s`` (plus a share per frame)
     the time a decoder may spend on one task before it is killed and replaced.
@@ -450,8 +453,10 @@ class VideoLoader:
     # ------------------------------------------------------------------ set-up
 
     def _probe_all(self):
-        from .probe import probe
+        from .probe import index_paths, probe
 
+        if len(self._paths) > 8:
+            index_paths(self._paths)  # fills the on-disk index in parallel; errors come below
         infos = []
         for p in self._paths:
             try:
@@ -499,9 +504,16 @@ class VideoLoader:
         T = cfg.frames_per_sample
         h, w = self._size
         batch_bytes = cfg.batch_size * T * h * w * 3
-        prefetch = cfg.prefetch_batches or int(min(8, max(2, _RING_BUDGET_BYTES // batch_bytes)))
         workers = cfg.num_workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self._num_workers = workers
+        prefetch = cfg.prefetch_batches
+        if prefetch is None:
+            fit = max(2, _RING_BUDGET_BYTES // batch_bytes)
+            want = 8
+            if cfg.sampling == "bounded":
+                # Room for whole chunks plus work for every decoder: each chunk decodes once.
+                want = max(want, self._plan().chunk_window + 2 * workers)
+            prefetch = int(min(want, fit))
         layout = RingLayout(prefetch + 1, (cfg.batch_size, T, h, w, 3))
         ring = sched = transfer = None
         try:
