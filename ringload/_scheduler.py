@@ -341,6 +341,8 @@ class Scheduler:
                 pass
             if dec.transport is not None:
                 dec.transport.close()  # EOF on the control socket: the decoder exits
+            if dec.inflight and dec.proc.exitcode is None:
+                dec.proc.terminate()  # busy with a task it would finish first: results are unwanted
         for step, timeout in (("join", 3.0), ("terminate", 2.0), ("kill", 2.0)):
             alive = [d for d in decs if d.proc.exitcode is None]
             if not alive:
@@ -838,7 +840,11 @@ class Scheduler:
         if not dec.ever_ready:
             self._startup_failures += 1
             if self._startup_failures > 3:
-                raise WorkerError(f"decoder processes exit during start-up (exit code {exitcode}); see their log output")
+                raise WorkerError(
+                    f"decoder processes exit during start-up (exit code {exitcode}); see their output on stderr. "
+                    "Decoders are spawned and import your main module: a script that builds the loader at "
+                    "module level must do so under `if __name__ == \"__main__\":`"
+                )
         for i, task in enumerate(tasks):
             if i == 0:
                 self._crashes[task.video] += 1

@@ -608,11 +608,14 @@ class VideoLoader:
         if self._t_first is None:
             self._t_first = t0
         deadline = t0 + cfg.timeout_s
+        in_flight = getattr(self._transfer, "in_flight", None)
         while True:
             for slot in self._transfer.reclaim(0.0):
                 self._sched.release(slot)
+            # Slots still being copied to a device come back through reclaim(): look again soon.
+            step = 0.01 if in_flight is not None and in_flight() else 0.5
             try:
-                done = self._sched.wait(gen, k, min(0.5, max(0.0, deadline - time.perf_counter())))
+                done = self._sched.wait(gen, k, min(step, max(0.0, deadline - time.perf_counter())))
                 break
             except concurrent.futures.TimeoutError:
                 if time.perf_counter() >= deadline:

@@ -49,6 +49,13 @@ def test_hung_decoder_is_killed_replaced_and_batches_identical(engine_videos, mo
     assert_same_batches(ref, got)
 
 
+def test_batch_wait_times_out_naming_the_setting(engine_videos, monkeypatch):
+    monkeypatch.setenv("RINGLOAD_TEST_HANG_TASK", "0")
+    with ringload.VideoLoader(engine_videos, num_workers=1, timeout_s=1.0, task_timeout_s=120, **KW) as loader:
+        with pytest.raises(ringload.LoaderTimeoutError, match="timeout_s=1"):
+            next(iter(loader))
+
+
 def _corrupt_after_probe(engine_videos, tmp_path):
     """A dataset whose third file is replaced by garbage after the loader indexed it."""
     paths = []
