@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import signal
 import socket
 import struct
 import threading
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _MAX_ATTEMPTS = 64  # redraws of one sample before the loader gives up (too many bad files)
 _CRASHES_PER_VIDEO = 3  # decoder deaths on one file before the file counts as bad
+_STARTUP_TIMEOUT_S = 120.0  # a decoder that has not connected by then is killed and replaced
 _TASK_CAP = 128  # frame requests per task: bounds a task's duration and keeps decoders parallel
 _MAX_GOPS_PER_TASK = 8
 # Groups of the first _GATE + 1 incomplete batches are decoded first (see Scheduler._pick).
@@ -128,6 +130,7 @@ class _Decoder:
         self.ready = False
         self.dead = False
         self.ever_ready = False
+        self.started = time.monotonic()
         self.torch_loaded = None
         self.inflight: collections.OrderedDict[int, _Task] = collections.OrderedDict()
         self.last: tuple[int, int] | None = None
@@ -277,7 +280,7 @@ class Scheduler:
             raise self._fatal
         if self._closing or self._loop is None:
             raise WorkerError("the loader is closed")
-        self._loop.call_soon_threadsafe(fn, *args)
+        self._loop.call_soon_threadsafe(self._guard, fn, *args)
 
     def _future(self, gen: int, k: int) -> concurrent.futures.Future:
         with self._lock:
@@ -876,22 +879,38 @@ class Scheduler:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
-            now = time.monotonic()
-            for dec in list(self._decoders.values()):
-                if dec.dead or not dec.inflight:
-                    continue
-                head = next(iter(dec.inflight.values()))
-                if head.deadline is not None and now > head.deadline:
-                    log.warning(
-                        "decoder %d (pid %d) spent more than %.1f s on one task; killing and replacing it (task_timeout_s)",
-                        dec.id, dec.pid, head.timeout_s,
-                    )
-                    self.counters["hung_decoders_killed"] += 1
-                    head.deadline = None
-                    try:
-                        os.kill(dec.pid, 9)
-                    except ProcessLookupError:
-                        pass
+            try:
+                self._check_deadlines()
+            except Exception as exc:  # the watchdog must not die silently
+                self._set_fatal(exc)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for dec in list(self._decoders.values()):
+            if dec.dead:
+                continue
+            if not dec.ever_ready and now - dec.started > _STARTUP_TIMEOUT_S:
+                log.warning("decoder %d (pid %d) did not start within %.0f s; replacing it", dec.id, dec.pid, _STARTUP_TIMEOUT_S)
+                dec.started = now
+                try:
+                    os.kill(dec.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                continue
+            if not dec.inflight:
+                continue
+            head = next(iter(dec.inflight.values()))
+            if head.deadline is not None and now > head.deadline:
+                log.warning(
+                    "decoder %d (pid %d) spent more than %.1f s on one task; killing and replacing it (task_timeout_s)",
+                    dec.id, dec.pid, head.timeout_s,
+                )
+                self.counters["hung_decoders_killed"] += 1
+                head.deadline = None
+                try:
+                    os.kill(dec.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 async def _recv_first(loop, conn) -> list:
