@@ -167,6 +167,7 @@ class Scheduler:
         self.on_error = on_error
         self.task_timeout_s = float(options.get("task_timeout_s", 60.0))
         self.hang_task = options.get("hang_task")
+        self.hang_video = options.get("hang_video")
         self.hang_s = float(options.get("hang_s", 3600.0))
         self.depth = int(options.get("depth", 2))
         self.max_open = int(options.get("max_open", 4))
@@ -671,7 +672,7 @@ class Scheduler:
         dec.open.move_to_end(video)
         while len(dec.open) > self.max_open:
             dec.open.popitem(last=False)
-        hang = self.hang_s if (self.hang_task is not None and tid == self.hang_task) else 0.0
+        hang = self.hang_s if tid == self.hang_task or video == self.hang_video else 0.0
         msg = ("task", tid, video, self.paths[video], info if send_info else None, uidx, task.req_u, slot, bpos, tpos, crop, flip, self.size, hang)
         dec.inflight[tid] = task
         if len(dec.inflight) == 1:

@@ -41,8 +41,10 @@ ON_ERROR = ("raise", "skip")
 _RING_BUDGET_BYTES = 1 << 30
 # Tolerance when a clip's sampling times are matched to frame timestamps (see _clip_frames).
 _TIME_EPS = 1e-6
-# Stride of the hang test hook: the decoder sleeps this long on the chosen task.
+# Test hooks: a decoder sleeps (until killed) on the task with this number, or on every
+# task of the video with this index. Read once, when the loader is built.
 _HANG_ENV = "RINGLOAD_TEST_HANG_TASK"
+_HANG_VIDEO_ENV = "RINGLOAD_TEST_HANG_VIDEO"
 
 
 def _is_int(x) -> bool:
@@ -522,10 +524,15 @@ class VideoLoader:
             self._slot_tensors = [torch.from_numpy(ring.slots[i]) for i in range(layout.num_slots)]
             transfer.register(self._slot_tensors)
             hang = os.environ.get(_HANG_ENV)
+            hang_video = os.environ.get(_HANG_VIDEO_ENV)
             sched = Scheduler(
                 ring=ring, num_workers=workers, paths=self._paths, infos=self._infos, size=(h, w),
                 on_error=cfg.on_error,
-                options={"task_timeout_s": cfg.task_timeout_s, "hang_task": int(hang) if hang else None},
+                options={
+                    "task_timeout_s": cfg.task_timeout_s,
+                    "hang_task": int(hang) if hang else None,
+                    "hang_video": int(hang_video) if hang_video else None,
+                },
             )
             sched.start()
         except BaseException:
