@@ -169,11 +169,14 @@ class LoaderConfig:
         return self.num_segments
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Batch:
-    """One batch. ``frames`` uint8 (B, C, H, W) for frames, (B, T, C, H, W) for clips and
-    segments; ``video_index`` (B,) int64; ``frame_index`` and ``pts_seconds`` (B,) or (B, T);
-    ``labels`` int64 (B,) class ids, float32 (B, C) multi-hot, or None without labels."""
+    """One batch. ``frames`` uint8 RGB (B, C, H, W) for frames, (B, T, C, H, W) for clips and
+    segments, in channels-last memory order (``.contiguous()`` gives the other one);
+    ``video_index`` (B,) int64 (position in the source); ``frame_index`` (B,) or (B, T)
+    int64 (frame i of a full decode in presentation order) and ``pts_seconds`` float64 of
+    the same shape; ``labels`` int64 (B,) class ids, float32 (B, C) multi-hot, or None
+    without labels. On the CPU every tensor is the caller's own copy."""
 
     frames: object
     video_index: object
@@ -695,7 +698,17 @@ class VideoLoader:
     # ------------------------------------------------------------------ reporting and teardown
 
     def stats(self) -> dict:
-        """Throughput, ring memory, decoder restarts and quarantined files."""
+        """Counters since the loader was built.
+
+        ``batches``, ``samples``, ``frames`` delivered; ``seconds`` since the first request
+        and ``images_per_s``/``samples_per_s`` over it; ``wait_s`` the consumer spent waiting;
+        ``ring_bytes`` = ``num_slots`` x ``slot_bytes`` (all the shared memory there is);
+        ``num_workers``, ``decoder_pids``; ``decoded_frames`` (frames the decoders produced,
+        including those walked from a keyframe) and ``tasks``; ``decoder_busy_s`` and
+        ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
+        and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
+        ``quarantined`` ({path: reason}) for bad files.
+        """
         snap = self._sched.snapshot() if not self._closed else {"counters": {}, "quarantined": {}, "decoders": []}
         sc = snap["counters"]
         c = dict(self._counters)
@@ -716,6 +729,8 @@ class VideoLoader:
             "decoder_restarts": sc.get("decoder_restarts", 0),
             "hung_decoders_killed": sc.get("hung_decoders_killed", 0),
             "decoded_frames": sc.get("decoded_frames", 0),
+            "decoder_busy_s": sc.get("decoder_busy_s", 0.0),
+            "decoder_idle_s": sc.get("decoder_idle_s", 0.0),
             "tasks": sc.get("tasks", 0),
             "failed_samples": sc.get("failed_samples", 0),
             "replaced_samples": sc.get("replaced_samples", 0),

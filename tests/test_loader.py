@@ -252,3 +252,18 @@ def test_rss_flat_over_20_epochs(engine_videos):
     # After warm-up (epochs 0-4), growth over the next 15 epochs stays under 8 MiB in total.
     growth = max(samples[5:]) - samples[4]
     assert growth < 8 * 1024, f"RSS grew by {growth} KiB: {samples}"
+
+
+def test_sequential_decodes_each_frame_about_once(engine_videos):
+    from test_engine_helpers import SPECS
+
+    from ringload.probe import probe
+
+    total = sum(probe(p).num_frames for p in engine_videos)
+    with ringload.VideoLoader(engine_videos, batch_size=16, size=(16, 16), num_workers=2, sampling="sequential",
+                              drop_last=False) as loader:
+        n = len(collect(loader))
+        decoded = loader.stats()["decoded_frames"]
+    # Warm readers continue from GOP to GOP; at worst a GOP split between two batches (and
+    # two decoders) is walked twice, once per batch.
+    assert total <= decoded <= total + n * max(s[5] for s in SPECS)
