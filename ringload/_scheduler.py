@@ -144,6 +144,11 @@ class _Proto(asyncio.Protocol):
         self.dec = dec
         self.reader = _worker.FrameReader()
 
+    def connection_made(self, transport):
+        # Set here, not after connect_accepted_socket returns: the decoder's "ready" can
+        # arrive (and tasks be sent) before that.
+        self.dec.transport = transport
+
     def data_received(self, data):
         try:
             for msg in self.reader.feed(data):
@@ -409,8 +414,6 @@ class Scheduler:
             transport, _ = await loop.connect_accepted_socket(lambda: _Proto(self, dec), sock=conn)
             if dec.dead:
                 transport.close()
-                return
-            dec.transport = transport
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             log.warning("decoder handshake failed: %s", exc)
             conn.close()
@@ -628,7 +631,7 @@ class Scheduler:
         while progress:
             progress = False
             for dec in self._decoders.values():
-                if not dec.ready or dec.dead or len(dec.inflight) >= self.depth:
+                if not dec.ready or dec.dead or dec.transport is None or len(dec.inflight) >= self.depth:
                     continue
                 picked = self._pick(dec, eager=not dec.inflight)
                 if picked is None:

@@ -58,7 +58,8 @@ def test_file_that_keeps_killing_decoders_is_quarantined_not_retried_forever(eng
         stats = loader.stats()
     assert list(stats["quarantined"]) == [engine_videos[1]]
     assert "died 3 times" in stats["quarantined"][engine_videos[1]]
-    assert 3 <= stats["hung_decoders_killed"] <= 4  # a task already queued on another decoder may hang once more
+    # Tasks of the file already queued on other decoders when it was declared bad hang once more.
+    assert stats["hung_decoders_killed"] >= 3
     for r, g in zip(ref, got):
         assert not (g["video"] == 1).any()
         keep = r["video"] != 1
