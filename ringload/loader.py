@@ -522,7 +522,14 @@ class VideoLoader:
         layout = RingLayout(prefetch + 1, (cfg.batch_size, T, h, w, 3))
         ring = sched = transfer = None
         try:
-            ring = Ring(layout)
+            try:
+                ring = Ring(layout)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot allocate the ring: {layout.nbytes / 2**20:.0f} MiB of shared memory "
+                    f"({layout.num_slots} slots of {cfg.batch_size} x {T} frames of {h}x{w}): {exc.strerror or exc}. "
+                    "Lower prefetch_batches or batch_size, or give /dev/shm more room (docker: --shm-size)"
+                ) from None
             transfer = make_transfer(cfg.device)
             self._slot_tensors = [torch.from_numpy(ring.slots[i]) for i in range(layout.num_slots)]
             transfer.register(self._slot_tensors)
