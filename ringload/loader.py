@@ -378,7 +378,8 @@ class VideoLoader:
     ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
     ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (bilinear) in the
     same conversion pass. Boxes lie on even coordinates (the chroma grid). A clip shares
-    one box and one flip. ``hflip`` flips half the samples. All random choices are keyed by
+    one box and one flip. Frames keep the coded orientation (``probe(path).rotation`` says
+    how a player would turn them), exactly like ``read_frames``. ``hflip`` flips half the samples. All random choices are keyed by
     (seed, epoch, sample), so batch k is the same for any ``num_workers``, timing or fault.
 
     Epochs: one ``for batch in loader`` is one epoch; ``set_epoch(e)`` selects the next.
@@ -390,7 +391,9 @@ class VideoLoader:
     ``prefetch_batches + 1`` batch slots in shared memory (default: 8, in bounded mode
     enough for a whole chunk's batches plus two per decoder, at most what fits in 1 GiB and
     at least 2). ``on_error="skip"`` quarantines bad files (``stats()``) and replaces
-    their samples deterministically; ``"raise"`` raises a :class:`ringload.VideoError`.
+    their samples deterministically; ``"raise"`` raises a :class:`ringload.VideoError`
+    (from the constructor for files that cannot be indexed, from ``__next__`` at the first
+    batch that needs a file that fails to decode).
     ``timeout_s`` bounds the wait for one batch, ``task_timeout_s`` (plus a share per frame)
     the time a decoder may spend on one task before it is killed and replaced.
     """
