@@ -65,7 +65,10 @@ class VideoReader:
         self._last = None  # index of the last frame identified since the last seek
         self._fresh = False  # container just opened: decoding starts at the first frame
         self._count = 0  # frames output since the start (TS_COUNT streams only)
-        self._ts_index = {int(t): i for i, t in enumerate(info.pts)} if info.timestamps != TS_COUNT else None
+        self._seek_kf = 0  # the keyframe the last seek aimed at
+        # Timestamps are strictly increasing, so a binary search maps one to its frame
+        # without building a table per reader (long videos, one reader per task).
+        self._pts = info.pts if info.timestamps != TS_COUNT else None
         self._kf = [int(k) for k in info.keyframes]
         # Skipping non-reference frames is exact only where a packet's pts is its frame's
         # pts and the codec marks reference use per frame (see docs/indexing.md).
@@ -158,9 +161,10 @@ class VideoReader:
         self._frames = self._generate()
         self._fresh = False
         self._last = None
+        self._seek_kf = k
 
     def _index_of(self, frame) -> int | None:
-        if self._ts_index is None:
+        if self._pts is None:
             return self._count
         ts = frame_timestamp(frame, self.info.timestamps)
         if ts is None:
@@ -168,7 +172,9 @@ class VideoReader:
             if self._last is not None:
                 return self._last + 1
             return 0 if self._fresh else None
-        return self._ts_index.get(int(ts))
+        ts = int(ts)
+        j = int(np.searchsorted(self._pts, ts))
+        return j if j < len(self._pts) and int(self._pts[j]) == ts else None
 
     def _next_frame(self):
         """(index or None, frame) of the next decoded frame, or None at the end."""
@@ -185,7 +191,7 @@ class VideoReader:
 
     def decode(self, indices: Iterable[int], sink: Callable[[int, object], None]) -> None:
         """Call ``sink(position, frame)`` for every position of ``indices`` (any order, repeats allowed)."""
-        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64).ravel()
+        idx = as_indices(indices, self.path)
         n = self.info.num_frames
         if idx.size == 0:
             return
@@ -272,9 +278,12 @@ class VideoReader:
                     "does not list (the file changed or the index is stale; delete the cache entry)"
                 )
             if self._last is None:
-                if j > t:
-                    if self._fresh:
+                if self._fresh:
+                    if j > t:
                         raise _DecodeFailed("decoding from the start skips it")
+                elif j > self._seek_kf:
+                    # The demuxer landed after the keyframe: frames from there on may lack
+                    # their references, so none of them is trusted.
                     raise _Late()
             elif j <= self._last:
                 raise _DecodeFailed(f"frames come out of order after frame {self._last}")
@@ -306,6 +315,20 @@ class VideoReader:
 
 class _DecodeFailed(Exception):
     pass
+
+
+def as_indices(indices, path) -> np.ndarray:
+    """Frame indices as a flat int64 array; floats must be whole numbers."""
+    if isinstance(indices, range):
+        return np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
+    arr = np.asarray(indices if hasattr(indices, "__len__") or hasattr(indices, "__array__") else list(indices))
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise ConfigError(f"frame indices for {os.fspath(path)} must be integers, got {arr.dtype} values")
+    return arr.astype(np.int64, copy=False).ravel()
 
 
 # ---------------------------------------------------------------------- conversion
@@ -376,15 +399,21 @@ def _crop_frame(frame, x: int, y: int, w: int, h: int):
     if len(comps) != len(planes) or sorted(c.plane for c in comps) != list(range(len(planes))):
         return None
     bits = max(c.bits for c in comps)
-    if bits > 16 or getattr(fmt, "is_bayer", False):
+    # Deeper formats are dithered/rounded near the crop edges differently than in the
+    # full conversion (measured: up to 3 levels in the outer pixels), so they crop in RGB.
+    if bits != 8 or getattr(fmt, "is_bayer", False):
         return None
-    bps = 1 if bits <= 8 else 2
+    bps = 1
     shifts = []
     for p in planes:
         sx, sy = _shift(frame.width, p.width), _shift(frame.height, p.height)
         if sx is None or sy is None:
             return None
         ax, ay = 1 << sx, 1 << sy
+        # swscale converts odd-sized subsampled frames on a path that interpolates chroma,
+        # so a plane crop of them would not match the full conversion: crop in RGB instead.
+        if frame.width % ax or frame.height % ay:
+            return None
         if x % ax or y % ay or (w % ax and x + w != frame.width) or (h % ay and y + h != frame.height):
             return None
         shifts.append((sx, sy))

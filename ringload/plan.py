@@ -58,14 +58,18 @@ DEFAULT_MAX_PER_CHUNK = 16
 #: Longest accepted chunk: beyond this the keyframe walk is already < 0.4 % of the work.
 MAX_CHUNK_LEN = 4096
 
+# Chunks up to this length are shuffled exactly; longer ones by an affine map (see _within).
+_EXACT_WITHIN = 256
+# Primes above MAX_CHUNK_LEN: multipliers coprime to every chunk size.
+_PRIMES = np.array([4099, 4111, 4127, 4129, 4133, 4139, 4153, 4157, 4159, 4177, 4201, 4211, 4217, 4219, 4229, 4231],
+                   dtype=np.int64)
 # Domains up to this size get an explicit (stored) permutation; larger ones a Feistel network.
 _EXPLICIT_MAX = 1 << 20
 # Six rounds: Luby-Rackoff needs four for a pseudo-random permutation; two spare.
 _FEISTEL_ROUNDS = 6
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
-_SH27, _SH30, _SH31 = np.uint64(27), np.uint64(30), np.uint64(31)
+_SH29 = np.uint64(29)
 _M64 = (1 << 64) - 1
 
 # Stream tags: independent random choices of one (seed, epoch) must not share numbers.
@@ -121,40 +125,43 @@ class _Perm:
             # Round r splits its input into (hi, lo) with hi of width[r] bits; widths
             # alternate, and an even number of rounds ends where it started.
             self._width = [bits // 2 if r % 2 == 0 else self._lo_bits for r in range(_FEISTEL_ROUNDS)]
-            self._masks = [np.uint64((1 << w) - 1) for w in self._width]
             self._keys = [_u64(_derive(key, _S_ROUNDS, r)) for r in range(_FEISTEL_ROUNDS)]
 
     @staticmethod
-    def _round(x: np.ndarray, k: np.uint64, mask: np.uint64) -> np.ndarray:
-        # splitmix64 of (x ^ k), in place: the Feistel rounds dominate plan construction.
+    def _round(x: np.ndarray, k: np.uint64, width: int) -> np.ndarray:
+        # Multiply-xorshift-multiply of (x ^ k), keeping the top `width` bits (the best
+        # mixed ones). In place: the Feistel rounds dominate plan construction.
+        if width == 0:
+            return np.zeros_like(x)
         z = x ^ k
-        t = z >> _SH30
         with np.errstate(over="ignore"):
-            z += _GOLDEN
-            np.right_shift(z, _SH30, out=t)
-            z ^= t
             z *= _MUL1
-            np.right_shift(z, _SH27, out=t)
-            z ^= t
+            z ^= z >> _SH29
             z *= _MUL2
-        np.right_shift(z, _SH31, out=t)
-        z ^= t
-        z &= mask
+        z >>= np.uint64(64 - width)
         return z
 
     def _enc(self, x: np.ndarray) -> np.ndarray:
         lo_bits = np.uint64(self._lo_bits)
         hi, lo = x >> lo_bits, x & np.uint64((1 << self._lo_bits) - 1)
-        for k, mask in zip(self._keys, self._masks):
-            hi, lo = lo, hi ^ self._round(lo, k, mask)
-        return (hi << lo_bits) | lo
+        for k, w in zip(self._keys, self._width):
+            f = self._round(lo, k, w)
+            f ^= hi
+            hi, lo = lo, f
+        hi <<= lo_bits
+        hi |= lo
+        return hi
 
     def _dec(self, x: np.ndarray) -> np.ndarray:
         lo_bits = np.uint64(self._lo_bits)
         hi, lo = x >> lo_bits, x & np.uint64((1 << self._lo_bits) - 1)
-        for k, mask in zip(reversed(self._keys), reversed(self._masks)):
-            hi, lo = lo ^ self._round(hi, k, mask), hi
-        return (hi << lo_bits) | lo
+        for k, w in zip(reversed(self._keys), reversed(self._width)):
+            f = self._round(hi, k, w)
+            f ^= lo
+            hi, lo = f, hi
+        hi <<= lo_bits
+        hi |= lo
+        return hi
 
     def _walk(self, x: np.ndarray, step) -> np.ndarray:
         y = step(np.asarray(x, dtype=np.int64).astype(np.uint64))
@@ -274,8 +281,8 @@ class Plan:
       consecutive batches (bounded: ``1 + ceil((chunk_len - 1) / min_block)``, see
       docs/sampling.md). A look-ahead of that many batches decodes each chunk once.
       Exceptions: a chunk cut by a rank boundary or by the dropped tail is simply smaller;
-      at most ``rounds + 1`` chunks per rank and epoch straddle the wrap from the last
-      batch back to the first and so lie in two such runs.
+      at most ``rounds`` chunks per rank and epoch straddle the end of a dealing round
+      (the last batch) and continue in the first batches, so they lie in two runs.
     - ``plan.config``: the :class:`PlanConfig` echo of the arguments.
     """
 
@@ -294,15 +301,20 @@ class Plan:
         self._shard()
         self.max_per_chunk = cfg.max_per_chunk or default_max_per_chunk(cfg.batch_size)
         self.chunk_len = 1
+        #: Blocks per batch (bounded dealing rounds) and the smallest block; 1 and
+        #: batch_size outside bounded mode.
+        self.rounds, self.min_block = 1, cfg.batch_size
         if cfg.mode == "bounded":
             self._build_bounded()
         elif cfg.mode == "strict":
             self._perm = _Perm(self.total_samples, _derive(self._key, _S_PERM))
             self._rot = self._rotation()
             self.max_per_chunk = 1
+            self.num_chunks = self.total_samples
             self.chunk_window = 1
         else:
             self.max_per_chunk = cfg.batch_size
+            self.num_chunks = len(self.lengths)
             longest = int(self.starts_per_video.max()) if len(self.lengths) else 0
             self.chunk_len = longest
             self.chunk_window = min(self.num_batches, 1 + -(-max(longest - 1, 0) // cfg.batch_size))
@@ -424,6 +436,8 @@ class Plan:
     def chunk_extent(self, ids) -> np.ndarray:
         """int64 ``(len(ids), 3)``: ``(video, first_start, last_start)`` of each chunk id."""
         ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_chunks):
+            raise IndexError(f"chunk id out of range [0, {self.num_chunks})")
         mode = self.config.mode
         if mode == "strict":
             v, s = self._split_ids(ids)
@@ -434,8 +448,6 @@ class Plan:
         return np.stack([v, lo, hi - 1], axis=1)
 
     def _chunk_bounds(self, ids: np.ndarray):
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_chunks):
-            raise IndexError(f"chunk id out of range [0, {self.num_chunks})")
         c = self.chunk_len
         v = np.searchsorted(self._cum_chunks, ids, side="right") - 1
         j = ids - self._cum_chunks[v]
@@ -444,11 +456,25 @@ class Plan:
         return v, lo, hi
 
     def _within(self, ids: np.ndarray, e: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """Shuffle of the starts inside each chunk: offset e -> shuffled offset."""
+        """Shuffle of the starts inside each chunk: offset e -> shuffled offset.
+
+        The map depends only on (seed, epoch, chunk id, size), so the parts of one chunk
+        that land in different batches never collide. Chunks up to _EXACT_WITHIN starts
+        get a uniformly random order (argsort of keyed hashes, O(unique chunks x
+        chunk_len) per batch); longer ones an affine map ``(a * e + b) mod size`` with a
+        prime multiplier a > MAX_CHUNK_LEN (coprime to every size), which spreads a
+        batch's share evenly over the chunk at O(1) per sample.
+        """
         c = self.chunk_len
+        key = _derive(self._key, _S_WITHIN)
+        if c > _EXACT_WITHIN:
+            h = _mix(key, ids.astype(np.uint64))
+            a = _PRIMES[(h % np.uint64(len(_PRIMES))).astype(np.int64)]
+            b = ((h >> np.uint64(8)) % size.astype(np.uint64)).astype(np.int64)
+            return (a * e + b) % size
         uniq, inv = np.unique(ids, return_inverse=True)
         cols = np.arange(c, dtype=np.uint64)
-        h = _mix(_derive(self._key, _S_WITHIN), uniq.astype(np.uint64)[:, None] * np.uint64(c) + cols[None, :]) >> np.uint64(1)
+        h = _mix(key, uniq.astype(np.uint64)[:, None] * np.uint64(c) + cols[None, :]) >> np.uint64(1)
         usize = np.zeros(len(uniq), dtype=np.int64)
         usize[inv] = size
         h[cols[None, :] >= usize[:, None].astype(np.uint64)] = np.uint64(_M64)
@@ -465,8 +491,6 @@ class Plan:
         return self.config.batch_size if k < self.num_batches - 1 else self._last
 
     def _batch(self, k: int):
-        if self._cache[0] == k:
-            return self._cache[1], self._cache[2]
         cfg = self.config
         n = self.num_batches
         if not isinstance(k, numbers.Integral) or isinstance(k, bool):
@@ -476,6 +500,10 @@ class Plan:
             k += n
         if not 0 <= k < n:
             raise IndexError(f"batch {k} out of range: the plan has {n} batches")
+        # plan[k] and plan.chunks(k) come in pairs; one tuple read keeps this thread-safe.
+        cache = self._cache
+        if cache[0] == k:
+            return cache[1], cache[2]
         b = self.batch_len(k)
         slots = np.arange(b, dtype=np.int64)
         if cfg.mode == "sequential":

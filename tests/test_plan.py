@@ -435,3 +435,35 @@ def test_segments_random_is_uniform_within_parts_and_center_is_fixed():
         segment_indices(10, 2, seed=0, mode="uniform")
     with pytest.raises(ConfigError, match="num_segments"):
         segment_indices(10, 0, seed=0)
+
+
+@pytest.mark.parametrize("chunk_len, max_per_chunk", [(300, 7), (1000, 64)])
+def test_long_chunks_use_the_affine_inner_shuffle_and_keep_every_property(chunk_len, max_per_chunk):
+    lengths = [25000, 0, 7310, 12000]
+    plans = all_ranks(lengths, 2, batch_size=96, seed=4, chunk_len=chunk_len, max_per_chunk=max_per_chunk,
+                      drop_last=False)
+    seen = []
+    for p in plans:
+        assert p.chunk_len == chunk_len
+        for k in range(len(p)):
+            _, counts = np.unique(p.chunks(k), return_counts=True)
+            assert counts.max() <= max_per_chunk
+            ext = p.chunk_extent(p.chunks(k))
+            assert np.all((ext[:, 1] <= p[k][:, 1]) & (p[k][:, 1] <= ext[:, 2]))
+            seen.extend(map(tuple, p[k].tolist()))
+    assert sorted(seen) == sorted(valid_samples(lengths))
+
+
+def test_plan_pickles_and_chunk_ids_are_checked():
+    import pickle
+
+    p = plan_epoch([50, 70], batch_size=8, seed=1, chunk_len=8, max_per_chunk=2)
+    q = pickle.loads(pickle.dumps(p))
+    assert all(np.array_equal(p[k], q[k]) and np.array_equal(p.chunks(k), q.chunks(k)) for k in range(len(p)))
+    with pytest.raises(IndexError):
+        p.chunk_extent([p.num_chunks])
+    for mode in ["strict", "sequential"]:
+        s = plan_epoch([50, 70], batch_size=8, seed=1, mode=mode)
+        assert s.rounds == 1 and s.min_block == 8
+        ext = s.chunk_extent(s.chunks(0))
+        assert np.all((ext[:, 1] <= s[0][:, 1]) & (s[0][:, 1] <= ext[:, 2]))
