@@ -267,3 +267,23 @@ def test_sequential_decodes_each_frame_about_once(engine_videos):
     # Warm readers continue from GOP to GOP; at worst a GOP split between two batches (and
     # two decoders) is walked twice, once per batch.
     assert total <= decoded <= total + n * max(s[5] for s in SPECS)
+
+
+def test_fps_clips_on_a_variable_frame_rate_file(videos_dir):
+    from ringload.probe import probe
+
+    path = str(videos_dir / "mv_with_2_top_shots.mp4")  # VFR: 33-42 ms frame intervals
+    pts = probe(path).pts_seconds
+    size = (24, 32)
+    with ringload.VideoLoader([path], sample="clips", clip_len=4, fps=10.0, batch_size=4, size=size, crop="none",
+                              sampling="strict", num_workers=1, seed=3) as loader:
+        batches = collect(loader, limit=3)
+    for b in batches:
+        for row, times in zip(b["frame"], b["pts"]):
+            start = pts[row[0]]
+            for j, f in enumerate(row.tolist()):
+                # The frame on screen at start + j / fps: the last one shown at or before it.
+                assert pts[f] <= start + j / 10.0 + 1e-6
+                assert f == len(pts) - 1 or pts[f + 1] > start + j / 10.0 + 1e-6
+            assert np.array_equal(times, pts[row])
+    check_exact(batches, [path], size, clip_axis=True)
