@@ -176,7 +176,11 @@ class Scheduler:
         self.hang_s = float(options.get("hang_s", 3600.0))
         self.depth = int(options.get("depth", 2))
         self.max_open = int(options.get("max_open", 4))
-        self.info_mirror = 128
+        # How many video indexes a decoder keeps (it keeps twice this, see _worker): about
+        # 64 MiB of timestamps at the dataset's mean length, between 8 and 128 videos.
+        frames = [int(i.num_frames) for i in infos if i is not None]
+        mean_bytes = 24 * (sum(frames) / len(frames)) if frames else 1
+        self.info_mirror = int(min(128, max(8, (64 << 20) // max(1, mean_bytes))))
         self._ctx = multiprocessing.get_context("spawn")
         self._address = b"\0ringload-" + secrets.token_hex(12).encode()
         self._token = secrets.token_bytes(16)
