@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, DecodeError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -50,22 +50,28 @@ def read_frames(
 
     Frame i is the i-th frame of a full decode in presentation order, with the pixels of
     ``frame.to_ndarray(format="rgb24")`` (resized to ``size=(height, width)`` when given,
-    bilinear). Each GOP is decoded at most once per call. Out-of-range indices raise
+    area-averaging). Each GOP is decoded at most once per call. Out-of-range indices raise
     :class:`ringload.FrameIndexError`.
     """
     import torch
 
-    from ._decode import VideoReader, convert_into
+    from ._decode import VideoReader, as_indices, convert_into
     from .probe import probe
 
     size = _check_size(size)
     info = probe(path, stream=stream)
-    idx = np.asarray(indices, dtype=np.int64).ravel()
+    idx = as_indices(indices, path).copy()
     h, w = size if size is not None else (info.height, info.width)
     out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
     with VideoReader(info.path, info, threads=threads) as reader:
 
         def sink(pos, frame):
+            if size is None and (frame.height, frame.width) != (h, w):
+                raise DecodeError(
+                    info.path,
+                    f"frame {int(idx[pos])} is {frame.width}x{frame.height} but the video starts at {w}x{h}",
+                    hint="pass size=(height, width) to resize every frame to one size",
+                )
             convert_into(frame, out[pos], size=size)
 
         reader.decode(idx, sink)
