@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 _MAX_ATTEMPTS = 64  # redraws of one sample before the loader gives up (too many bad files)
 _CRASHES_PER_VIDEO = 3  # decoder deaths on one file before the file counts as bad
 _STARTUP_TIMEOUT_S = 120.0  # a decoder that has not connected by then is killed and replaced
+_INFO_MIRROR_MIN, _INFO_MIRROR_MAX = 8, 128  # video indexes a decoder is known to hold
 _TASK_CAP = 128  # frame requests per task: bounds a task's duration and keeps decoders parallel
 _MAX_GOPS_PER_TASK = 8
 # Groups of the first _GATE + 1 incomplete batches are decoded first (see Scheduler._pick).
@@ -180,7 +181,7 @@ class Scheduler:
         # 64 MiB of timestamps at the dataset's mean length, between 8 and 128 videos.
         frames = [int(i.num_frames) for i in infos if i is not None]
         mean_bytes = 24 * (sum(frames) / len(frames)) if frames else 1
-        self.info_mirror = int(min(128, max(8, (64 << 20) // max(1, mean_bytes))))
+        self.info_mirror = int(min(_INFO_MIRROR_MAX, max(_INFO_MIRROR_MIN, (64 << 20) // max(1, mean_bytes))))
         self._ctx = multiprocessing.get_context("spawn")
         self._address = b"\0ringload-" + secrets.token_hex(12).encode()
         self._token = secrets.token_bytes(16)

@@ -287,3 +287,19 @@ def test_fps_clips_on_a_variable_frame_rate_file(videos_dir):
                 assert f == len(pts) - 1 or pts[f + 1] > start + j / 10.0 + 1e-6
             assert np.array_equal(times, pts[row])
     check_exact(batches, [path], size, clip_axis=True)
+
+
+def test_decoders_forgetting_video_indexes_is_invisible(engine_videos, monkeypatch):
+    """Decoders keep a bounded cache of video indexes; the scheduler resends what they lack."""
+    from ringload import _scheduler
+
+    kw = dict(batch_size=8, size=(16, 16), sampling="strict", seed=9, num_workers=1)
+    with ringload.VideoLoader(engine_videos, **kw) as loader:
+        ref = collect(loader, limit=6)
+    monkeypatch.setattr(_scheduler, "_INFO_MIRROR_MIN", 1)
+    monkeypatch.setattr(_scheduler, "_INFO_MIRROR_MAX", 1)
+    with ringload.VideoLoader(engine_videos, **kw) as loader:
+        assert loader._sched.info_mirror == 1
+        got = collect(loader, limit=6)
+        assert loader.stats()["failed_samples"] == 0
+    assert_same_batches(ref, got)
