@@ -523,29 +523,9 @@ def _make_ringload(spec, paths, sampling):
 
 
 def _effective_bound(loader, kwargs):
-    """The (chunk_len, max_per_chunk) the loader really uses, wherever it exposes them."""
-    found = {}
-    holders = [loader]
-    try:  # the epoch's Plan holds the values in use (the config holds None for "default")
-        holders.append(loader._plan())
-    except Exception:
-        pass
-    holders += [getattr(loader, "config", None)]
-    for name in ("chunk_len", "max_per_chunk"):
-        for holder in holders:
-            value = getattr(holder, name, None) if holder is not None else None
-            if isinstance(value, int):
-                found[name] = value
-                break
-    try:
-        stats = loader.stats()
-    except Exception:
-        stats = {}
-    if isinstance(stats, dict):
-        for name in ("chunk_len", "max_per_chunk"):
-            if name not in found and isinstance(stats.get(name), int):
-                found[name] = stats[name]
-    return found.get("chunk_len", kwargs.get("chunk_len")), found.get("max_per_chunk", kwargs.get("max_per_chunk"))
+    """The (chunk_len, max_per_chunk) the loader really uses (its config holds None for defaults)."""
+    stats = loader.stats()
+    return stats.get("chunk_len", kwargs.get("chunk_len")), stats.get("max_per_chunk", kwargs.get("max_per_chunk"))
 
 
 def _make_ceiling(spec, paths):

@@ -373,10 +373,12 @@ class VideoLoader:
     ``num_segments`` frames, one per equal part of the video). ``sampling`` is
     ``"bounded"`` (chunks of ``chunk_len`` consecutive starts, at most ``max_per_chunk``
     per batch; docs/sampling.md), ``"strict"`` (uniform permutation) or ``"sequential"``.
+    Bounded ``chunk_len=None`` takes four median GOPs of the data, between 64 and 256
+    (``plan.chunk_len_for_gop``); ``stats()`` reports the values in use.
 
     Pixels: ``crop`` is ``"random_resized"`` (torchvision's RandomResizedCrop with
     ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
-    ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (bilinear) in the
+    ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (swscale's area filter) in the
     same conversion pass. Boxes lie on even coordinates (the chroma grid). A clip shares
     one box and one flip. Frames keep the coded orientation (``probe(path).rotation`` says
     how a player would turn them), exactly like ``read_frames``. ``hflip`` flips half the samples. All random choices are keyed by
@@ -444,6 +446,7 @@ class VideoLoader:
         self._quarantined: dict[str, str] = {}
         self._infos = self._probe_all()
         self._counts, self._plan_lengths = self._sample_counts()
+        self._chunk_len = self._default_chunk_len()
         if not self._counts.any():
             raise ConfigError(
                 f"no video in source has a full sample (sample={cfg.sample!r}, clip_len={cfg.clip_len}, "
@@ -459,6 +462,18 @@ class VideoLoader:
         self._start_resources()
 
     # ------------------------------------------------------------------ set-up
+
+    def _default_chunk_len(self) -> int | None:
+        # Bounded chunks sized from the data's GOPs (plan.chunk_len_for_gop) unless set.
+        cfg = self.config
+        if cfg.sampling != "bounded" or cfg.chunk_len is not None:
+            return cfg.chunk_len
+        from .plan import chunk_len_for_gop
+
+        gaps = [np.diff(i.keyframes) for i in self._infos if i is not None and len(i.keyframes) > 1]
+        if not gaps:
+            return None
+        return chunk_len_for_gop(float(np.median(np.concatenate(gaps))))
 
     def _probe_all(self):
         from .probe import index_paths, probe
@@ -581,7 +596,7 @@ class VideoLoader:
             mode=cfg.sampling,
             clip_len=cfg.clip_len if clips_native else 1,
             frame_stride=cfg.frame_stride if clips_native else 1,
-            chunk_len=cfg.chunk_len,
+            chunk_len=self._chunk_len,
             max_per_chunk=cfg.max_per_chunk,
             rank=self._rank,
             world_size=self._world,
@@ -717,7 +732,8 @@ class VideoLoader:
         including those walked from a keyframe) and ``tasks``; ``decoder_busy_s`` and
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
         and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
-        ``quarantined`` ({path: reason}) for bad files.
+        ``quarantined`` ({path: reason}) for bad files; ``sampling``, and the ``chunk_len`` and
+        ``max_per_chunk`` in use (bounded mode, else None).
         """
         snap = self._sched.snapshot() if not self._closed else {"counters": {}, "quarantined": {}, "decoders": []}
         sc = snap["counters"]
@@ -726,6 +742,7 @@ class VideoLoader:
         q = dict(self._quarantined)
         q.update(snap["quarantined"])
         layout = self._ring.layout if not self._closed else None
+        plan = self._plan() if not self._closed else None
         return {
             **c,
             "seconds": busy,
@@ -745,6 +762,9 @@ class VideoLoader:
             "failed_samples": sc.get("failed_samples", 0),
             "replaced_samples": sc.get("replaced_samples", 0),
             "quarantined": q,
+            "sampling": self.config.sampling,
+            "chunk_len": plan.chunk_len if plan is not None and self.config.sampling == "bounded" else None,
+            "max_per_chunk": plan.max_per_chunk if plan is not None and self.config.sampling == "bounded" else None,
         }
 
     def _check_open(self) -> None:

@@ -303,3 +303,34 @@ def test_decoders_forgetting_video_indexes_is_invisible(engine_videos, monkeypat
         got = collect(loader, limit=6)
         assert loader.stats()["failed_samples"] == 0
     assert_same_batches(ref, got)
+
+
+def test_chunk_len_for_gop_rule():
+    from ringload.plan import DEFAULT_CHUNK_LEN, MAX_AUTO_CHUNK_LEN, chunk_len_for_gop
+
+    assert chunk_len_for_gop(10) == DEFAULT_CHUNK_LEN
+    assert chunk_len_for_gop(30) == 120
+    assert chunk_len_for_gop(250) == MAX_AUTO_CHUNK_LEN
+    assert chunk_len_for_gop(float("nan")) == DEFAULT_CHUNK_LEN
+    # The rule's purpose: a four-GOP chunk reads at >= 0.85 of sequential speed in the
+    # throughput model C / (C + (G - 1) / 2), wherever the cap does not bind.
+    for gop in (12, 30, 48, 60):
+        c = chunk_len_for_gop(gop)
+        assert c / (c + (gop - 1) / 2) >= 0.85
+
+
+def test_bounded_default_chunk_len_follows_the_data_gop(tmp_path):
+    from ringload.plan import chunk_len_for_gop
+    from ringload.synth import make_video
+
+    paths = []
+    for i in range(3):  # enough batches of 8 for a 120-frame chunk to spread over
+        paths.append(str(tmp_path / f"g{i}.mp4"))
+        make_video(paths[-1], width=64, height=48, fps=30, seconds=12, gop=30, bframes=0, seed=i)
+    assert chunk_len_for_gop(30) == 120
+    with ringload.VideoLoader(paths, batch_size=8, size=(16, 16), num_workers=1) as loader:
+        assert loader.stats()["chunk_len"] == 120
+    with ringload.VideoLoader(paths, batch_size=8, size=(16, 16), num_workers=1, chunk_len=5) as loader:
+        assert loader.stats()["chunk_len"] == 5
+    with ringload.VideoLoader(paths, batch_size=8, size=(16, 16), num_workers=1, sampling="strict") as loader:
+        assert loader.stats()["chunk_len"] is None
