@@ -42,7 +42,7 @@ def make_videos(
 ) -> list[pathlib.Path]:
     """``distinct`` camera-like videos made by ringload.synth, cached under ``root``.
 
-    A file is written under a temporary name and renamed when complete, so an interrupted
+    make_video writes under a temporary name and renames when complete, so an interrupted
     run never leaves a half-written video behind for the next run to trust.
     """
     from ringload import synth
@@ -53,9 +53,7 @@ def make_videos(
     for i in range(distinct):
         path = folder / f"v{i:03d}.mp4"
         if not path.exists():
-            tmp = folder / f".partial-{os.getpid()}-v{i:03d}.mp4"
-            synth.make_video(tmp, width=width, height=height, fps=fps, seconds=seconds, gop=gop, bframes=bframes, seed=i)
-            os.replace(tmp, path)
+            synth.make_video(path, width=width, height=height, fps=fps, seconds=seconds, gop=gop, bframes=bframes, seed=i)
         paths.append(path)
     return paths
 
@@ -234,22 +232,3 @@ def batch_digest(video_index: torch.Tensor, frame_index: torch.Tensor) -> str:
     h.update(frame_index.to(torch.int64).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
-
-def color_jitter(x: torch.Tensor, *, brightness=0.5, contrast=0.5, saturation=0.5, generator=None) -> torch.Tensor:
-    """Batched per-sample colour jitter on float images in [-1, 1], (B, C, H, W) or (B, T, C, H, W).
-
-    A stand-in used only when ``ringload.augment`` is not available; brightness, contrast and
-    saturation factors are drawn uniformly from [1 - a, 1 + a] per sample, like torchvision.
-    """
-    b = x.shape[0]
-    shape = (b,) + (1,) * (x.dim() - 1)
-
-    def factor(a):
-        return (1 - a + 2 * a * torch.rand(b, generator=generator)).view(shape).to(x.device)
-
-    x = (x + 1) * factor(brightness) - 1
-    gray = x.mean(dim=-3, keepdim=True)
-    x = (x - gray.mean(dim=(-2, -1), keepdim=True)) * factor(contrast) + gray.mean(dim=(-2, -1), keepdim=True)
-    gray = x.mean(dim=-3, keepdim=True)
-    x = (x - gray) * factor(saturation) + gray
-    return x.clamp_(-1, 1)

@@ -3,7 +3,7 @@
 The exercise's starter loader reads frames at uniform random from videos, applies
 RandomResizedCrop(224, scale=(0.9, 1)) and colour jitter, and batches 128 of them. Here the
 same job runs through ringload: decoders crop and resize while converting, the batch
-arrives as uint8 (B, 3, 224, 224), and colour jitter runs batched on the batch's device.
+arrives as uint8 (B, 3, 224, 224), and colour jitter runs batched on the batch's device (``ringload.augment``).
 
     python examples/frames.py                       # 200 names, batch 128, bounded sampling
     python examples/frames.py --sampling strict     # exact uniform sampling (a permutation)
@@ -26,14 +26,13 @@ from _common import (  # noqa: E402
     Meter,
     TinyFrameNet,
     add_common_args,
-    color_jitter,
     link_names,
     make_videos,
     print_result,
-    to_float,
 )
 
 import ringload  # noqa: E402
+from ringload import augment  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -76,7 +75,11 @@ def main(argv=None) -> int:
     )
     model = TinyFrameNet(num_classes=len(sources))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(args.seed)
+    # The starter's ColorJitter(0.5, 0.5, 0.5, 0.5), batched, on the batch's device; each
+    # sample's factors are keyed like its crop, so a resumed run draws the same ones.
+    jitter = augment.BatchAugment(
+        brightness=0.5, contrast=0.5, saturation=0.5, hue=0.5, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD
+    )
     print(
         f"{len(paths)} videos ({len(sources)} distinct), {len(loader)} batches of {args.batch_size} per epoch, "
         f"sampling={args.sampling}, training {args.steps} steps",
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
             loader.set_epoch(epoch)
             for batch in loader:
                 meter.got_batch()
-                x = color_jitter(to_float(batch.frames), generator=gen)
+                x = jitter(batch.frames, augment.keys_for_batch(batch), seed=args.seed, epoch=epoch)
                 y = source_of[batch.video_index.long()]
                 loss = torch.nn.functional.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
