@@ -34,10 +34,30 @@ def _signature(obj) -> str:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return ""
-    if inspect.isclass(obj):
-        params = list(sig.parameters.values())
-        sig = sig.replace(parameters=params, return_annotation=inspect.Signature.empty)
-    return str(sig)
+    parts, star_done = [], False
+    for p in sig.parameters.values():
+        if p.kind is p.KEYWORD_ONLY and not star_done:
+            parts.append("*")
+            star_done = True
+        if p.kind is p.VAR_POSITIONAL:
+            star_done = True
+        text = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name
+        if p.annotation is not p.empty:
+            text += f": {_annotation(p.annotation)}"
+        if p.default is not p.empty:
+            text += f" = {p.default!r}" if p.annotation is not p.empty else f"={p.default!r}"
+        parts.append(text)
+    out = f"({', '.join(parts)})"
+    if len(out) > 80:  # one parameter per line reads better than a wrapped line
+        out = "(\n" + "".join(f"    {p},\n" for p in parts) + ")"
+    if sig.return_annotation is not sig.empty and not inspect.isclass(obj):
+        out += f" -> {_annotation(sig.return_annotation)}"
+    return out
+
+
+def _annotation(a) -> str:
+    # Modules use `from __future__ import annotations`, so annotations are strings already.
+    return a if isinstance(a, str) else inspect.formatannotation(a)
 
 
 def _doc(obj) -> str:
@@ -49,8 +69,8 @@ def _members(cls):
     """Public methods and properties defined by the class or its ringload bases."""
     out = []
     for name, member in inspect.getmembers(cls):
-        if name.startswith("_"):
-            continue  # dunders (iteration, len, context manager) belong in the class docstring
+        if name.startswith("_") and name != "__call__":
+            continue  # other dunders (iteration, len, context manager) belong in the class docstring
         owner = next((k for k in cls.__mro__ if name in vars(k)), None)
         if owner is None or not owner.__module__.startswith("ringload"):
             continue
@@ -59,7 +79,9 @@ def _members(cls):
             out.append((name, "property", raw.__doc__))
         elif isinstance(raw, (staticmethod, classmethod)) or inspect.isfunction(raw):
             fn = raw.__func__ if isinstance(raw, (staticmethod, classmethod)) else raw
-            out.append((name, _signature(fn).replace("(self, ", "(").replace("(self)", "()"), fn.__doc__))
+            sig = " ".join(_signature(fn).split()).replace("( ", "(").replace(", )", ")")
+            sig = sig.replace("(self, ", "(", 1).replace("(self)", "()", 1).replace("(cls, ", "(", 1)
+            out.append((name, sig, fn.__doc__))
     return out
 
 
