@@ -26,6 +26,10 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # `import ringload` (in a decoder process, or for the CLI) stays cheap.
 _LAZY = {
     # "name": "module",  one line per public name, grouped by module
+    "VideoInfo": ".probe",
+    "probe": ".probe",
+    "Frames": ".read",
+    "read_frames": ".read",
 }
 
 __all__ = sorted(

@@ -1,0 +1,375 @@
+"""The decoder core: exact frame access by index (``VideoReader``) and RGB conversion (``convert_into``).
+
+Used by ``read_frames`` and by the loader's decoder processes. A frame is identified by
+its timestamp under the rule the index recorded (``VideoInfo.timestamps``), never by
+counting after a seek, so a demuxer that lands somewhere other than asked is detected
+and corrected rather than trusted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from .errors import ConfigError, DecodeError, FrameIndexError, VideoOpenError
+from .probe import TS_COUNT, VideoInfo, frame_timestamp
+
+log = logging.getLogger(__name__)
+
+# Decoding this many frames past the current position costs about as much as one seek
+# (flush + demuxer seek + refilling the decoder's reorder buffer), so requests closer
+# than this continue forward instead of seeking.
+SEEK_COST_FRAMES = 8
+
+# How many earlier keyframes to try when a seek lands after the keyframe asked for,
+# before decoding from the start.
+_MAX_STEP_BACK = 3
+
+# The one interpolation used for every resize: bilinear is what most training
+# pipelines expect (PIL/torchvision default), and swscale's is exact and fast.
+INTERPOLATION = "BILINEAR"
+
+
+class _Late(Exception):
+    """The seek landed after the frame it had to reach."""
+
+
+class VideoReader:
+    """Exact random access to the frames of one video stream, described by ``info``.
+
+    ``decode(indices, sink)`` calls ``sink(position, frame)`` once for every position of
+    ``indices``; ``decoded_frames`` counts every frame the decoder produced. The file
+    stays open between calls so that a request just ahead of the last one continues
+    without a seek. ``threads`` is FFmpeg's thread count (1: one core, the right choice
+    for a process that is one of several decoders; 0: FFmpeg picks).
+    """
+
+    def __init__(self, path: str | os.PathLike, info: VideoInfo, *, threads: int = 1):
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ConfigError(f"VideoReader(threads={threads!r}): pass an int >= 0 (0 lets FFmpeg choose)")
+        self.path = os.fspath(path)
+        self.info = info
+        self.threads = threads
+        self.decoded_frames = 0
+        self._container = None
+        self._stream = None
+        self._frames = None  # live frame generator of the current decode position
+        self._last = None  # index of the last frame identified since the last seek
+        self._fresh = False  # container just opened: decoding starts at the first frame
+        self._count = 0  # frames output since the start (TS_COUNT streams only)
+        self._ts_index = {int(t): i for i, t in enumerate(info.pts)} if info.timestamps != TS_COUNT else None
+        self._kf = [int(k) for k in info.keyframes]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        self._frames = None
+        if self._container is not None:
+            try:
+                self._container.close()
+            finally:
+                self._container = None
+                self._stream = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _open(self) -> None:
+        import av
+
+        self.close()
+        try:
+            self._container = av.open(self.path, "r")
+        except av.FFmpegError as exc:
+            raise VideoOpenError(self.path, f"FFmpeg cannot open it: {exc}") from None
+        except OSError as exc:
+            raise VideoOpenError(self.path, f"cannot open: {exc}") from None
+        streams = list(self._container.streams)
+        if self.info.stream >= len(streams) or streams[self.info.stream].type != "video":
+            raise VideoOpenError(self.path, f"stream {self.info.stream} is no longer a video stream; re-index the file")
+        st = streams[self.info.stream]
+        cc = st.codec_context
+        cc.thread_type = "SLICE" if self.threads == 1 else "AUTO"
+        cc.thread_count = self.threads
+        self._stream = st
+        self._fresh = True
+        self._last = None
+        self._count = 0
+        self._frames = self._generate()
+
+    def _generate(self):
+        import av
+
+        st = self._stream
+        cc = st.codec_context
+        for packet in self._container.demux(st):
+            try:
+                frames = cc.decode(packet)
+            except av.FFmpegError as exc:
+                raise _DecodeFailed(str(exc)) from None
+            yield from frames
+
+    # ------------------------------------------------------------------ positioning
+
+    def _rewind(self) -> None:
+        self._open()
+
+    def _seek(self, kf_pos: int) -> None:
+        """Position the decoder at the keyframe ``self._kf[kf_pos]`` (or the start)."""
+        if kf_pos < 0 or self.info.timestamps == TS_COUNT:
+            self._rewind()
+            return
+        k = self._kf[kf_pos]
+        if k == 0:
+            self._rewind()
+            return
+        if self._container is None:
+            self._open()
+        ts = int(self.info.pts[k])
+        self._container.seek(ts, stream=self._stream, backward=True, any_frame=False)
+        self._stream.codec_context.flush_buffers()
+        self._frames = self._generate()
+        self._fresh = False
+        self._last = None
+
+    def _index_of(self, frame) -> int | None:
+        if self._ts_index is None:
+            return self._count
+        ts = frame_timestamp(frame, self.info.timestamps)
+        if ts is None:
+            # The index filled the gap with the next position (see probe._fill).
+            if self._last is not None:
+                return self._last + 1
+            return 0 if self._fresh else None
+        return self._ts_index.get(int(ts))
+
+    def _next_frame(self):
+        """(index or None, frame) of the next decoded frame, or None at the end."""
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            return None
+        j = self._index_of(frame)
+        self._count += 1
+        self.decoded_frames += 1
+        return j, frame
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, indices: Iterable[int], sink: Callable[[int, object], None]) -> None:
+        """Call ``sink(position, frame)`` for every position of ``indices`` (any order, repeats allowed)."""
+        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64).ravel()
+        n = self.info.num_frames
+        if idx.size == 0:
+            return
+        bad = idx[(idx < 0) | (idx >= n)]
+        if bad.size:
+            raise FrameIndexError(self.path, f"frame {int(bad[0])} is out of range: {n} frames decode (0..{n - 1})")
+        wanted: dict[int, list[int]] = {}
+        for pos, i in enumerate(idx.tolist()):
+            wanted.setdefault(i, []).append(pos)
+        targets = sorted(wanted)
+        try:
+            self._decode_sorted(targets, wanted, sink)
+        except _DecodeFailed as exc:
+            self.close()
+            pending = min(wanted) if wanted else targets[-1]
+            raise DecodeError(self.path, f"frame {pending} does not decode: {exc}") from None
+        except BaseException:
+            # The decoder is mid-stream in an unknown state: start clean next time.
+            self.close()
+            raise
+
+    def _kf_pos(self, t: int) -> int:
+        """Position in the keyframe list of the keyframe at or before frame ``t`` (-1: the start)."""
+        return bisect.bisect_right(self._kf, t) - 1
+
+    def _decode_sorted(self, targets: list[int], wanted: dict[int, list[int]], sink) -> None:
+        ti = 0
+        while ti < len(targets):
+            t = targets[ti]
+            if t not in wanted:
+                ti += 1
+                continue
+            kp = self._kf_pos(t)
+            k = self._kf[kp] if kp >= 0 else 0
+            cont = (
+                self._frames is not None
+                and ((self._last is not None and self._last < t and k <= self._last + SEEK_COST_FRAMES)
+                     or (self._fresh and self._last is None and (kp < 0 or k <= SEEK_COST_FRAMES)))
+            )
+            if self._frames is None:
+                self._open()
+                cont = kp < 0 or k <= SEEK_COST_FRAMES
+            if not cont:
+                self._seek(kp)
+            step_back = 0
+            while True:
+                try:
+                    self._run_to(t, wanted, sink)
+                    break
+                except _Late:
+                    step_back += 1
+                    if kp - step_back < 0 or step_back > _MAX_STEP_BACK:
+                        log.debug("%s: seeks land late; decoding from the start to reach frame %d", self.path, t)
+                        self._rewind()
+                        kp = -1
+                        step_back = 0
+                    else:
+                        self._seek(kp - step_back)
+            ti += 1
+
+    def _run_to(self, t: int, wanted: dict[int, list[int]], sink) -> None:
+        """Decode forward until frame ``t`` is delivered, delivering wanted frames on the way."""
+        while True:
+            nxt = self._next_frame()
+            if nxt is None:
+                self._frames = None
+                if self._last is None and not self._fresh:
+                    raise _Late()
+                raise _DecodeFailed("the stream ended before it")
+            j, frame = nxt
+            if j is None:
+                if self._last is None and not self._fresh:
+                    continue  # after a seek, before the first frame we can identify
+                raise _DecodeFailed(
+                    f"a decoded frame has timestamp {frame_timestamp(frame, self.info.timestamps)} that the index "
+                    "does not list (the file changed or the index is stale; delete the cache entry)"
+                )
+            if self._last is None:
+                if j > t:
+                    if self._fresh:
+                        raise _DecodeFailed("decoding from the start skips it")
+                    raise _Late()
+            elif j <= self._last:
+                raise _DecodeFailed(f"frames come out of order after frame {self._last}")
+            if self._last is not None and j > t:
+                raise _DecodeFailed(f"the decoder skipped from frame {self._last} to frame {j}")
+            self._last = j
+            positions = wanted.pop(j, None)
+            if positions is not None:
+                for pos in positions:
+                    sink(pos, frame)
+            if j == t:
+                return
+
+    def drain(self) -> int:
+        """Decode to the end of the stream; returns how many frames came out (for index checks)."""
+        extra = 0
+        try:
+            while self._frames is not None:
+                nxt = self._next_frame()
+                if nxt is None:
+                    break
+                extra += 1
+        except _DecodeFailed as exc:
+            self.close()
+            raise DecodeError(self.path, f"decoding past frame {self._last} fails: {exc}") from None
+        self._frames = None
+        return extra
+
+
+class _DecodeFailed(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------- conversion
+
+
+def _interp():
+    from av.video.reformatter import Interpolation
+
+    return getattr(Interpolation, INTERPOLATION)
+
+
+def convert_into(frame, out: np.ndarray, *, crop: tuple[int, int, int, int] | None = None,
+                 size: tuple[int, int] | None = None) -> None:
+    """Write ``frame`` as RGB24 (H, W, 3) uint8 into ``out``.
+
+    ``crop=(x, y, w, h)`` in source pixels is applied before the resize to ``size=(h, w)``;
+    without ``size`` the output has the crop's (or the frame's) size. With neither, the
+    pixels equal ``frame.to_ndarray(format="rgb24")``.
+    """
+    fw, fh = frame.width, frame.height
+    if crop is not None:
+        x, y, cw, ch = (int(v) for v in crop)
+        if cw <= 0 or ch <= 0 or x < 0 or y < 0 or x + cw > fw or y + ch > fh:
+            raise ConfigError(f"crop={crop!r} does not fit in the {fw}x{fh} frame")
+        if (x, y, cw, ch) == (0, 0, fw, fh):
+            crop = None
+    else:
+        x, y, cw, ch = 0, 0, fw, fh
+    oh, ow = (int(size[0]), int(size[1])) if size is not None else (ch, cw)
+    if out.shape != (oh, ow, 3) or out.dtype != np.uint8:
+        raise ConfigError(f"convert_into: out has shape {out.shape} {out.dtype}, needs ({oh}, {ow}, 3) uint8")
+    src = frame if crop is None else _crop_frame(frame, x, y, cw, ch)
+    if src is None:
+        # The crop does not align with the chroma grid: convert the whole frame, crop in RGB.
+        import av
+
+        rgb = frame.to_ndarray(format="rgb24")[y : y + ch, x : x + cw]
+        if (oh, ow) == (ch, cw):
+            out[...] = rgb
+            return
+        src = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    if (oh, ow) == (src.height, src.width):
+        arr = src.to_ndarray(format="rgb24")
+    else:
+        arr = src.to_ndarray(format="rgb24", width=ow, height=oh, interpolation=_interp())
+    out[...] = arr
+
+
+def _shift(full: int, part: int) -> int | None:
+    for s in range(3):
+        if -(-full >> s) == part:
+            return s
+    return None
+
+
+def _crop_frame(frame, x: int, y: int, w: int, h: int):
+    """A new frame holding the crop, copied plane by plane.
+
+    Only for planar formats with one component per plane (yuv4xxp in 8 to 16 bits, gray,
+    gbrp...); None for other formats and for boxes that split a chroma sample, where the
+    caller crops in RGB instead.
+    """
+    import av
+
+    fmt = frame.format
+    comps = fmt.components
+    planes = frame.planes
+    if len(comps) != len(planes) or sorted(c.plane for c in comps) != list(range(len(planes))):
+        return None
+    bits = max(c.bits for c in comps)
+    if bits > 16 or getattr(fmt, "is_bayer", False):
+        return None
+    bps = 1 if bits <= 8 else 2
+    shifts = []
+    for p in planes:
+        sx, sy = _shift(frame.width, p.width), _shift(frame.height, p.height)
+        if sx is None or sy is None:
+            return None
+        ax, ay = 1 << sx, 1 << sy
+        if x % ax or y % ay or (w % ax and x + w != frame.width) or (h % ay and y + h != frame.height):
+            return None
+        shifts.append((sx, sy))
+    out = av.VideoFrame(w, h, fmt.name)
+    for sp, dp, (sx, sy) in zip(planes, out.planes, shifts):
+        pw, ph = dp.width, dp.height
+        src = np.frombuffer(sp, np.uint8).reshape(-1, sp.line_size)
+        dst = np.frombuffer(dp, np.uint8).reshape(-1, dp.line_size)
+        px, py = (x >> sx) * bps, y >> sy
+        dst[:ph, : pw * bps] = src[py : py + ph, px : px + pw * bps]
+    for attr in ("colorspace", "color_range", "color_primaries", "color_trc"):
+        try:
+            setattr(out, attr, getattr(frame, attr))
+        except (AttributeError, TypeError, ValueError):
+            pass
+    return out

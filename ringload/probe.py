@@ -1,0 +1,541 @@
+"""``probe()``: which frames a video really holds, their timestamps and keyframes, cached on disk.
+
+The index is built from demuxed packets wherever that is exact, and checked against what
+the decoder produces at the start and the end of the stream; on any disagreement the
+whole stream is decoded and what decodes wins. docs/indexing.md explains the rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DecodeError, NoVideoStreamError, VideoError, VideoOpenError
+
+log = logging.getLogger(__name__)
+
+# Bump when the meaning or layout of a cache entry changes: old entries are then ignored.
+CACHE_FORMAT = 1
+
+# Codecs whose demuxed packets map one to one onto shown frames (each packet carries one
+# picture, the decoder emits one frame per packet). VP8/VP9 packets are parsed for the
+# show_frame bit (hidden alt-ref frames). Every other codec is indexed by a full decode.
+_PACKET_EXACT = frozenset(
+    {"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "h263", "h263p", "mjpeg", "prores", "dnxhd", "vp8", "vp9"}
+)
+
+# Timestamp rules, recorded in VideoInfo.timestamps (see docs/indexing.md).
+TS_PTS = "pts"  # frame.pts (falling back to frame.dts where pts is missing)
+TS_DTS = "dts"  # frame.dts: the decoder's pts are out of order but its dts are not (AVI packed B-frames)
+TS_COUNT = "count"  # neither is usable: frames are identified by their position in a decode from the start
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VideoInfo:
+    """What one video stream holds. Arrays are read-only numpy arrays.
+
+    ``pts`` (int64, in ``time_base`` units) and ``pts_seconds`` (float64) list every frame
+    that decodes, in presentation order; ``keyframes`` lists the indices of frames that
+    decode without earlier frames. ``rotation`` is the display-matrix rotation in degrees
+    (frames are returned as coded, not rotated). ``timestamps`` says how frame times
+    were derived: "pts", "dts" or "count" (see docs/indexing.md).
+    """
+
+    path: str
+    stream: int
+    num_frames: int
+    pts: np.ndarray
+    pts_seconds: np.ndarray
+    keyframes: np.ndarray
+    fps: float
+    width: int
+    height: int
+    rotation: int
+    codec: str
+    pix_fmt: str
+    time_base: Fraction
+    timestamps: str = TS_PTS
+
+    def __post_init__(self):
+        if self.num_frames != len(self.pts) or len(self.pts) != len(self.pts_seconds):
+            raise ValueError("VideoInfo: num_frames, pts and pts_seconds disagree")
+        if self.timestamps not in (TS_PTS, TS_DTS, TS_COUNT):
+            raise ValueError(f"VideoInfo: unknown timestamps rule {self.timestamps!r}")
+        for name in ("pts", "pts_seconds", "keyframes"):
+            arr = getattr(self, name)
+            if arr.flags.writeable:
+                arr = arr.copy()
+                arr.flags.writeable = False
+                object.__setattr__(self, name, arr)
+
+    @property
+    def duration_seconds(self) -> float:
+        """Span from the first frame to the end of the last one (one average frame period)."""
+        if self.num_frames == 0:
+            return 0.0
+        period = 1.0 / self.fps if self.fps > 0 else 0.0
+        return float(self.pts_seconds[-1] - self.pts_seconds[0]) + period
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CACHE_FORMAT,
+            "path": self.path,
+            "stream": self.stream,
+            "num_frames": self.num_frames,
+            "pts": self.pts.tolist(),
+            "keyframes": self.keyframes.tolist(),
+            "fps": self.fps,
+            "width": self.width,
+            "height": self.height,
+            "rotation": self.rotation,
+            "codec": self.codec,
+            "pix_fmt": self.pix_fmt,
+            "time_base": [self.time_base.numerator, self.time_base.denominator],
+            "timestamps": self.timestamps,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VideoInfo:
+        if d.get("format") != CACHE_FORMAT:
+            raise ValueError("cache format mismatch")
+        tb = Fraction(int(d["time_base"][0]), int(d["time_base"][1]))
+        pts = np.asarray(d["pts"], dtype=np.int64)
+        return cls(
+            path=str(d["path"]),
+            stream=int(d["stream"]),
+            num_frames=int(d["num_frames"]),
+            pts=pts,
+            pts_seconds=_seconds(pts, tb),
+            keyframes=np.asarray(d["keyframes"], dtype=np.int64),
+            fps=float(d["fps"]),
+            width=int(d["width"]),
+            height=int(d["height"]),
+            rotation=int(d["rotation"]),
+            codec=str(d["codec"]),
+            pix_fmt=str(d["pix_fmt"]),
+            time_base=tb,
+            timestamps=str(d["timestamps"]),
+        )
+
+
+def probe(path: str | os.PathLike, *, stream: int | None = None, cache: bool | str | os.PathLike = True) -> VideoInfo:
+    """Index one video stream: frame count, timestamps, keyframes, size, codec.
+
+    ``stream`` is the container's stream index (default: the best video stream, see
+    docs/indexing.md). ``cache`` is True (the default cache directory: ``RINGLOAD_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/ringload`` or ``~/.cache/ringload``), a directory, or False.
+    Raises a :class:`ringload.VideoError` subclass naming the file when it cannot be used.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if stream is not None and (isinstance(stream, bool) or not isinstance(stream, int) or stream < 0):
+        raise ConfigError(f"probe(stream={stream!r}): stream must be a stream index (int >= 0) or None")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VideoOpenError(path, "no such file") from None
+    except OSError as exc:
+        raise VideoOpenError(path, f"cannot stat: {exc.strerror or exc}") from None
+    if not os.path.isfile(path):
+        raise VideoOpenError(path, "not a regular file")
+    if st.st_size == 0:
+        raise VideoOpenError(path, "empty file (0 bytes)")
+
+    cache_dir = _cache_dir(cache)
+    key = None
+    if cache_dir is not None:
+        key = _cache_key(path, st, stream)
+        info = _cache_load(cache_dir, key, path)
+        if info is not None:
+            return info
+    info = _build(path, stream)
+    if cache_dir is not None and key is not None:
+        _cache_store(cache_dir, key, info)
+    return info
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> str:
+    env = os.environ.get("RINGLOAD_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ringload")
+
+
+def _cache_dir(cache) -> str | None:
+    if cache is False or cache is None:
+        return None
+    if cache is True:
+        return default_cache_dir()
+    if isinstance(cache, (str, os.PathLike)):
+        return os.fspath(cache)
+    raise ConfigError(f"probe(cache={cache!r}): pass True, False or a directory")
+
+
+def _cache_key(path: str, st: os.stat_result, stream: int | None) -> str:
+    ident = json.dumps([path, st.st_size, st.st_mtime_ns, stream, CACHE_FORMAT])
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def _cache_file(cache_dir: str, key: str) -> str:
+    return os.path.join(cache_dir, key[:2], key + ".json")
+
+
+def _cache_load(cache_dir: str, key: str, path: str) -> VideoInfo | None:
+    fname = _cache_file(cache_dir, key)
+    try:
+        with open(fname, "rb") as fh:
+            data = json.loads(fh.read())
+        info = VideoInfo.from_json(data)
+        if info.path != path:
+            raise ValueError("path mismatch")
+        return info
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError) as exc:
+        # A torn or foreign entry is rebuilt, never trusted.
+        log.warning("ignoring unreadable index cache entry %s for %s: %s", fname, path, exc)
+        return None
+
+
+def _cache_store(cache_dir: str, key: str, info: VideoInfo) -> None:
+    fname = _cache_file(cache_dir, key)
+    folder = os.path.dirname(fname)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        # Write to a private temporary file, then rename: readers in other processes
+        # see either no entry or a complete one.
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+        try:
+            with io.open(fd, "w", encoding="utf-8") as fh:
+                json.dump(info.to_json(), fh, separators=(",", ":"))
+            os.replace(tmp, fname)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError as exc:
+        log.warning("cannot write index cache %s (set RINGLOAD_CACHE_DIR or probe(cache=...)): %s", fname, exc)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _seconds(pts: np.ndarray, tb: Fraction) -> np.ndarray:
+    return pts.astype(np.float64) * (tb.numerator / tb.denominator)
+
+
+def _open(path: str):
+    import av
+
+    try:
+        return av.open(path, "r")
+    except av.FFmpegError as exc:
+        raise VideoOpenError(path, f"FFmpeg cannot open it: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoOpenError(path, f"cannot open: {exc}") from None
+
+
+def _is_attached_pic(st) -> bool:
+    import av
+
+    return bool(int(st.disposition) & int(av.stream.Disposition.attached_pic))
+
+
+def select_stream(container, path: str, stream: int | None):
+    """The stream to index: ``stream`` if given (must be video), else the best video stream."""
+    streams = list(container.streams)
+    if stream is not None:
+        if stream >= len(streams):
+            raise NoVideoStreamError(path, f"stream {stream} does not exist ({len(streams)} streams)", hint="probe(stream=...)")
+        st = streams[stream]
+        if st.type != "video":
+            raise NoVideoStreamError(path, f"stream {stream} is {st.type}, not video", hint="probe(stream=...)")
+        return st
+    cands = [s for s in streams if s.type == "video" and not _is_attached_pic(s)]
+    if not cands:
+        kinds = ", ".join(f"{s.index}:{s.type}" for s in streams) or "none"
+        raise NoVideoStreamError(path, f"no video stream (streams: {kinds})")
+
+    def score(s):
+        frames = int(s.frames or 0)
+        if frames <= 0 and s.duration and s.average_rate:
+            frames = int(float(s.duration * s.time_base) * float(s.average_rate))
+        cc = s.codec_context
+        return (frames, int(cc.width or 0) * int(cc.height or 0), -s.index)
+
+    return max(cands, key=score)
+
+
+def _fill(values: list) -> np.ndarray | None:
+    """Missing timestamps (None) become the previous one plus the median step; None if all are missing."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    steps = np.diff(np.asarray(known, dtype=np.int64))
+    step = int(np.median(steps)) if len(steps) and np.median(steps) > 0 else 1
+    out = np.empty(len(values), dtype=np.int64)
+    first_known = next(i for i, v in enumerate(values) if v is not None)
+    for i in range(first_known, -1, -1):  # leading gaps count back from the first known one
+        out[i] = values[first_known] - (first_known - i) * step
+    for i in range(first_known + 1, len(values)):
+        out[i] = values[i] if values[i] is not None else out[i - 1] + step
+    return out
+
+
+def _increasing(arr: np.ndarray | None) -> bool:
+    return arr is not None and (len(arr) < 2 or bool(np.all(np.diff(arr) > 0)))
+
+
+def _timestamp_rule(pts: list, dts: list) -> tuple[str, np.ndarray]:
+    """Pick how frames are timed from the decoder's (pts, dts) in output order."""
+    arr = _fill([p if p is not None else d for p, d in zip(pts, dts)])
+    if _increasing(arr):
+        return TS_PTS, arr
+    arr = _fill(dts)
+    if _increasing(arr):
+        return TS_DTS, arr
+    return TS_COUNT, np.arange(len(pts), dtype=np.int64)
+
+
+def frame_timestamp(frame, rule: str):
+    """The timestamp of a decoded frame under ``rule`` (None when it has none)."""
+    if rule == TS_DTS:
+        return frame.dts
+    p = frame.pts
+    return p if p is not None else frame.dts
+
+
+def _configure(st, threads: int | None) -> None:
+    cc = st.codec_context
+    if threads is not None:
+        cc.thread_type = "AUTO" if threads != 1 else "SLICE"
+        cc.thread_count = threads
+
+
+def _decode_all(container, st, path: str, threads: int | None):
+    """Decode the whole stream: ([pts], [dts], [key], first frame or None, error or None)."""
+    import av
+
+    _configure(st, threads)
+    pts, dts, key = [], [], []
+    first = None
+    error = None
+    try:
+        for frame in container.decode(st):
+            if first is None:
+                first = frame
+            pts.append(frame.pts)
+            dts.append(frame.dts)
+            key.append(bool(frame.key_frame))
+    except av.FFmpegError as exc:
+        error = str(exc)
+    return pts, dts, key, first, error
+
+
+def _vp8_shown(data: bytes) -> int:
+    return (data[0] >> 4) & 1 if data else 0
+
+
+def _vp9_frame_shown(data: bytes) -> int:
+    if not data:
+        return 0
+    b = data[0]
+    if (b >> 6) != 2:
+        raise ValueError("bad VP9 frame marker")
+    profile = ((b >> 5) & 1) | (((b >> 4) & 1) << 1)
+    bit = 3
+    if profile == 3:
+        bit -= 1  # reserved zero bit
+    show_existing = (b >> bit) & 1
+    if show_existing:
+        return 1
+    bit -= 2  # frame_type
+    if bit < 0:
+        if len(data) < 2:
+            raise ValueError("short VP9 frame")
+        return (data[1] >> (7 + bit)) & 1 if bit == -1 else (data[1] >> 6) & 1
+    return (b >> bit) & 1
+
+
+def _vp9_shown(data: bytes) -> int:
+    """Number of shown frames in one VP9 packet (a superframe holds several)."""
+    if not data:
+        return 0
+    last = data[-1]
+    if (last & 0xE0) == 0xC0:
+        n = (last & 7) + 1
+        mag = ((last >> 3) & 3) + 1
+        size = 2 + mag * n
+        if len(data) >= size and data[-size] == last:
+            shown = 0
+            off = 0
+            idx = len(data) - size + 1
+            for _ in range(n):
+                fsize = int.from_bytes(data[idx : idx + mag], "little")
+                idx += mag
+                shown += _vp9_frame_shown(data[off : off + fsize])
+                off += fsize
+            return shown
+    return _vp9_frame_shown(data)
+
+
+class _NotExact(Exception):
+    """The packet-derived index cannot be trusted for this stream."""
+
+
+def _packet_index(container, st, codec: str):
+    """(sorted pts, keyframe pts set) from demuxing only; raises _NotExact when unsure."""
+    import av
+
+    shown_fn = _vp8_shown if codec == "vp8" else _vp9_shown if codec == "vp9" else None
+    pts_list = []
+    key_pts = []
+    try:
+        for pkt in container.demux(st):
+            if pkt.size == 0:
+                continue  # the end-of-stream flush packet, or an empty AVI chunk (no frame)
+            if pkt.is_discard:
+                continue  # dropped by the decoder too (e.g. before an MP4 edit list start)
+            if pkt.is_corrupt or pkt.pts is None:
+                raise _NotExact("corrupt packet or packet without pts")
+            if shown_fn is not None:
+                try:
+                    shown = shown_fn(bytes(pkt))
+                except (ValueError, IndexError) as exc:
+                    raise _NotExact(f"unparsable packet: {exc}") from None
+                if shown == 0:
+                    continue  # hidden alt-ref frame: decoded, never shown
+                if shown != 1:
+                    raise _NotExact("packet shows several frames")
+            pts_list.append(int(pkt.pts))
+            if pkt.is_keyframe:
+                key_pts.append(int(pkt.pts))
+    except av.FFmpegError as exc:
+        raise _NotExact(f"demux error: {exc}") from None
+    arr = np.asarray(sorted(pts_list), dtype=np.int64)
+    if len(arr) > 1 and not bool(np.all(np.diff(arr) > 0)):
+        raise _NotExact("duplicate packet timestamps")
+    return arr, key_pts
+
+
+def _verify(path: str, stream_index: int, pts: np.ndarray, keyframes: np.ndarray, tb: Fraction, threads: int | None):
+    """Decode the first GOP and the last GOP through the reader; return (ok, first frame or None)."""
+    from ._decode import VideoReader
+
+    n = len(pts)
+    provisional = VideoInfo(
+        path=path, stream=stream_index, num_frames=n, pts=pts, pts_seconds=_seconds(pts, tb), keyframes=keyframes,
+        fps=0.0, width=0, height=0, rotation=0, codec="", pix_fmt="", time_base=tb,
+    )
+    first = []
+
+    def keep_first(pos, frame):
+        if pos == 0:
+            first.append(frame)
+
+    # First GOP: from the start up to the second keyframe; last GOP: the last keyframe to
+    # the end, and nothing may decode after it. With one keyframe that is the whole stream.
+    head = int(keyframes[1]) if len(keyframes) > 1 else n
+    reader = VideoReader(path, provisional, threads=1 if threads is None else threads)
+    try:
+        reader.decode(range(0, head), keep_first)
+        if len(keyframes) > 1:
+            reader.decode(range(int(keyframes[-1]), n), lambda pos, frame: None)
+        extra = reader.drain()
+    except DecodeError as exc:
+        log.info("%s: packet index disagrees with decoding (%s); decoding fully", path, exc.reason)
+        return False, None
+    finally:
+        reader.close()
+    if extra:
+        log.info("%s: %d frames decode after the last packet; decoding fully", path, extra)
+        return False, None
+    return True, (first[0] if first else None)
+
+
+def _build(path: str, stream: int | None, threads: int | None = None) -> VideoInfo:
+    import av
+
+    with _open(path) as c:
+        st = select_stream(c, path, stream)
+        idx = st.index
+        cc = st.codec_context
+        codec = cc.name or "unknown"
+        tb = st.time_base or Fraction(1, 1)
+        tb = Fraction(tb.numerator, tb.denominator)
+        avg_rate = st.average_rate or st.guessed_rate
+        packet_pts = None
+        key_pts = None
+        if codec in _PACKET_EXACT:
+            try:
+                packet_pts, key_pts = _packet_index(c, st, codec)
+            except _NotExact as exc:
+                log.info("%s: stream %d indexed by full decode (%s)", path, idx, exc)
+
+    first = None
+    rule = TS_PTS
+    ts = None
+    if packet_pts is not None and len(packet_pts) > 0 and key_pts:
+        pos = {int(p): i for i, p in enumerate(packet_pts)}
+        keyframes = np.asarray(sorted(pos[p] for p in key_pts), dtype=np.int64)
+        ok, first = _verify(path, idx, packet_pts, keyframes, tb, threads)
+        if ok:
+            ts = packet_pts
+    if ts is None:
+        with _open(path) as c:
+            st = list(c.streams)[idx]
+            pts_l, dts_l, key_l, first, error = _decode_all(c, st, path, threads)
+        if error is not None:
+            log.warning("%s: stream %d stops decoding after %d frames: %s", path, idx, len(pts_l), error)
+        if not pts_l:
+            reason = f"no frame of video stream {idx} decodes"
+            if error:
+                reason += f" ({error})"
+            raise DecodeError(path, reason)
+        rule, ts = _timestamp_rule(pts_l, dts_l)
+        keyframes = np.flatnonzero(np.asarray(key_l, dtype=bool)).astype(np.int64)
+        if rule == TS_COUNT:
+            # Without usable timestamps only a decode from the start is exact.
+            keyframes = np.asarray([0], dtype=np.int64)
+            period = (1 / avg_rate) if avg_rate else Fraction(1, 25)
+            ts = np.asarray([round(i * period / tb) for i in range(len(pts_l))], dtype=np.int64)
+    if first is None:
+        raise DecodeError(path, f"no frame of video stream {idx} decodes")
+
+    n = len(ts)
+    secs = _seconds(ts, tb)
+    if n > 1 and secs[-1] > secs[0]:
+        fps = (n - 1) / float(secs[-1] - secs[0])
+    else:
+        fps = float(avg_rate) if avg_rate else 0.0
+    rotation = int(round(getattr(first, "rotation", 0) or 0))
+    return VideoInfo(
+        path=path,
+        stream=idx,
+        num_frames=n,
+        pts=ts,
+        pts_seconds=secs,
+        keyframes=keyframes,
+        fps=fps,
+        width=int(first.width),
+        height=int(first.height),
+        rotation=rotation,
+        codec=codec,
+        pix_fmt=str(first.format.name),
+        time_base=tb,
+        timestamps=rule,
+    )

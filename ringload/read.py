@@ -1,0 +1,76 @@
+"""``read_frames()``: exact frames by index from one video, as a uint8 tensor."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Frames:
+    """Frames read from one video.
+
+    ``data``: torch.uint8 (N, 3, H, W) RGB; ``pts_seconds``: torch.float64 (N,);
+    ``indices``: the frame indices asked for (int64 numpy array, same order);
+    ``decoded_frames``: how many frames were decoded to serve the call.
+    """
+
+    data: object
+    pts_seconds: object
+    indices: np.ndarray
+    decoded_frames: int
+
+
+def _check_size(size):
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ConfigError(f"read_frames(size={size!r}): pass (height, width) or None") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"read_frames(size={size!r}): height and width must be positive")
+    return h, w
+
+
+def read_frames(
+    path: str | os.PathLike,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    size: tuple[int, int] | None = None,
+    stream: int | None = None,
+    threads: int = 0,
+) -> Frames:
+    """Read frames ``indices`` (any order, repeats allowed) of ``path``, exactly.
+
+    Frame i is the i-th frame of a full decode in presentation order, with the pixels of
+    ``frame.to_ndarray(format="rgb24")`` (resized to ``size=(height, width)`` when given,
+    bilinear). Each GOP is decoded at most once per call. Out-of-range indices raise
+    :class:`ringload.FrameIndexError`.
+    """
+    import torch
+
+    from ._decode import VideoReader, convert_into
+    from .probe import probe
+
+    size = _check_size(size)
+    info = probe(path, stream=stream)
+    idx = np.asarray(indices, dtype=np.int64).ravel()
+    h, w = size if size is not None else (info.height, info.width)
+    out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
+    with VideoReader(info.path, info, threads=threads) as reader:
+
+        def sink(pos, frame):
+            convert_into(frame, out[pos], size=size)
+
+        reader.decode(idx, sink)
+        decoded = reader.decoded_frames
+    data = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    pts = torch.from_numpy(np.ascontiguousarray(info.pts_seconds[idx])) if len(idx) else torch.zeros(0, dtype=torch.float64)
+    idx.flags.writeable = False
+    return Frames(data=data, pts_seconds=pts, indices=idx, decoded_frames=decoded)
