@@ -30,6 +30,9 @@ _LAZY = {
     "probe": ".probe",
     "Frames": ".read",
     "read_frames": ".read",
+    "Plan": ".plan",
+    "plan_epoch": ".plan",
+    "segment_indices": ".plan",
 }
 
 __all__ = sorted(

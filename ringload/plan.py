@@ -1,0 +1,567 @@
+"""The sampling plan: which (video, start) samples go into batch k of an epoch.
+
+A plan is a pure function of (lengths, seed, epoch, rank, world_size, config). It does no
+I/O, reads no clock and starts no process, so every rank, every resumed run and every
+process that rebuilds it gets the same batches. It is lazy: building it costs
+O(videos) time and memory, never O(samples), and ``plan[k]`` computes one batch on demand.
+That is what lets one plan describe 10^10 samples over 10^6 videos.
+
+Samples. Video ``v`` with ``L`` frames has ``n = L - (clip_len - 1) * frame_stride``
+valid starts (none when that is <= 0; such videos are skipped). Sample ``(v, s)`` covers
+frames ``s + j * frame_stride`` for ``j < clip_len``. The global sample id of ``(v, s)``
+is ``s`` plus the number of valid starts of the videos before ``v`` (file order).
+
+Modes (docs/sampling.md derives their statistics):
+
+- ``"strict"``: each epoch is a uniform random permutation of all samples.
+- ``"bounded"``: the starts of each video are cut into *chunks* of at most ``chunk_len``
+  consecutive starts (the cut points move with a random per-video offset every epoch).
+  Chunks are shuffled globally, the starts inside a chunk are shuffled, and the sample
+  stream is dealt out to batches in blocks of at most ``max_per_chunk`` so that a chunk
+  lands in a few neighbouring batches, at most ``max_per_chunk`` samples per batch. A
+  uniform random rotation of the stream makes every batch position exactly uniform over
+  all samples, and positions inside a batch are shuffled.
+- ``"sequential"``: file order.
+
+Sharding. Rank ``r`` gets a contiguous part of the epoch's sample stream; every rank has
+the same number of batches. With ``drop_last=True`` every batch is full and the
+``N mod (world_size * batch_size)`` samples at the end of the stream are left out (in
+strict and bounded mode a uniformly random set, different every epoch; in sequential mode
+the last samples in file order). With ``drop_last=False`` nothing is left out: all
+batches but each rank's last are full, and the last batches of the ranks share the
+remainder as evenly as possible (their sizes differ by at most one; a rank's last batch is
+empty only when fewer than ``world_size`` samples remain for the last round).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import numbers
+
+import numpy as np
+
+from ._rng import _splitmix64
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MODES = ("strict", "bounded", "sequential")
+
+#: Default chunk length (consecutive starts of one video). docs/sampling.md, "Throughput
+#: model": with GOPs of ~30 frames a chunk of 64 wastes ~18 % of decode work on the walk
+#: from the keyframe (measured 197 vs ~240 frames/s sequential on 2 processes).
+DEFAULT_CHUNK_LEN = 64
+#: Cap on the default ``max_per_chunk``; the default is ``min(16, max(1, batch_size // 8))``
+#: so a batch always mixes at least ``min(8, batch_size)`` chunks.
+DEFAULT_MAX_PER_CHUNK = 16
+#: Longest accepted chunk: beyond this the keyframe walk is already < 0.4 % of the work.
+MAX_CHUNK_LEN = 4096
+
+# Domains up to this size get an explicit (stored) permutation; larger ones a Feistel network.
+_EXPLICIT_MAX = 1 << 20
+_FEISTEL_ROUNDS = 8
+_M64 = (1 << 64) - 1
+
+# Stream tags: independent random choices of one (seed, epoch) must not share numbers.
+_S_PERM = 1
+_S_ROTATE = 2
+_S_OFFSET = 3
+_S_WITHIN = 4
+_S_INBATCH = 5
+_S_ROUNDS = 6
+
+
+def _u64(x: int) -> np.uint64:
+    return np.uint64(x & _M64)
+
+
+def _mix(key: int, x: np.ndarray) -> np.ndarray:
+    """Keyed hash of a uint64 array: a fixed pseudo-random function per key."""
+    with np.errstate(over="ignore"):
+        return _splitmix64(_splitmix64(x ^ _u64(key)) + _u64(key >> 7 | key << 57))
+
+
+def _derive(*parts: int) -> int:
+    """One 64-bit key from a tuple of ints (seed, epoch, stream, ...)."""
+    h = 0x243F6A8885A308D3
+    with np.errstate(over="ignore"):
+        for p in parts:
+            h = int(_splitmix64(np.array([(h ^ (p & _M64))], dtype=np.uint64))[0])
+            h = (h * 0x9E3779B97F4A7C15 + 1) & _M64
+    return h
+
+
+class _Perm:
+    """Keyed pseudo-random bijection on [0, n).
+
+    Small domains store the permutation (argsort of keyed hashes: exactly a random
+    permutation up to the hash). Large ones use a balanced Feistel network on the smallest
+    even number of bits that covers n, with cycle walking to stay inside [0, n): O(1)
+    memory, and both directions are cheap for any array of points.
+    """
+
+    def __init__(self, n: int, key: int):
+        self.n = int(n)
+        self._fwd = self._inv = None
+        if self.n <= _EXPLICIT_MAX:
+            h = _mix(key, np.arange(self.n, dtype=np.uint64))
+            self._fwd = np.argsort(h, kind="stable").astype(np.int64)
+            self._inv = np.empty(self.n, dtype=np.int64)
+            self._inv[self._fwd] = np.arange(self.n, dtype=np.int64)
+        else:
+            bits = (self.n - 1).bit_length()
+            self._half = (bits + 1) // 2
+            self._mask = np.uint64((1 << self._half) - 1)
+            self._keys = [_derive(key, _S_ROUNDS, r) for r in range(_FEISTEL_ROUNDS)]
+
+    def _round(self, x: np.ndarray, k: int) -> np.ndarray:
+        return _mix(k, x) & self._mask
+
+    def _enc(self, x: np.ndarray) -> np.ndarray:
+        h = np.uint64(self._half)
+        left, right = x >> h, x & self._mask
+        for k in self._keys:
+            left, right = right, left ^ self._round(right, k)
+        return (left << h) | right
+
+    def _dec(self, x: np.ndarray) -> np.ndarray:
+        h = np.uint64(self._half)
+        left, right = x >> h, x & self._mask
+        for k in reversed(self._keys):
+            left, right = right ^ self._round(left, k), left
+        return (left << h) | right
+
+    def _walk(self, x: np.ndarray, step) -> np.ndarray:
+        y = step(np.asarray(x, dtype=np.int64).astype(np.uint64))
+        n = np.uint64(self.n)
+        out = y >= n
+        while out.any():
+            idx = np.flatnonzero(out)
+            y[idx] = step(y[idx])
+            out[idx] = y[idx] >= n
+        return y.astype(np.int64)
+
+    def fwd(self, x) -> np.ndarray:
+        """Image of positions ``x`` (int64 array in [0, n))."""
+        if self._fwd is not None:
+            return self._fwd[x]
+        return self._walk(x, self._enc)
+
+    def inv(self, y) -> np.ndarray:
+        """Preimage: ``inv(fwd(x)) == x``."""
+        if self._inv is not None:
+            return self._inv[y]
+        return self._walk(y, self._dec)
+
+
+def _as_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    """The arguments of :func:`plan_epoch` except ``lengths``, validated.
+
+    ``chunk_len`` and ``max_per_chunk`` are the values asked for (``None``: the default);
+    the values in use are ``Plan.chunk_len`` and ``Plan.max_per_chunk``. They only matter
+    in bounded mode.
+    """
+
+    batch_size: int
+    seed: int
+    epoch: int = 0
+    mode: str = "bounded"
+    clip_len: int = 1
+    frame_stride: int = 1
+    chunk_len: int | None = None
+    max_per_chunk: int | None = None
+    rank: int = 0
+    world_size: int = 1
+    drop_last: bool = True
+
+    def __post_init__(self):
+        _as_int("batch_size", self.batch_size, low=1)
+        _as_int("seed", self.seed)
+        _as_int("epoch", self.epoch, low=0)
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
+        _as_int("clip_len", self.clip_len, low=1)
+        _as_int("frame_stride", self.frame_stride, low=1)
+        if self.chunk_len is not None:
+            _as_int("chunk_len", self.chunk_len, low=1, high=MAX_CHUNK_LEN)
+        if self.max_per_chunk is not None:
+            _as_int("max_per_chunk", self.max_per_chunk, low=1)
+        world = _as_int("world_size", self.world_size, low=1)
+        _as_int("rank", self.rank, low=0, high=world - 1)
+        if not isinstance(self.drop_last, (bool, np.bool_)):
+            raise ConfigError(f"drop_last must be True or False, got {self.drop_last!r}")
+
+    @property
+    def span(self) -> int:
+        """Frames from a sample's first to its last frame, inclusive."""
+        return (self.clip_len - 1) * self.frame_stride + 1
+
+
+def default_max_per_chunk(batch_size: int) -> int:
+    """The default ``max_per_chunk``: ``min(16, max(1, batch_size // 8))``."""
+    return min(DEFAULT_MAX_PER_CHUNK, max(1, batch_size // 8))
+
+
+def _check_lengths(lengths) -> np.ndarray:
+    try:
+        arr = np.asarray(lengths)
+    except Exception as exc:  # ragged input and the like
+        raise ConfigError(f"lengths must be a 1-D array of frame counts: {exc}") from None
+    if arr.ndim != 1:
+        raise ConfigError(f"lengths must be a 1-D array of frame counts, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise ConfigError(f"lengths must hold integer frame counts, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=True)
+    if arr.size and arr.min() < 0:
+        bad = int(np.flatnonzero(arr < 0)[0])
+        raise ConfigError(f"lengths must be >= 0, lengths[{bad}] = {arr[bad]}")
+    return arr
+
+
+class Plan:
+    """One rank's batches of one epoch. Build it with :func:`plan_epoch`.
+
+    - ``len(plan)`` / ``plan.num_batches``: batches on this rank (equal on every rank).
+    - ``plan[k]``: int64 array ``(b, 2)`` of ``(video, start)``; ``b == batch_size``
+      except for the last batch when ``drop_last=False``.
+    - ``plan.chunks(k)``: int64 chunk id of each sample of ``plan[k]`` (same order).
+      Bounded: ids of this epoch's chunks. Strict: the global sample id (every sample is
+      its own chunk). Sequential: the video index (a rank reads a video as one run).
+    - ``plan.chunk_extent(ids)``: ``(video, first_start, last_start)`` of chunks, so a
+      reader can decode a whole chunk as one forward run: frames ``first_start`` to
+      ``last_start + (clip_len - 1) * frame_stride``.
+    - ``plan.chunk_window``: on this rank, the samples of a chunk lie in at most this many
+      consecutive batches (bounded: ``1 + ceil((chunk_len - 1) / min_block)``, see
+      docs/sampling.md). A look-ahead of that many batches decodes each chunk once.
+      Exceptions: a chunk cut by a rank boundary or by the dropped tail is simply smaller;
+      at most ``rounds + 1`` chunks per rank and epoch straddle the wrap from the last
+      batch back to the first and so lie in two such runs.
+    - ``plan.config``: the :class:`PlanConfig` echo of the arguments.
+    """
+
+    def __init__(self, lengths, config: PlanConfig):
+        self.config = config
+        cfg = config
+        self.lengths = _check_lengths(lengths)
+        self.lengths.setflags(write=False)
+        self.starts_per_video = np.maximum(self.lengths - (cfg.span - 1), 0)
+        self.starts_per_video.setflags(write=False)
+        self._cum = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.starts_per_video, out=self._cum[1:])
+        #: Valid samples over all videos and ranks.
+        self.total_samples = int(self._cum[-1])
+        self._key = _derive(cfg.seed, cfg.epoch)
+        self._shard()
+        self.max_per_chunk = cfg.max_per_chunk or default_max_per_chunk(cfg.batch_size)
+        self.chunk_len = 1
+        if cfg.mode == "bounded":
+            self._build_bounded()
+        elif cfg.mode == "strict":
+            self._perm = _Perm(self.total_samples, _derive(self._key, _S_PERM))
+            self._rot = self._rotation()
+            self.max_per_chunk = 1
+            self.chunk_window = 1
+        else:
+            self.max_per_chunk = cfg.batch_size
+            longest = int(self.starts_per_video.max()) if len(self.lengths) else 0
+            self.chunk_len = longest
+            self.chunk_window = min(self.num_batches, 1 + -(-max(longest - 1, 0) // cfg.batch_size))
+        if self.total_samples == 0:
+            logger.warning(
+                "no video has a valid sample: %d videos, clip_len=%d, frame_stride=%d",
+                len(self.lengths), cfg.clip_len, cfg.frame_stride,
+            )
+        self._cache = (-1, None, None)
+
+    # ----------------------------------------------------------------- sharding
+    def _shard(self) -> None:
+        cfg = self.config
+        n_total, w, b, r = self.total_samples, cfg.world_size, cfg.batch_size, cfg.rank
+        if cfg.drop_last:
+            n = n_total // (w * b)
+            self._last = b
+            self._offset = r * n * b
+            self._any_short = False
+        else:
+            n = -(-n_total // (w * b))
+            rem = n_total - w * (n - 1) * b if n else 0
+            q, extra = divmod(rem, w)
+            self._last = q + (r < extra)
+            self._offset = r * (n - 1) * b + r * q + min(r, extra) if n else 0
+            self._any_short = rem < w * b
+        self.num_batches = n
+        #: Samples in this rank's batches.
+        self.num_samples = (n - 1) * b + self._last if n else 0
+
+    def _rotation(self) -> int:
+        if self.total_samples == 0:
+            return 0
+        return _derive(self._key, _S_ROTATE) % self.total_samples
+
+    # ----------------------------------------------------------------- bounded
+    def _build_bounded(self) -> None:
+        cfg = self.config
+        b, n = cfg.batch_size, self.num_batches
+        m = self.max_per_chunk
+        groups = -(-b // m)
+        self._block = np.full(groups, b // groups, dtype=np.int64)
+        self._block[: b % groups] += 1
+        self.min_block = int(self._block.min())
+        self.rounds = groups
+        # A chunk's samples form a cyclic run of the rank's stream; between two blocks of the
+        # same batch lie blocks of all other batches (one of them possibly the short last
+        # batch), so this length never puts more than max_per_chunk samples in one batch.
+        gap = max(0, n - 1 - int(self._any_short)) * self.min_block
+        self.chunk_len = max(1, min(cfg.chunk_len or DEFAULT_CHUNK_LEN, m + gap))
+        if cfg.chunk_len and self.chunk_len < cfg.chunk_len:
+            logger.info("chunk_len %d reduced to %d: too few batches per rank", cfg.chunk_len, self.chunk_len)
+        c = self.chunk_len
+        self.chunk_window = min(n, 1 + -(-(c - 1) // self.min_block)) if n else 0
+
+        # Layout of this rank's stream: round j deals one block of size block[j] to each batch.
+        cum_block = np.zeros(groups + 1, dtype=np.int64)
+        np.cumsum(self._block, out=cum_block[1:])
+        last_blocks = np.clip(self._last - cum_block[:-1], 0, self._block)
+        round_sizes = (max(n - 1, 0)) * self._block + last_blocks
+        self._cum_block = cum_block
+        self._round_start = np.concatenate([[0], np.cumsum(round_sizes)[:-1]]).astype(np.int64)
+
+        # Chunks: per video a random offset moves the cut points every epoch.
+        nv = self.starts_per_video
+        vids = np.arange(len(nv), dtype=np.uint64)
+        off = (_mix(_derive(self._key, _S_OFFSET), vids) % np.uint64(c)).astype(np.int64)
+        off[nv == 0] = 0
+        self._chunk_off = off
+        nchunks = np.where(nv > 0, (nv + off + c - 1) // c, 0)
+        self._cum_chunks = np.zeros(len(nv) + 1, dtype=np.int64)
+        np.cumsum(nchunks, out=self._cum_chunks[1:])
+        self.num_chunks = int(self._cum_chunks[-1])
+        self._perm = _Perm(self.num_chunks, _derive(self._key, _S_PERM))
+
+        # Only the first and last chunk of a video can be shorter than c: record them (in
+        # the shuffled chunk order) so stream positions map to chunks by arithmetic.
+        has = nv > 0
+        first_size = np.minimum(nv, c - off)
+        last_size = nv + off - (nchunks - 1) * c
+        first_id = self._cum_chunks[:-1]
+        last_id = self._cum_chunks[1:] - 1
+        ids = np.concatenate([first_id[has & (first_size < c)], last_id[has & (nchunks > 1) & (last_size < c)]])
+        sizes = np.concatenate([first_size[has & (first_size < c)], last_size[has & (nchunks > 1) & (last_size < c)]])
+        pos = self._perm.inv(ids) if len(ids) else np.zeros(0, dtype=np.int64)
+        order = np.argsort(pos, kind="stable")
+        self._short_pos = pos[order]
+        self._short_size = sizes[order]
+        deficit_before = np.concatenate([[0], np.cumsum(c - self._short_size)[:-1]]).astype(np.int64)
+        self._short_start = self._short_pos * c - deficit_before
+        self._rot = self._rotation()
+
+    def _layout(self, k: int, slots: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(self._cum_block, slots, side="right") - 1
+        return self._round_start[j] + k * self._block[j] + (slots - self._cum_block[j])
+
+    def _stream_to_chunk(self, x: np.ndarray):
+        """Positions in the shuffled chunk stream -> (chunk id, offset inside the chunk)."""
+        c = self.chunk_len
+        i = np.searchsorted(self._short_start, x, side="right") - 1
+        p = x // c
+        e = x % c
+        has = i >= 0
+        if has.any():
+            ii = i[has]
+            rel = x[has] - self._short_start[ii]
+            size = self._short_size[ii]
+            inside = rel < size
+            rel2 = rel - size
+            p[has] = np.where(inside, self._short_pos[ii], self._short_pos[ii] + 1 + rel2 // c)
+            e[has] = np.where(inside, rel, rel2 % c)
+        return self._perm.fwd(p), e
+
+    def chunk_extent(self, ids) -> np.ndarray:
+        """int64 ``(len(ids), 3)``: ``(video, first_start, last_start)`` of each chunk id."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        mode = self.config.mode
+        if mode == "strict":
+            v, s = self._split_ids(ids)
+            return np.stack([v, s, s], axis=1)
+        if mode == "sequential":
+            return np.stack([ids, np.zeros_like(ids), self.starts_per_video[ids] - 1], axis=1)
+        v, lo, hi = self._chunk_bounds(ids)
+        return np.stack([v, lo, hi - 1], axis=1)
+
+    def _chunk_bounds(self, ids: np.ndarray):
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_chunks):
+            raise IndexError(f"chunk id out of range [0, {self.num_chunks})")
+        c = self.chunk_len
+        v = np.searchsorted(self._cum_chunks, ids, side="right") - 1
+        j = ids - self._cum_chunks[v]
+        lo = np.maximum(0, j * c - self._chunk_off[v])
+        hi = np.minimum(self.starts_per_video[v], (j + 1) * c - self._chunk_off[v])
+        return v, lo, hi
+
+    def _within(self, ids: np.ndarray, e: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """Shuffle of the starts inside each chunk: offset e -> shuffled offset."""
+        c = self.chunk_len
+        uniq, inv = np.unique(ids, return_inverse=True)
+        cols = np.arange(c, dtype=np.uint64)
+        h = _mix(_derive(self._key, _S_WITHIN), uniq.astype(np.uint64)[:, None] * np.uint64(c) + cols[None, :]) >> np.uint64(1)
+        usize = np.zeros(len(uniq), dtype=np.int64)
+        usize[inv] = size
+        h[cols[None, :] >= usize[:, None].astype(np.uint64)] = np.uint64(_M64)
+        perm = np.argsort(h, axis=1, kind="stable")
+        return perm[inv, e]
+
+    # ----------------------------------------------------------------- batches
+    def _split_ids(self, g: np.ndarray):
+        v = np.searchsorted(self._cum, g, side="right") - 1
+        return v, g - self._cum[v]
+
+    def batch_len(self, k: int) -> int:
+        """Number of samples in batch k."""
+        return self.config.batch_size if k < self.num_batches - 1 else self._last
+
+    def _batch(self, k: int):
+        if self._cache[0] == k:
+            return self._cache[1], self._cache[2]
+        cfg = self.config
+        n = self.num_batches
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool):
+            raise TypeError(f"batch index must be an integer, got {type(k).__name__}")
+        k = int(k)
+        if k < 0:
+            k += n
+        if not 0 <= k < n:
+            raise IndexError(f"batch {k} out of range: the plan has {n} batches")
+        b = self.batch_len(k)
+        slots = np.arange(b, dtype=np.int64)
+        if cfg.mode == "sequential":
+            g = self._offset + k * cfg.batch_size + slots
+            v, s = self._split_ids(g)
+            chunks = v
+        else:
+            # Positions inside a batch are exchangeable: shuffle them.
+            gid = np.uint64(cfg.rank * n + k) * np.uint64(cfg.batch_size)
+            h = _mix(_derive(self._key, _S_INBATCH), gid + slots.astype(np.uint64))
+            slots = slots[np.argsort(h, kind="stable")]
+            if cfg.mode == "strict":
+                q = self._offset + k * cfg.batch_size + slots
+                g = self._perm.fwd((q + self._rot) % self.total_samples)
+                v, s = self._split_ids(g)
+                chunks = g
+            else:
+                q = self._offset + self._layout(k, slots)
+                x = (q + self._rot) % self.total_samples
+                chunks, e = self._stream_to_chunk(x)
+                v, lo, hi = self._chunk_bounds(chunks)
+                s = lo + self._within(chunks, e, hi - lo)
+        out = np.stack([v, s], axis=1).astype(np.int64)
+        chunks = chunks.astype(np.int64)
+        out.setflags(write=False)
+        chunks.setflags(write=False)
+        self._cache = (k, out, chunks)
+        return out, chunks
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self._batch(k)[0]
+
+    def chunks(self, k: int) -> np.ndarray:
+        """Chunk id of each sample of ``plan[k]``."""
+        return self._batch(k)[1]
+
+    def __iter__(self):
+        for k in range(self.num_batches):
+            yield self[k]
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Plan(mode={c.mode!r}, epoch={c.epoch}, rank={c.rank}/{c.world_size}, "
+            f"batches={self.num_batches}, samples={self.num_samples}/{self.total_samples}, "
+            f"chunk_len={self.chunk_len}, max_per_chunk={self.max_per_chunk})"
+        )
+
+
+def plan_epoch(
+    lengths,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int = 0,
+    mode: str = "bounded",
+    clip_len: int = 1,
+    frame_stride: int = 1,
+    chunk_len: int | None = None,
+    max_per_chunk: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = True,
+) -> Plan:
+    """The batches of one epoch on one rank: a lazy, deterministic :class:`Plan`.
+
+    ``lengths`` are frames per video. ``mode`` is ``"strict"`` (uniform random permutation),
+    ``"bounded"`` (chunks of at most ``chunk_len`` consecutive starts, at most
+    ``max_per_chunk`` samples of one chunk per batch; defaults ``64`` and
+    ``min(16, max(1, batch_size // 8))``) or ``"sequential"`` (file order).
+    ``chunk_len``/``max_per_chunk`` are ignored outside bounded mode. The module docstring
+    says how ranks and ``drop_last`` split the epoch; docs/sampling.md gives the statistics.
+    Bad arguments raise :class:`ringload.ConfigError` naming the argument.
+    """
+    cfg = PlanConfig(
+        batch_size=batch_size,
+        seed=seed,
+        epoch=epoch,
+        mode=mode,
+        clip_len=clip_len,
+        frame_stride=frame_stride,
+        chunk_len=chunk_len,
+        max_per_chunk=max_per_chunk,
+        rank=rank,
+        world_size=world_size,
+        drop_last=bool(drop_last) if isinstance(drop_last, np.bool_) else drop_last,
+    )
+    return Plan(lengths, cfg)
+
+
+def segment_indices(num_frames: int, num_segments: int, *, seed: int, mode: str = "random") -> np.ndarray:
+    """TSN-style sampling: one frame index from each of ``num_segments`` equal parts.
+
+    Part ``j`` is frames ``[j * F // S, (j + 1) * F // S)``. ``"random"`` draws one frame
+    uniformly inside each part (keyed by ``seed``: pass a per-sample seed, e.g. from
+    ``ringload._rng``); ``"center"`` takes the middle frame (evaluation). When a video has
+    fewer frames than segments, parts are one frame wide and frames repeat. Returns a
+    sorted int64 array of length ``num_segments``.
+    """
+    f = _as_int("num_frames", num_frames, low=1)
+    s = _as_int("num_segments", num_segments, low=1)
+    _as_int("seed", seed)
+    if mode not in ("random", "center"):
+        raise ConfigError(f"mode must be 'random' or 'center', got {mode!r}")
+    j = np.arange(s, dtype=np.int64)
+    lo = j * f // s
+    width = np.maximum((j + 1) * f // s - lo, 1)
+    lo = np.minimum(lo, f - 1)
+    width = np.minimum(width, f - lo)
+    if mode == "center":
+        return lo + (width - 1) // 2
+    h = _mix(_derive(seed, f, s), j.astype(np.uint64))
+    u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return lo + np.minimum((u * width).astype(np.int64), width - 1)
+
