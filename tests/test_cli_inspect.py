@@ -1,3 +1,4 @@
+import importlib.util
 import io
 import json
 import re
@@ -11,14 +12,17 @@ from ringload import _cli_inspect, cli
 
 
 def _decoded_counts(videos_dir):
-    """File -> decoded frame count of its default stream, from the SOURCES.md table."""
+    """File -> {stream: decoded frame count} from the SOURCES.md table (None: the first video stream)."""
     counts = {}
     for line in (videos_dir / "SOURCES.md").read_text().splitlines():
         cells = [c.strip() for c in line.split("|")]
         if len(cells) > 10 and cells[1].startswith("`"):
-            m = re.match(r"\**(\d+)", cells[9])
+            m = re.match(r"\**(\d+)", cells[8])
             if m:
-                counts[cells[1].strip("`")] = int(m.group(1))
+                per_stream = {None: int(m.group(1))}
+                for s, n in re.findall(r"stream(\d+) \([^)]*\): (\d+)", cells[8]):
+                    per_stream[int(s)] = int(n)
+                counts[cells[1].strip("`")] = per_stream
     return counts
 
 
@@ -33,12 +37,21 @@ def test_gop_stats_uses_complete_intervals():
 
 @pytest.mark.parametrize(
     ("gop", "default", "expected"),
-    [(30, 64, 60), (25, 64, 75), (12, 64, 60), (1, 64, 64), (250, 64, 250), (48, 64, 48), (100, 128, 100)],
+    [(30, 64, 64), (25, 64, 64), (1, 64, 64), (60, 64, 120), (250, 64, 500), (12.5, 100, 100), (3000, 64, 4096)],
 )
-def test_suggested_chunk_len_is_a_gop_multiple_near_the_default(gop, default, expected):
+def test_suggested_chunk_len(gop, default, expected):
     got = _cli_inspect.suggest_chunk_len(gop, default=default)
     assert got == expected
-    assert got % gop == 0 or gop == 1
+    if got < 4096:  # below the plan's cap the keyframe walk stays under a fifth of the decoding
+        assert _cli_inspect.keyframe_walk_share(got, gop) < 0.2
+
+
+def test_suggestion_uses_the_plan_default():
+    from ringload import plan
+
+    assert _cli_inspect.suggest_chunk_len(1) == plan.DEFAULT_CHUNK_LEN
+    assert _cli_inspect.keyframe_walk_share(64, 1) == 0.0
+    assert _cli_inspect.keyframe_walk_share(64, 30) == pytest.approx(14.5 / 78.5)
 
 
 def test_inspect_every_shared_video(videos_dir, tmp_path):
@@ -60,8 +73,9 @@ def test_inspect_every_shared_video(videos_dir, tmp_path):
         assert rec["error"]["type"] in {"VideoOpenError", "NoVideoStreamError", "DecodeError", "VideoError"}
     counts = _decoded_counts(videos_dir)
     corrupted = by_name["decord_corrupted.mp4"]
-    if corrupted["ok"]:  # probe reports the frames that really decode ...
-        assert corrupted["num_frames"] == counts["decord_corrupted.mp4"]
+    if corrupted["ok"]:  # probe reports the frames that really decode, and the header's claim
+        assert corrupted["num_frames"] == counts["decord_corrupted.mp4"][None]
+        assert corrupted["header_frames"] == 50
     else:  # ... or refuses the file with a typed error that names it
         assert "decord_corrupted.mp4" in corrupted["error"]["message"]
     for p in paths:
@@ -69,13 +83,14 @@ def test_inspect_every_shared_video(videos_dir, tmp_path):
         if p.name == "decord_corrupted.mp4":
             continue
         assert rec["ok"], rec
-        assert rec["num_frames"] == counts[p.name], p.name
+        known = counts[p.name]
+        assert rec["num_frames"] == known.get(rec["stream"], known[None]), p.name
         assert rec["width"] > 0 and rec["height"] > 0 and rec["fps"] > 0 and rec["duration_seconds"] > 0
         g = rec["gop"]
         assert 1 <= g["keyframes"] <= rec["num_frames"]
         assert 1 <= g["min"] <= g["median"] <= g["max"] <= rec["num_frames"]
-        gop = max(1, round(g["median"]))
-        assert rec["suggested_chunk_len"] % gop == 0 or gop == 1
+        assert rec["suggested_chunk_len"] == min(rec["num_frames"], _cli_inspect.suggest_chunk_len(g["median"]))
+        assert 0.0 <= rec["keyframe_walk_share"] <= 0.2 or rec["suggested_chunk_len"] == rec["num_frames"]
     assert doc["suggested_chunk_len"] >= 1
 
 
@@ -91,7 +106,7 @@ def test_inspect_text_output_and_typed_error_from_the_command_line(videos_dir, t
     )
     assert proc.returncode == cli.EXIT_FAILURE
     assert str(garbage) in proc.stderr
-    assert "bikes.mp4" in proc.stdout and "frames 250" in proc.stdout and "suggested chunk_len" in proc.stdout
+    assert "bikes.mp4" in proc.stdout and "frames 250 " in proc.stdout and "suggested chunk_len" in proc.stdout
     assert "1 of 2 files read, 1 failed" in proc.stdout
 
 
@@ -101,3 +116,28 @@ def test_inspect_usage_error_exits_2():
     )
     assert proc.returncode == cli.EXIT_USAGE
     assert "PATH" in proc.stderr
+
+
+def _cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "ringload.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_top_level_help_lists_every_command():
+    proc = _cli("--help")
+    assert proc.returncode == cli.EXIT_OK
+    listed = set(re.findall(r"^    ([a-z]+) ", proc.stdout, flags=re.M))
+    present = set()
+    for name, module in cli._COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            present.add(name)
+    assert "inspect" in present and present <= listed, (present, listed)
+    for name in sorted(present):  # each command has its own help, and it exits 0
+        sub = _cli(name, "--help")
+        assert sub.returncode == cli.EXIT_OK, sub.stderr
+        assert f"usage: ringload {name}" in sub.stdout
+
+
+def test_no_command_is_a_usage_error():
+    proc = _cli()
+    assert proc.returncode == cli.EXIT_USAGE
+    assert "COMMAND" in proc.stdout + proc.stderr
