@@ -100,8 +100,13 @@ def _describe(path: str, stream: int | None, cache: bool) -> dict:
     info = probe(path, stream=stream, cache=cache)
     n = int(info.num_frames)
     gops = gop_stats(info.keyframes, n)
-    # A chunk never extends past its video: in a short file it is the whole file.
-    chunk = max(1, min(suggest_chunk_len(gops.median), n))
+    if gops.count > 1:
+        # A chunk never extends past its video: in a short file it is the whole file.
+        chunk = max(1, min(suggest_chunk_len(gops.median), n))
+        walk = round(keyframe_walk_share(chunk, gops.median), 4)
+    else:
+        # One keyframe: every read decodes from the first frame whatever the chunk length.
+        chunk, walk = max(1, min(_plan_defaults()[0], n)), None
     return {
         "path": path,
         "ok": True,
@@ -119,7 +124,7 @@ def _describe(path: str, stream: int | None, cache: bool) -> dict:
         "timestamps": str(getattr(info, "timestamps", "pts")),
         "gop": gops.as_dict(),
         "suggested_chunk_len": chunk,
-        "keyframe_walk_share": round(keyframe_walk_share(chunk, gops.median), 4),
+        "keyframe_walk_share": walk,
     }
 
 
@@ -145,8 +150,12 @@ def _text(rec: dict) -> str:
             if g["keyframes"] > 1
             else f"  keyframes {g['keyframes']}  GOP: the whole file ({rec['num_frames']} frames)"
         ),
-        f"  suggested chunk_len {rec['suggested_chunk_len']}  "
-        f"(keyframe walk about {100 * rec['keyframe_walk_share']:.0f}% of decoded frames)",
+        f"  suggested chunk_len {rec['suggested_chunk_len']}"
+        + (
+            f"  (keyframe walk about {100 * rec['keyframe_walk_share']:.0f}% of decoded frames)"
+            if rec["keyframe_walk_share"] is not None
+            else "  (one keyframe: every read decodes from the first frame)"
+        ),
     ]
     return "\n".join(lines)
 
@@ -171,7 +180,9 @@ def run(args: argparse.Namespace, *, out=None) -> int:
     good = [r for r in records if r["ok"]]
     overall = None
     if good:
-        overall = suggest_chunk_len(float(np.median([r["gop"]["median"] for r in good])))
+        # Files with a single keyframe say nothing about the encoder's GOP: leave them out.
+        gops = [r["gop"]["median"] for r in good if r["gop"]["keyframes"] > 1]
+        overall = suggest_chunk_len(float(np.median(gops))) if gops else _plan_defaults()[0]
     if args.json:
         json.dump({"files": records, "suggested_chunk_len": overall, "default_chunk_len": _plan_defaults()[0]}, out, indent=2)
         out.write("\n")
