@@ -1,0 +1,224 @@
+"""Turn what the user passes as a dataset (directory, glob, list, CSV/JSONL manifest) into paths and labels."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+#: File name endings treated as videos when a directory is scanned.
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".ts", ".mts", ".m2ts",
+        ".3gp", ".3g2", ".mpg", ".mpeg", ".wmv", ".ogv", ".mxf", ".vob", ".y4m",
+    }
+)  # fmt: skip
+
+MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".ndjson"})
+
+# Separators accepted inside a CSV `labels` cell ("cat;dog" or "cat|dog").
+_LABEL_SEPARATORS = (";", "|")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Source:
+    """Resolved dataset: ``paths`` (absolute where the source gave a folder or manifest),
+    ``labels`` (None, int64 (N,) class ids, or float32 (N, C) multi-hot), ``class_names``
+    (class id -> name, or None when the labels were given as ints)."""
+
+    paths: list[str]
+    labels: np.ndarray | None = None
+    class_names: list[str] | None = None
+
+    def __post_init__(self):
+        if self.labels is not None and len(self.labels) != len(self.paths):
+            raise ValueError("Source: labels and paths differ in length")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _is_video(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def _scan_dir(folder: str) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in files:
+            if _is_video(name) and not name.startswith("."):
+                found.append(os.path.join(root, name))
+    # Sorted by the path relative to the folder: the order (and so sample ids) does not
+    # depend on the file system's listing order.
+    found.sort(key=lambda p: os.path.relpath(p, folder).split(os.sep))
+    return found
+
+
+def resolve_source(source: str | os.PathLike | Sequence[str | os.PathLike] | Source) -> Source:
+    """Resolve a directory (recursive, video extensions, sorted), a glob pattern, a list
+    of paths, or a CSV/JSONL manifest (``path`` relative to the manifest's folder, optional
+    ``label`` int or class name, or ``labels`` list for multi-label) into a :class:`Source`."""
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if not text:
+            raise ConfigError("source='' is empty: pass a directory, glob, list of paths or manifest")
+        if os.path.isdir(text):
+            folder = os.path.abspath(text)
+            paths = _scan_dir(folder)
+            if not paths:
+                exts = ", ".join(sorted(VIDEO_EXTENSIONS))
+                raise ConfigError(f"source={text!r}: the directory holds no video files (looked for {exts})")
+            return Source(paths=paths)
+        if os.path.isfile(text):
+            if os.path.splitext(text)[1].lower() in MANIFEST_EXTENSIONS:
+                return _read_manifest(text)
+            return Source(paths=[os.path.abspath(text)])
+        if glob.has_magic(text):
+            paths = sorted(os.path.abspath(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p))
+            if not paths:
+                raise ConfigError(f"source={text!r}: the glob pattern matches no files")
+            return Source(paths=paths)
+        raise ConfigError(f"source={text!r}: no such file or directory (and not a glob pattern)")
+    if isinstance(source, (bytes, bytearray)):
+        raise ConfigError("source: pass paths as str, not bytes")
+    try:
+        items = list(source)
+    except TypeError:
+        raise ConfigError(
+            f"source={source!r}: pass a directory, a glob pattern, a list of paths or a CSV/JSONL manifest"
+        ) from None
+    paths = []
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, os.PathLike)) or not os.fspath(item):
+            raise ConfigError(f"source[{i}]={item!r}: each entry must be a non-empty path")
+        paths.append(os.fspath(item))
+    if not paths:
+        raise ConfigError("source=[]: the list of paths is empty")
+    return Source(paths=paths)
+
+
+def _read_manifest(manifest: str) -> Source:
+    folder = os.path.dirname(os.path.abspath(manifest))
+    ext = os.path.splitext(manifest)[1].lower()
+    rows: list[tuple[int, dict]] = []  # (line number, record)
+    try:
+        with open(manifest, encoding="utf-8", newline="") as fh:
+            if ext == ".csv":
+                reader = csv.DictReader(fh)
+                if not reader.fieldnames or "path" not in [f.strip() for f in reader.fieldnames]:
+                    raise ConfigError(f"{manifest}: line 1: the CSV header needs a 'path' column (has {reader.fieldnames})")
+                for rec in reader:
+                    rec = {(k or "").strip(): v for k, v in rec.items()}
+                    rows.append((reader.line_num, rec))
+            else:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ConfigError(f"{manifest}: line {lineno}: not valid JSON ({exc.msg})") from None
+                    if not isinstance(rec, dict):
+                        raise ConfigError(f"{manifest}: line {lineno}: expected a JSON object with a 'path' key")
+                    rows.append((lineno, rec))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{manifest}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{manifest}: cannot read the manifest ({exc.strerror or exc})") from None
+    if not rows:
+        raise ConfigError(f"{manifest}: the manifest lists no videos")
+
+    paths = []
+    single: list = []
+    multi: list = []
+    for lineno, rec in rows:
+        p = rec.get("path")
+        if not isinstance(p, str) or not p.strip():
+            raise ConfigError(f"{manifest}: line {lineno}: missing or empty 'path'")
+        p = p.strip()
+        paths.append(p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p)))
+        has_label = rec.get("label") not in (None, "")
+        has_labels = rec.get("labels") not in (None, "")
+        if has_label and has_labels:
+            raise ConfigError(f"{manifest}: line {lineno}: give either 'label' or 'labels', not both")
+        single.append((lineno, rec.get("label")) if has_label else (lineno, None))
+        if has_labels:
+            val = rec["labels"]
+            if isinstance(val, str):
+                for sep in _LABEL_SEPARATORS:
+                    if sep in val:
+                        val = val.split(sep)
+                        break
+                else:
+                    val = [val]
+                val = [v.strip() for v in val if v.strip()]
+            if not isinstance(val, list):
+                raise ConfigError(f"{manifest}: line {lineno}: 'labels' must be a list (or 'a;b' in CSV)")
+            multi.append((lineno, val))
+        else:
+            multi.append((lineno, None))
+
+    n_single = sum(v is not None for _, v in single)
+    n_multi = sum(v is not None for _, v in multi)
+    if n_single and n_multi:
+        raise ConfigError(f"{manifest}: mixes 'label' and 'labels' rows; use one of them for every row")
+    if n_single == 0 and n_multi == 0:
+        return Source(paths=paths)
+    entries = single if n_single else multi
+    for lineno, v in entries:
+        if v is None:
+            key = "label" if n_single else "labels"
+            raise ConfigError(f"{manifest}: line {lineno}: no '{key}' while other rows have one")
+    values = [v for _, v in entries] if n_single else [x for _, v in entries for x in v]
+    to_id, names = _label_mapping(manifest, values, entries, multi=not n_single)
+    if n_single:
+        labels = np.asarray([to_id(v) for _, v in entries], dtype=np.int64)
+        return Source(paths=paths, labels=labels, class_names=names)
+    ids = [[to_id(x) for x in v] for _, v in entries]
+    num_classes = len(names) if names is not None else (max((max(r) for r in ids if r), default=-1) + 1)
+    hot = np.zeros((len(paths), max(num_classes, 0)), dtype=np.float32)
+    for r, row in enumerate(ids):
+        hot[r, row] = 1.0
+    return Source(paths=paths, labels=hot, class_names=names)
+
+
+def _as_int(v) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        s = v.strip()
+        if s.lstrip("-").isdigit():
+            return int(s)
+    return None
+
+
+def _label_mapping(manifest: str, values: list, entries, *, multi: bool):
+    """Ints stay ints (class_names None); otherwise names map to ids in sorted order."""
+    for lineno, v in entries:
+        for x in v if multi else [v]:
+            if not isinstance(x, (str, int, float)) or isinstance(x, bool):
+                raise ConfigError(f"{manifest}: line {lineno}: label {x!r} must be an int or a class name")
+    ints = [_as_int(v) for v in values]
+    if all(i is not None for i in ints):
+        for (lineno, v) in entries:
+            for x in v if multi else [v]:
+                if _as_int(x) < 0:
+                    raise ConfigError(f"{manifest}: line {lineno}: label {x!r} is negative; class ids start at 0")
+        return _as_int, None
+    names = sorted({str(v).strip() for v in values})
+    lookup = {n: i for i, n in enumerate(names)}
+    return (lambda v: lookup[str(v).strip()]), names

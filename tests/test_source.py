@@ -1,0 +1,110 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ringload._source import Source, resolve_source
+from ringload.errors import ConfigError
+
+
+def _touch(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(b"x")
+    return str(path)
+
+
+def test_directory_is_recursive_sorted_and_filtered(tmp_path):
+    _touch(tmp_path / "b" / "z.mp4")
+    _touch(tmp_path / "a" / "y.MKV")
+    _touch(tmp_path / "a" / "notes.txt")
+    _touch(tmp_path / "a" / ".hidden.mp4")
+    _touch(tmp_path / "c.webm")
+    src = resolve_source(tmp_path)
+    rel = [os.path.relpath(p, tmp_path) for p in src.paths]
+    assert rel == [os.path.join("a", "y.MKV"), os.path.join("b", "z.mp4"), "c.webm"]
+    assert src.labels is None and src.class_names is None
+    assert resolve_source(str(tmp_path)).paths == src.paths  # stable
+
+
+def test_empty_directory_is_a_config_error(tmp_path):
+    _touch(tmp_path / "readme.txt")
+    with pytest.raises(ConfigError, match="no video files"):
+        resolve_source(tmp_path)
+
+
+def test_glob_and_list(tmp_path):
+    a = _touch(tmp_path / "x" / "1.mp4")
+    b = _touch(tmp_path / "x" / "2.mp4")
+    _touch(tmp_path / "x" / "3.avi")
+    assert resolve_source(str(tmp_path / "x" / "*.mp4")).paths == [a, b]
+    assert resolve_source(str(tmp_path / "**" / "*.avi")).paths == [str(tmp_path / "x" / "3.avi")]
+    assert resolve_source([b, a]).paths == [b, a]  # a list keeps the user's order
+    with pytest.raises(ConfigError, match="matches no files"):
+        resolve_source(str(tmp_path / "*.mov"))
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_source(str(tmp_path / "missing.mp4"))
+    with pytest.raises(ConfigError, match="empty"):
+        resolve_source([])
+    with pytest.raises(ConfigError, match=r"source\[1\]"):
+        resolve_source([a, 3])
+
+
+def test_csv_manifest_with_class_names(tmp_path):
+    (tmp_path / "m").mkdir()
+    man = tmp_path / "m" / "train.csv"
+    man.write_text("path,label\nv/a.mp4,dog\nv/b.mp4,cat\n/abs/c.mp4,dog\n")
+    src = resolve_source(man)
+    assert src.paths == [str(tmp_path / "m" / "v" / "a.mp4"), str(tmp_path / "m" / "v" / "b.mp4"), "/abs/c.mp4"]
+    assert src.class_names == ["cat", "dog"]
+    assert src.labels.dtype == np.int64 and src.labels.tolist() == [1, 0, 1]
+
+
+def test_jsonl_manifest_int_labels_and_multilabel(tmp_path):
+    man = tmp_path / "a.jsonl"
+    man.write_text("\n".join(json.dumps(r) for r in [{"path": "a.mp4", "label": 3}, {"path": "b.mp4", "label": 0}]) + "\n")
+    src = resolve_source(man)
+    assert src.labels.tolist() == [3, 0] and src.class_names is None
+
+    man2 = tmp_path / "b.jsonl"
+    rows = [{"path": "a.mp4", "labels": ["run", "jump"]}, {"path": "b.mp4", "labels": ["sit"]}, {"path": "c.mp4", "labels": []}]
+    man2.write_text("\n".join(json.dumps(r) for r in rows))
+    src = resolve_source(man2)
+    assert src.class_names == ["jump", "run", "sit"]
+    assert src.labels.dtype == np.float32
+    np.testing.assert_array_equal(src.labels, [[1, 1, 0], [0, 0, 1], [0, 0, 0]])
+
+    man3 = tmp_path / "c.csv"
+    man3.write_text('path,labels\na.mp4,"2;0"\nb.mp4,1\n')
+    src = resolve_source(man3)
+    np.testing.assert_array_equal(src.labels, [[1, 0, 1], [0, 1, 0]])
+    assert src.class_names is None
+
+
+@pytest.mark.parametrize(
+    "name,text,match",
+    [
+        ("a.csv", "file,label\nx.mp4,1\n", "line 1: .*'path' column"),
+        ("b.jsonl", '{"path": "a.mp4"}\n{"path": \n', "line 2: not valid JSON"),
+        ("c.jsonl", '{"path": "a.mp4", "label": 1}\n{"path": "b.mp4"}\n', "line 2: no 'label'"),
+        ("d.jsonl", '{"path": ""}\n', "line 1: missing or empty 'path'"),
+        ("e.jsonl", '{"path": "a.mp4", "label": -1}\n', "line 1: .*negative"),
+        ("f.jsonl", '[1, 2]\n', "line 1: expected a JSON object"),
+        ("g.csv", "path,label\n", "lists no videos"),
+        ("h.jsonl", '{"path": "a.mp4", "label": 1}\n{"path": "b.mp4", "labels": [1]}\n', "mixes"),
+    ],
+)
+def test_bad_manifests_name_file_and_line(tmp_path, name, text, match):
+    man = tmp_path / name
+    man.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        resolve_source(man)
+    assert str(man) in str(info.value)
+
+
+def test_source_passthrough_and_single_file(tmp_path):
+    s = Source(paths=["a.mp4"])
+    assert resolve_source(s) is s
+    v = _touch(tmp_path / "one.mov")
+    assert resolve_source(v).paths == [v]
