@@ -33,6 +33,8 @@ _LAZY = {
     "Plan": ".plan",
     "plan_epoch": ".plan",
     "segment_indices": ".plan",
+    "Batch": ".loader",
+    "VideoLoader": ".loader",
 }
 
 __all__ = sorted(

@@ -1,0 +1,738 @@
+"""``VideoLoader``: batches of exact frames, clips or segments, decoded by spawned processes.
+
+Data flow: the plan (``ringload.plan``) decides which samples make batch k; this module
+turns them into frame indices, crop boxes and flips (a pure function of seed, epoch, rank,
+k and the config); the scheduler (``ringload._scheduler``) has decoder processes write the
+frames into a slot of the shared-memory ring (``ringload._ring``); the transfer
+(``ringload._transfer``) turns a complete slot into the tensor the user receives.
+
+CPU batches are copied out of shared memory before ``__next__`` returns: the user owns
+every tensor of a :class:`Batch` and may keep it as long as they like. ``frames`` is a
+uint8 tensor in channels-last memory order (a view with shape (B, C, H, W) or
+(B, T, C, H, W) over (B, [T,] H, W, C) data); call ``.contiguous()`` for the other order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _rng
+from .errors import ConfigError, LoaderTimeoutError, VideoError
+
+log = logging.getLogger(__name__)
+
+SAMPLES = ("frames", "clips", "segments")
+CROPS = ("random_resized", "center", "none")
+SAMPLINGS = ("bounded", "strict", "sequential")
+ON_ERROR = ("raise", "skip")
+
+# Default ring budget: prefetch as many batches as fit in this many bytes (2..8 batches).
+_RING_BUDGET_BYTES = 1 << 30
+# Tolerance when a clip's sampling times are matched to frame timestamps (see _clip_frames).
+_TIME_EPS = 1e-6
+# Stride of the hang test hook: the decoder sleeps this long on the chosen task.
+_HANG_ENV = "RINGLOAD_TEST_HANG_TASK"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _pair(name: str, value, *, positive_ints: bool) -> tuple:
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r}: pass a pair, e.g. {name}=(224, 224)") from None
+    if positive_ints:
+        if not (_is_int(a) and _is_int(b)) or a < 1 or b < 1:
+            raise ConfigError(f"{name}={value!r}: pass two ints >= 1 (height, width)")
+        return int(a), int(b)
+    try:
+        a, b = float(a), float(b)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r}: pass two numbers") from None
+    return a, b
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """Every setting of a :class:`VideoLoader`, validated. See ``VideoLoader`` for meanings."""
+
+    batch_size: int = 128
+    sample: str = "frames"
+    clip_len: int = 1
+    frame_stride: int = 1
+    fps: float | None = None
+    num_segments: int | None = None
+    size: tuple[int, int] | None = (224, 224)
+    crop: str = "random_resized"
+    scale: tuple[float, float] = (0.9, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = False
+    sampling: str = "bounded"
+    chunk_len: int | None = None
+    max_per_chunk: int | None = None
+    seed: int = 0
+    num_workers: int | None = None
+    prefetch_batches: int | None = None
+    device: str = "cpu"
+    drop_last: bool = True
+    rank: int | None = None
+    world_size: int | None = None
+    on_error: str = "raise"
+    timeout_s: float = 300.0
+    task_timeout_s: float = 60.0
+
+    def __post_init__(self):
+        def need_int(name, low, *, none_ok=False):
+            v = getattr(self, name)
+            if v is None and none_ok:
+                return
+            if not _is_int(v) or v < low:
+                raise ConfigError(f"{name}={v!r}: pass an int >= {low}" + (" or None" if none_ok else ""))
+
+        need_int("batch_size", 1)
+        need_int("clip_len", 1)
+        need_int("frame_stride", 1)
+        need_int("seed", 0)
+        need_int("num_segments", 1, none_ok=True)
+        need_int("chunk_len", 1, none_ok=True)
+        need_int("max_per_chunk", 1, none_ok=True)
+        need_int("num_workers", 1, none_ok=True)
+        need_int("prefetch_batches", 1, none_ok=True)
+        need_int("rank", 0, none_ok=True)
+        need_int("world_size", 1, none_ok=True)
+        for name, allowed in (("sample", SAMPLES), ("crop", CROPS), ("sampling", SAMPLINGS), ("on_error", ON_ERROR)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: pass one of {', '.join(map(repr, allowed))}")
+        if self.size is not None:
+            object.__setattr__(self, "size", _pair("size", self.size, positive_ints=True))
+        elif self.crop == "random_resized" or self.crop == "center":
+            raise ConfigError(f"size=None needs crop='none' (crop={self.crop!r} needs an output size)")
+        scale = _pair("scale", self.scale, positive_ints=False)
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ConfigError(f"scale={self.scale!r}: pass (min, max) with 0 < min <= max <= 1")
+        object.__setattr__(self, "scale", scale)
+        ratio = _pair("ratio", self.ratio, positive_ints=False)
+        if not (0 < ratio[0] <= ratio[1]):
+            raise ConfigError(f"ratio={self.ratio!r}: pass (min, max) aspect ratios (w/h) with 0 < min <= max")
+        object.__setattr__(self, "ratio", ratio)
+        if not isinstance(self.hflip, (bool, np.bool_)):
+            raise ConfigError(f"hflip={self.hflip!r}: pass True or False")
+        if not isinstance(self.drop_last, (bool, np.bool_)):
+            raise ConfigError(f"drop_last={self.drop_last!r}: pass True or False")
+        if self.fps is not None:
+            if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float, np.integer, np.floating)) or not (
+                math.isfinite(self.fps) and self.fps > 0
+            ):
+                raise ConfigError(f"fps={self.fps!r}: pass a positive number of frames per second, or None")
+            if self.sample != "clips":
+                raise ConfigError(f"fps={self.fps!r} applies to sample='clips' only (sample={self.sample!r})")
+            object.__setattr__(self, "fps", float(self.fps))
+        if self.sample == "segments" and self.num_segments is None:
+            raise ConfigError("sample='segments' needs num_segments (frames per sample, one per equal part of the video)")
+        if self.sample != "segments" and self.num_segments is not None:
+            raise ConfigError(f"num_segments={self.num_segments} applies to sample='segments' only")
+        if self.sample == "frames" and (self.clip_len != 1 or self.frame_stride != 1):
+            raise ConfigError("clip_len/frame_stride apply to sample='clips'; with sample='frames' leave them at 1")
+        if (self.rank is None) != (self.world_size is None):
+            raise ConfigError("pass rank and world_size together (or neither, to take them from torch.distributed)")
+        if self.rank is not None and self.rank >= self.world_size:
+            raise ConfigError(f"rank={self.rank} must be < world_size={self.world_size}")
+        for name in ("timeout_s", "task_timeout_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ConfigError(f"{name}={v!r}: pass a positive number of seconds")
+        dev = str(self.device)
+        if not (dev == "cpu" or dev.startswith("cuda")):
+            raise ConfigError(f"device={self.device!r}: pass 'cpu' or a CUDA device such as 'cuda' or 'cuda:0'")
+
+    @property
+    def frames_per_sample(self) -> int:
+        if self.sample == "frames":
+            return 1
+        if self.sample == "clips":
+            return self.clip_len
+        return self.num_segments
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One batch. ``frames`` uint8 (B, C, H, W) for frames, (B, T, C, H, W) for clips and
+    segments; ``video_index`` (B,) int64; ``frame_index`` and ``pts_seconds`` (B,) or (B, T);
+    ``labels`` int64 (B,) class ids, float32 (B, C) multi-hot, or None without labels."""
+
+    frames: object
+    video_index: object
+    frame_index: object
+    pts_seconds: object
+    labels: object | None
+    _paths: Sequence[str] = dataclasses.field(repr=False, compare=False, default=())
+
+    @property
+    def paths(self) -> list[str]:
+        """Path of each sample's video."""
+        return [self._paths[i] for i in self.video_index.tolist()]
+
+    def __len__(self) -> int:
+        return int(self.video_index.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Content:
+    video: np.ndarray
+    start: np.ndarray
+    frames: np.ndarray
+    crop: np.ndarray
+    flip: np.ndarray
+
+
+def random_resized_boxes(width, height, u, scale, ratio) -> np.ndarray:
+    """Crop boxes (x, y, w, h) drawn like torchvision's RandomResizedCrop.get_params.
+
+    Up to 10 attempts per sample (4 uniforms each: area scale, log aspect ratio, top, left),
+    then the centre-crop fallback, vectorised over samples. ``u`` is (n, 40) in [0, 1).
+    """
+    W = np.asarray(width, dtype=np.float64)
+    H = np.asarray(height, dtype=np.float64)
+    n = len(W)
+    area = W * H
+    lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
+    out = np.zeros((n, 4), dtype=np.int64)
+    done = np.zeros(n, dtype=bool)
+    for a in range(10):
+        target = area * (scale[0] + u[:, 4 * a] * (scale[1] - scale[0]))
+        aspect = np.exp(lr0 + u[:, 4 * a + 1] * (lr1 - lr0))
+        w = np.round(np.sqrt(target * aspect))
+        h = np.round(np.sqrt(target / aspect))
+        ok = ~done & (w > 0) & (w <= W) & (h > 0) & (h <= H)
+        if ok.any():
+            top = np.floor(u[:, 4 * a + 2] * (H - h + 1))
+            left = np.floor(u[:, 4 * a + 3] * (W - w + 1))
+            out[ok] = np.stack([left, top, w, h], axis=1)[ok].astype(np.int64)
+            done |= ok
+        if done.all():
+            break
+    if not done.all():
+        rest = ~done
+        Wr, Hr = W[rest], H[rest]
+        in_ratio = Wr / Hr
+        w = Wr.copy()
+        h = Hr.copy()
+        lo = in_ratio < ratio[0]
+        hi = in_ratio > ratio[1]
+        h[lo] = np.round(Wr[lo] / ratio[0])
+        w[hi] = np.round(Hr[hi] * ratio[1])
+        out[rest] = np.stack([(Wr - w) // 2, (Hr - h) // 2, w, h], axis=1).astype(np.int64)
+    return out
+
+
+def _snap_even(boxes: np.ndarray) -> np.ndarray:
+    """Move boxes onto the 2x2 chroma grid (at most one pixel) so a crop is a plane copy."""
+    b = boxes.copy()
+    b[:, 0] -= b[:, 0] % 2
+    b[:, 1] -= b[:, 1] % 2
+    b[:, 2] = np.where(b[:, 2] >= 2, b[:, 2] - b[:, 2] % 2, b[:, 2])
+    b[:, 3] = np.where(b[:, 3] >= 2, b[:, 3] - b[:, 3] % 2, b[:, 3])
+    return b
+
+
+class _Sampler:
+    """What batch k holds: samples from the plan, their frames, crop boxes and flips."""
+
+    def __init__(self, cfg: LoaderConfig, infos, counts: np.ndarray, plan, epoch: int):
+        self.cfg = cfg
+        self.infos = infos
+        self.plan = plan
+        self.epoch = epoch
+        self.width = np.array([i.width if i is not None else 0 for i in infos], dtype=np.int64)
+        self.height = np.array([i.height if i is not None else 0 for i in infos], dtype=np.int64)
+        self.counts = counts
+        self.eligible = np.flatnonzero(counts > 0)
+        self.cum = np.cumsum(counts[self.eligible])
+
+    def batch(self, k: int) -> _Content:
+        vs = np.asarray(self.plan[k], dtype=np.int64)
+        return self.content(vs[:, 0], vs[:, 1])
+
+    def content(self, video: np.ndarray, start: np.ndarray) -> _Content:
+        keys = _rng.sample_keys(video, start)
+        return _Content(video, start, self.frames(video, start, keys), self.crops(video, keys), self.flips(keys))
+
+    def frames(self, video, start, keys) -> np.ndarray:
+        cfg = self.cfg
+        T = cfg.frames_per_sample
+        if cfg.sample == "frames":
+            return start[:, None].copy()
+        if cfg.sample == "clips":
+            if cfg.fps is None:
+                return start[:, None] + np.arange(T, dtype=np.int64)[None, :] * cfg.frame_stride
+            out = np.empty((len(video), T), dtype=np.int64)
+            for i, (v, s) in enumerate(zip(video.tolist(), start.tolist())):
+                out[i] = _clip_frames(self.infos[v].pts_seconds, s, T, cfg.fps)
+            return out
+        mode = "center" if cfg.sampling == "sequential" else "random"
+        seeds = (_rng.uniforms(cfg.seed, self.epoch, keys, _rng.STREAM_SEGMENTS, 1)[:, 0] * (1 << 53)).astype(np.int64)
+        from .plan import segment_indices
+
+        out = np.empty((len(video), T), dtype=np.int64)
+        for i, v in enumerate(video.tolist()):
+            out[i] = segment_indices(self.infos[v].num_frames, T, seed=int(seeds[i]), mode=mode)
+        return out
+
+    def crops(self, video, keys) -> np.ndarray:
+        cfg = self.cfg
+        n = len(video)
+        W, H = self.width[video], self.height[video]
+        if cfg.crop == "none":
+            return np.zeros((n, 4), dtype=np.int32)
+        if cfg.crop == "center":
+            oh, ow = cfg.size
+            wide = W * oh > H * ow
+            w = np.where(wide, np.round(H * ow / oh), W).astype(np.int64)
+            h = np.where(wide, H, np.round(W * oh / ow)).astype(np.int64)
+            boxes = np.stack([(W - w) // 2, (H - h) // 2, w, h], axis=1)
+        else:
+            u = _rng.uniforms(cfg.seed, self.epoch, keys, _rng.STREAM_CROP, 40)
+            boxes = random_resized_boxes(W, H, u, cfg.scale, cfg.ratio)
+        return _snap_even(boxes).astype(np.int32)
+
+    def flips(self, keys) -> np.ndarray:
+        if not self.cfg.hflip:
+            return np.zeros(len(keys), dtype=bool)
+        return _rng.uniforms(self.cfg.seed, self.epoch, keys, _rng.STREAM_FLIP, 1)[:, 0] < 0.5
+
+    def replacement(self, key_video: int, key_start: int, attempt: int):
+        """Redraw ``attempt`` (1, 2, ...) for the plan's sample (key_video, key_start):
+        a uniform sample over all samples, keyed by the original sample only."""
+        if len(self.eligible) == 0:
+            raise VideoError("<dataset>", "no usable video is left to draw a replacement sample from")
+        u = _rng.uniforms(self.cfg.seed, self.epoch, _rng.sample_keys([key_video], [key_start]), _rng.STREAM_SKIP, 2 * attempt)
+        u0, u1 = u[0, 2 * attempt - 2], u[0, 2 * attempt - 1]
+        j = int(np.searchsorted(self.cum, u0 * self.cum[-1], side="right"))
+        v = int(self.eligible[min(j, len(self.eligible) - 1)])
+        s = min(int(u1 * self.counts[v]), int(self.counts[v]) - 1)
+        if self.cfg.sample == "segments":
+            s = 0
+        c = self.content(np.array([v], np.int64), np.array([s], np.int64))
+        return v, s, c.frames[0], c.crop[0], bool(c.flip[0])
+
+
+def _clip_frames(pts_seconds: np.ndarray, start: int, clip_len: int, fps: float) -> np.ndarray:
+    """Frames of a clip sampled at ``fps`` from frame ``start``: for j < clip_len, the frame on
+    screen at time pts[start] + j / fps (the last frame whose pts <= that time)."""
+    t = pts_seconds[start] + np.arange(clip_len) / fps + _TIME_EPS
+    return np.searchsorted(pts_seconds, t, side="right").astype(np.int64) - 1
+
+
+def _fps_starts(pts_seconds: np.ndarray, clip_len: int, fps: float) -> int:
+    """Number of starts whose clip at ``fps`` ends at or before the last frame's timestamp."""
+    if len(pts_seconds) == 0:
+        return 0
+    last = pts_seconds[-1] - (clip_len - 1) / fps + _TIME_EPS
+    return int(np.searchsorted(pts_seconds, last, side="right"))
+
+
+def _dist_defaults() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class VideoLoader:
+    """Iterate batches of frames, clips or segments from many videos.
+
+    ``source``: a directory (recursive), a glob, a list of paths, or a CSV/JSONL manifest
+    with ``path`` and optional ``label``/``labels``.
+
+    Sampling: ``sample`` is ``"frames"`` (one frame), ``"clips"`` (``clip_len`` frames
+    every ``frame_stride``, or at a target ``fps``: frame j is the one on screen at
+    ``pts[start] + j / fps``, correct for variable frame rates) or ``"segments"`` (TSN:
+    ``num_segments`` frames, one per equal part of the video). ``sampling`` is
+    ``"bounded"`` (chunks of ``chunk_len`` consecutive starts, at most ``max_per_chunk``
+    per batch; docs/sampling.md), ``"strict"`` (uniform permutation) or ``"sequential"``.
+
+    Pixels: ``crop`` is ``"random_resized"`` (torchvision's RandomResizedCrop with
+    ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
+    ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (bilinear) in the
+    same conversion pass. Boxes lie on even coordinates (the chroma grid). A clip shares
+    one box and one flip. ``hflip`` flips half the samples. All random choices are keyed by
+    (seed, epoch, sample), so batch k is the same for any ``num_workers``, timing or fault.
+
+    Epochs: one ``for batch in loader`` is one epoch; ``set_epoch(e)`` selects the next.
+    A new iteration continues from where the last one stopped (``state_dict``); after a
+    complete pass it starts the epoch again. ``rank``/``world_size`` default to
+    torch.distributed's when it is initialised.
+
+    Resources: ``num_workers`` decoder processes (default: one per CPU); a ring of
+    ``prefetch_batches + 1`` batch slots in shared memory (default: as many batches as fit
+    in 1 GiB, 2 to 8). ``on_error="skip"`` quarantines bad files (``stats()``) and replaces
+    their samples deterministically; ``"raise"`` raises a :class:`ringload.VideoError`.
+    ``timeout_s`` bounds the wait for one batch, ``task_timeout_s`` (plus a share per frame)
+    the time a decoder may spend on one task before it is killed and replaced.
+    """
+
+    def __init__(
+        self,
+        source,
+        *,
+        batch_size: int = 128,
+        sample: str = "frames",
+        clip_len: int = 1,
+        frame_stride: int = 1,
+        fps: float | None = None,
+        num_segments: int | None = None,
+        size: tuple[int, int] | None = (224, 224),
+        crop: str = "random_resized",
+        scale: tuple[float, float] = (0.9, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = False,
+        sampling: str = "bounded",
+        chunk_len: int | None = None,
+        max_per_chunk: int | None = None,
+        seed: int = 0,
+        num_workers: int | None = None,
+        prefetch_batches: int | None = None,
+        device="cpu",
+        drop_last: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        on_error: str = "raise",
+        timeout_s: float = 300.0,
+        task_timeout_s: float = 60.0,
+    ):
+        self.config = cfg = LoaderConfig(
+            batch_size=batch_size, sample=sample, clip_len=clip_len, frame_stride=frame_stride, fps=fps,
+            num_segments=num_segments, size=size, crop=crop, scale=scale, ratio=ratio, hflip=hflip,
+            sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk, seed=seed,
+            num_workers=num_workers, prefetch_batches=prefetch_batches, device=str(device), drop_last=drop_last,
+            rank=rank, world_size=world_size, on_error=on_error, timeout_s=timeout_s, task_timeout_s=task_timeout_s,
+        )
+        from ._source import resolve_source
+
+        self._closed = False
+        self._finalizer = None
+        self.source = resolve_source(source)
+        self._paths = [os.path.abspath(p) for p in self.source.paths]
+        self._rank, self._world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _dist_defaults()
+        self._quarantined: dict[str, str] = {}
+        self._infos = self._probe_all()
+        self._counts, self._plan_lengths = self._sample_counts()
+        if not self._counts.any():
+            raise ConfigError(
+                f"no video in source has a full sample (sample={cfg.sample!r}, clip_len={cfg.clip_len}, "
+                f"frame_stride={cfg.frame_stride}, fps={cfg.fps}); {len(self._quarantined)} files are unusable"
+            )
+        self._size = self._output_size()
+        self._epoch = 0
+        self._next_batch = 0
+        self._plan_cache = None
+        self._fingerprint = self._make_fingerprint()
+        self._counters = {"batches": 0, "samples": 0, "frames": 0, "wait_s": 0.0, "busy_s": 0.0}
+        self._t_first = None
+        self._start_resources()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _probe_all(self):
+        from .probe import probe
+
+        infos = []
+        for p in self._paths:
+            try:
+                infos.append(probe(p))
+            except VideoError as exc:
+                if self.config.on_error == "raise":
+                    raise
+                log.warning("quarantined %s", exc)
+                self._quarantined[exc.path] = exc.reason
+                infos.append(None)
+        return infos
+
+    def _sample_counts(self):
+        """(valid starts per video, the lengths handed to plan_epoch)."""
+        cfg = self.config
+        n = np.array([i.num_frames if i is not None else 0 for i in self._infos], dtype=np.int64)
+        if cfg.sample == "frames":
+            return n.copy(), n
+        if cfg.sample == "segments":
+            ones = (n > 0).astype(np.int64)
+            return ones, ones
+        if cfg.fps is None:
+            return np.maximum(n - (cfg.clip_len - 1) * cfg.frame_stride, 0), n
+        m = np.array(
+            [_fps_starts(i.pts_seconds, cfg.clip_len, cfg.fps) if i is not None else 0 for i in self._infos], dtype=np.int64
+        )
+        return m, m
+
+    def _output_size(self) -> tuple[int, int]:
+        if self.config.size is not None:
+            return self.config.size
+        dims = {(i.height, i.width) for i, c in zip(self._infos, self._counts) if i is not None and c > 0}
+        if len(dims) != 1:
+            raise ConfigError(f"size=None needs every video to have the same size; found {len(dims)} sizes: pass size=(h, w)")
+        return dims.pop()
+
+    def _start_resources(self) -> None:
+        import torch
+
+        from ._ring import Ring, RingLayout
+        from ._scheduler import Scheduler
+        from ._transfer import make_transfer
+
+        cfg = self.config
+        T = cfg.frames_per_sample
+        h, w = self._size
+        batch_bytes = cfg.batch_size * T * h * w * 3
+        prefetch = cfg.prefetch_batches or int(min(8, max(2, _RING_BUDGET_BYTES // batch_bytes)))
+        workers = cfg.num_workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        self._num_workers = workers
+        layout = RingLayout(prefetch + 1, (cfg.batch_size, T, h, w, 3))
+        ring = sched = transfer = None
+        try:
+            ring = Ring(layout)
+            transfer = make_transfer(cfg.device)
+            self._slot_tensors = [torch.from_numpy(ring.slots[i]) for i in range(layout.num_slots)]
+            transfer.register(self._slot_tensors)
+            hang = os.environ.get(_HANG_ENV)
+            sched = Scheduler(
+                ring=ring, num_workers=workers, paths=self._paths, infos=self._infos, size=(h, w),
+                on_error=cfg.on_error,
+                options={"task_timeout_s": cfg.task_timeout_s, "hang_task": int(hang) if hang else None},
+            )
+            sched.start()
+        except BaseException:
+            _release(sched, transfer, ring)
+            raise
+        self._ring, self._sched, self._transfer = ring, sched, transfer
+        self._finalizer = weakref.finalize(self, _release, sched, transfer, ring)
+
+    def _make_fingerprint(self) -> str:
+        cfg = self.config
+        keep = {
+            f.name: getattr(cfg, f.name)
+            for f in dataclasses.fields(cfg)
+            if f.name not in ("num_workers", "prefetch_batches", "device", "timeout_s", "task_timeout_s", "rank", "world_size")
+        }
+        keep.update(rank=self._rank, world_size=self._world, size=self._size, paths=self._paths, lengths=self._plan_lengths.tolist())
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    # ------------------------------------------------------------------ epochs
+
+    def _plan(self):
+        if self._plan_cache is not None and self._plan_cache[0] == self._epoch:
+            return self._plan_cache[1]
+        from .plan import plan_epoch
+
+        cfg = self.config
+        clips_native = cfg.sample == "clips" and cfg.fps is None
+        plan = plan_epoch(
+            self._plan_lengths,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            epoch=self._epoch,
+            mode=cfg.sampling,
+            clip_len=cfg.clip_len if clips_native else 1,
+            frame_stride=cfg.frame_stride if clips_native else 1,
+            chunk_len=cfg.chunk_len,
+            max_per_chunk=cfg.max_per_chunk,
+            rank=self._rank,
+            world_size=self._world,
+            drop_last=bool(cfg.drop_last),
+        )
+        self._plan_cache = (self._epoch, plan)
+        return plan
+
+    def __len__(self) -> int:
+        return len(self._plan())
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration yields (from its first batch)."""
+        if not _is_int(epoch) or epoch < 0:
+            raise ConfigError(f"set_epoch({epoch!r}): pass an int >= 0")
+        self._epoch = int(epoch)
+        self._next_batch = 0
+
+    def __iter__(self):
+        self._check_open()
+        plan = self._plan()
+        n = len(plan)
+        first = self._next_batch if self._next_batch < n else 0
+        sampler = _Sampler(self.config, self._infos, self._counts, plan, self._epoch)
+        gen = self._sched.start_epoch(sampler, first, n)
+        return self._batches(gen, first, n)
+
+    def _batches(self, gen: int, first: int, n: int):
+        for k in range(first, n):
+            batch = self._fetch(gen, k)
+            self._next_batch = k + 1
+            yield batch
+
+    def _fetch(self, gen: int, k: int) -> Batch:
+        import torch
+
+        self._check_open()
+        cfg = self.config
+        t0 = time.perf_counter()
+        if self._t_first is None:
+            self._t_first = t0
+        deadline = t0 + cfg.timeout_s
+        while True:
+            for slot in self._transfer.reclaim(0.0):
+                self._sched.release(slot)
+            try:
+                done = self._sched.wait(gen, k, min(0.5, max(0.0, deadline - time.perf_counter())))
+                break
+            except concurrent.futures.TimeoutError:
+                if time.perf_counter() >= deadline:
+                    raise LoaderTimeoutError(
+                        f"batch {k} of epoch {self._epoch} was not ready after timeout_s={cfg.timeout_s:g} s "
+                        f"(decoders: {self._sched.snapshot()['decoders']}); raise timeout_s for very slow files"
+                    ) from None
+        t1 = time.perf_counter()
+        n = len(done.video)
+        view = self._slot_tensors[done.slot][:n]
+        if cfg.sample == "frames":
+            view = view[:, 0].permute(0, 3, 1, 2)
+        else:
+            view = view.permute(0, 1, 4, 2, 3)
+        frames = self._transfer.submit(done.slot, view)
+        for slot in self._transfer.reclaim(0.0):
+            self._sched.release(slot)
+        pts = np.empty(done.frames.shape, dtype=np.float64)
+        for i, v in enumerate(done.video.tolist()):
+            pts[i] = self._infos[v].pts_seconds[done.frames[i]]
+        frame_index = done.frames[:, 0] if cfg.sample == "frames" else done.frames
+        if cfg.sample == "frames":
+            pts = pts[:, 0]
+        labels = None
+        if self.source.labels is not None:
+            labels = torch.from_numpy(np.ascontiguousarray(self.source.labels[done.video]))
+        c = self._counters
+        c["batches"] += 1
+        c["samples"] += n
+        c["frames"] += int(done.frames.size)
+        c["wait_s"] += t1 - t0
+        c["busy_s"] = time.perf_counter() - self._t_first
+        return Batch(
+            frames=frames,
+            video_index=torch.from_numpy(done.video.copy()),
+            frame_index=torch.from_numpy(np.ascontiguousarray(frame_index)),
+            pts_seconds=torch.from_numpy(np.ascontiguousarray(pts)),
+            labels=labels,
+            _paths=self._paths,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Where the loader stands: the next ``iter()`` yields batch ``next_batch`` of ``epoch``."""
+        return {
+            "version": 1,
+            "seed": self.config.seed,
+            "epoch": self._epoch,
+            "next_batch": self._next_batch,
+            "fingerprint": self._fingerprint,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next iteration yields exactly the batches an uninterrupted run would have."""
+        try:
+            version, seed, epoch, nxt, fp = (state[k] for k in ("version", "seed", "epoch", "next_batch", "fingerprint"))
+        except (KeyError, TypeError):
+            raise ConfigError("load_state_dict: pass a dict made by VideoLoader.state_dict()") from None
+        if version != 1:
+            raise ConfigError(f"load_state_dict: state version {version} is not supported (expected 1)")
+        if fp != self._fingerprint or seed != self.config.seed:
+            raise ConfigError(
+                "load_state_dict: the state was saved by a loader with other settings, videos or rank "
+                "(seed, sampling, batch_size, size, ...); build the loader with the same arguments"
+            )
+        self._epoch = int(epoch)
+        self._next_batch = int(nxt)
+
+    # ------------------------------------------------------------------ reporting and teardown
+
+    def stats(self) -> dict:
+        """Throughput, ring memory, decoder restarts and quarantined files."""
+        snap = self._sched.snapshot() if not self._closed else {"counters": {}, "quarantined": {}, "decoders": []}
+        sc = snap["counters"]
+        c = dict(self._counters)
+        busy = c.pop("busy_s")
+        q = dict(self._quarantined)
+        q.update(snap["quarantined"])
+        layout = self._ring.layout if not self._closed else None
+        return {
+            **c,
+            "seconds": busy,
+            "images_per_s": c["frames"] / busy if busy > 0 else 0.0,
+            "samples_per_s": c["samples"] / busy if busy > 0 else 0.0,
+            "ring_bytes": layout.nbytes if layout else 0,
+            "num_slots": layout.num_slots if layout else 0,
+            "slot_bytes": layout.slot_stride if layout else 0,
+            "num_workers": self._num_workers,
+            "decoder_pids": [d["pid"] for d in snap["decoders"]],
+            "decoder_restarts": sc.get("decoder_restarts", 0),
+            "hung_decoders_killed": sc.get("hung_decoders_killed", 0),
+            "decoded_frames": sc.get("decoded_frames", 0),
+            "tasks": sc.get("tasks", 0),
+            "failed_samples": sc.get("failed_samples", 0),
+            "replaced_samples": sc.get("replaced_samples", 0),
+            "quarantined": q,
+        }
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError("this VideoLoader is closed; build a new one")
+
+    def close(self) -> None:
+        """Stop the decoders and free the ring (idempotent; also runs when the loader is collected)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+        self._slot_tensors = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"VideoLoader({len(self._paths)} videos, sample={c.sample!r}, sampling={c.sampling!r}, "
+            f"batch_size={c.batch_size}, size={self._size}, epoch={self._epoch}, rank={self._rank}/{self._world})"
+        )
+
+
+def _release(sched, transfer, ring) -> None:
+    """Teardown shared by close() and the finalizer: it must not reference the loader."""
+    for obj in (sched, transfer, ring):
+        if obj is None:
+            continue
+        try:
+            obj.close()
+        except Exception:  # teardown goes on: the other resources must still be freed
+            log.warning("error while closing %r", obj, exc_info=True)
