@@ -39,6 +39,7 @@ from _common import (  # noqa: E402
 )
 
 import ringload  # noqa: E402
+from ringload import probe, read_frames  # noqa: E402
 
 CLASSES = ["archery", "bowling", "cartwheel", "dribbling", "juggling", "kayaking"]
 
@@ -122,18 +123,27 @@ def labels_of(args, paths, num_classes: int) -> torch.Tensor:
     return out
 
 
+def center_crop_resize(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (T, C, H, W) -> float (T, C, size, size): the largest centred square, resized."""
+    h, w = frames.shape[-2:]
+    side = min(h, w)
+    y, x = (h - side) // 2, (w - side) // 2
+    box = to_float(frames[..., y : y + side, x : x + side])
+    return F.interpolate(box, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def evaluate_center(model, paths, targets, *, args, multi_label: bool, num_videos: int, num_classes: int) -> float:
-    """Score one center clip per video, read with ``ringload.read_frames``."""
+    """Score one clip from the middle of each video (center crop), read with ``ringload.read_frames``."""
     scores = []
     model.eval()
     with torch.no_grad():
         for path in paths:
-            n = ringload.probe(path).num_frames
+            n = probe(path).num_frames
             span = (args.clip_len - 1) * args.frame_stride + 1
             start = max(0, (n - span) // 2)
             idx = [min(n - 1, start + j * args.frame_stride) for j in range(args.clip_len)]
-            clip = ringload.read_frames(path, idx, size=(args.size, args.size)).data
-            out = model(to_float(clip)[None])
+            clip = center_crop_resize(read_frames(path, idx).data, args.size)
+            out = model(clip[None])
             scores.append(out.sigmoid() if multi_label else out.softmax(-1))
     model.train()
     scores = torch.cat(scores)

@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     sources = make_videos(args.data_dir, distinct=args.distinct, width=w, height=h, fps=30, seconds=60 * args.minutes)
     paths = link_names(sources, args.data_dir, args.videos)
     clip_len = int(round(args.clip_seconds * args.clip_fps))  # 5 s at 4 fps: 20 frames
+    # A fixed-size random crop without resizing is a RandomResizedCrop whose area share and
+    # aspect are fixed: the box is exactly crop x crop, and the resize to crop x crop is a copy.
+    share = args.crop * args.crop / (w * h)
 
     loader = ringload.VideoLoader(
         [str(p) for p in paths],
@@ -64,7 +67,9 @@ def main(argv=None) -> int:
         clip_len=clip_len,
         fps=args.clip_fps,
         size=(args.crop, args.crop),
-        crop="random",
+        crop="random_resized",
+        scale=(share, share),
+        ratio=(1.0, 1.0),
         sampling="bounded",
         seed=args.seed,
         num_workers=args.num_workers,
