@@ -183,6 +183,7 @@ class Meter:
         self.losses: list[float] = []
         self.wait_s = 0.0
         self.start = time.perf_counter()
+        self.end = None
         self._mark = self.start
 
     def got_batch(self) -> None:
@@ -196,9 +197,13 @@ class Meter:
         self.losses.append(float(loss))
         self._mark = time.perf_counter()
 
+    def finish(self) -> None:
+        """Stop the clock (before closing the loader: teardown is not throughput)."""
+        self.end = time.perf_counter()
+
     @property
     def elapsed_s(self) -> float:
-        return time.perf_counter() - self.start
+        return (self.end or time.perf_counter()) - self.start
 
     def rate(self) -> float:
         return self.items / max(self.elapsed_s, 1e-9)

@@ -190,6 +190,7 @@ def main(argv=None) -> int:
                 if step >= args.steps:
                     break
             epoch += 1
+        meter.finish()
 
     metric = "mAP" if args.multi_label else "top1"
     ev = dict(multi_label=args.multi_label, num_videos=len(paths), num_classes=num_classes)

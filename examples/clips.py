@@ -101,6 +101,7 @@ def main(argv=None) -> int:
                 if step >= args.steps:
                     break
             epoch += 1
+        meter.finish()
         span = batch.pts_seconds[0, -1] - batch.pts_seconds[0, 0]
     result = {"example": "clips", "clip_len": clip_len, "clip_span_s": round(float(span), 3), **meter.summary()}
     print(

@@ -135,6 +135,7 @@ def main(argv=None) -> int:
                     break
             else:
                 epoch += 1
+        meter.finish()
         loader_state = loader.state_dict()
 
     states = [None] * world

@@ -110,6 +110,7 @@ def main(argv=None) -> int:
                 if step >= args.steps:
                     break
             epoch += 1
+        meter.finish()
         stats = loader.stats()
     result = {"example": "frames", "sampling": args.sampling, "batch_size": args.batch_size, **meter.summary()}
     print(f"{result['images_per_s']:.1f} images/s, data wait {100 * result['data_wait_fraction']:.0f}% of the time")
