@@ -110,10 +110,10 @@ class TinyFrameNet(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(3, width, 5, stride=4, padding=2, bias=False),
-            nn.BatchNorm2d(width),
+            nn.GroupNorm(4, width),
             nn.ReLU(inplace=True),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
+            nn.GroupNorm(4, 2 * width),
             nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),

@@ -40,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--clip-fps", type=float, default=4.0)
     p.add_argument("--crop", type=int, default=256, help="random crop side, no resize")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--steps", type=int, default=12)
     args = p.parse_args(argv)
     if args.smoke:
         args.videos, args.distinct, args.source, args.minutes = 4, 2, "96x80", 4 / 60
