@@ -26,8 +26,6 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # `import ringload` (in a decoder process, or for the CLI) stays cheap.
 _LAZY = {
     # "name": "module",  one line per public name, grouped by module
-    "VideoInfo": ".probe",
-    "probe": ".probe",
     "Frames": ".read",
     "read_frames": ".read",
     "Plan": ".plan",
@@ -37,8 +35,15 @@ _LAZY = {
     "VideoLoader": ".loader",
 }
 
+# `probe` names both a module and the function it defines. Importing it here binds the
+# package attribute to the function for good; with a lazy import, any later
+# `from ringload.probe import ...` would rebind `ringload.probe` to the module.
+from .probe import VideoInfo, probe  # noqa: E402
+
 __all__ = sorted(
     [
+        "VideoInfo",
+        "probe",
         "ConfigError",
         "DecodeError",
         "FrameIndexError",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from .errors import ConfigError, DecodeError, FrameIndexError, VideoOpenError
-from .probe import TS_COUNT, VideoInfo, frame_timestamp
+from .probe import TS_COUNT, TS_PTS, VideoInfo, frame_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,13 @@ SEEK_COST_FRAMES = 8
 # before decoding from the start.
 _MAX_STEP_BACK = 3
 
-# The one interpolation used for every resize: bilinear is what most training
-# pipelines expect (PIL/torchvision default), and swscale's is exact and fast.
-INTERPOLATION = "BILINEAR"
+_NONREF_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video"})
+
+# The one interpolation used for every resize. swscale's AREA averages the source pixels
+# each output pixel covers when shrinking (no aliasing, like OpenCV's INTER_AREA) and is
+# bilinear when enlarging; it measured faster than swscale's BILINEAR for 1080p -> 224
+# (docs/indexing.md, bench/index_speed.py --convert).
+INTERPOLATION = "AREA"
 
 
 class _Late(Exception):
@@ -48,7 +52,7 @@ class VideoReader:
     for a process that is one of several decoders; 0: FFmpeg picks).
     """
 
-    def __init__(self, path: str | os.PathLike, info: VideoInfo, *, threads: int = 1):
+    def __init__(self, path: str | os.PathLike, info: VideoInfo, *, threads: int = 1, skip_nonref: bool = True):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f"VideoReader(threads={threads!r}): pass an int >= 0 (0 lets FFmpeg choose)")
         self.path = os.fspath(path)
@@ -61,8 +65,13 @@ class VideoReader:
         self._last = None  # index of the last frame identified since the last seek
         self._fresh = False  # container just opened: decoding starts at the first frame
         self._count = 0  # frames output since the start (TS_COUNT streams only)
+        self._seek_kf = 0  # the keyframe the last seek aimed at
         self._ts_index = {int(t): i for i, t in enumerate(info.pts)} if info.timestamps != TS_COUNT else None
         self._kf = [int(k) for k in info.keyframes]
+        # Skipping non-reference frames is exact only where a packet's pts is its frame's
+        # pts and the codec marks reference use per frame (see docs/indexing.md).
+        self.skip_nonref = bool(skip_nonref) and info.timestamps == TS_PTS and info.codec in _NONREF_CODECS
+        self._walk_ts = None  # timestamp of the frame being walked to, while skipping is allowed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -109,7 +118,19 @@ class VideoReader:
 
         st = self._stream
         cc = st.codec_context
+        skipping = False
         for packet in self._container.demux(st):
+            # While walking to a target, frames nobody references and nobody asked for
+            # need not be decoded at all; the target's own packet and every packet after
+            # it are decoded normally.
+            walk = self._walk_ts
+            if walk is not None and packet.pts is not None and packet.pts < walk:
+                if not skipping:
+                    cc.skip_frame = "NONREF"
+                    skipping = True
+            elif skipping:
+                cc.skip_frame = "DEFAULT"
+                skipping = False
             try:
                 frames = cc.decode(packet)
             except av.FFmpegError as exc:
@@ -138,6 +159,7 @@ class VideoReader:
         self._frames = self._generate()
         self._fresh = False
         self._last = None
+        self._seek_kf = k
 
     def _index_of(self, frame) -> int | None:
         if self._ts_index is None:
@@ -228,6 +250,14 @@ class VideoReader:
 
     def _run_to(self, t: int, wanted: dict[int, list[int]], sink) -> None:
         """Decode forward until frame ``t`` is delivered, delivering wanted frames on the way."""
+        # t is the smallest frame still wanted, so nothing before it needs decoding unless referenced.
+        self._walk_ts = int(self.info.pts[t]) if self.skip_nonref else None
+        try:
+            self._run_to_inner(t, wanted, sink)
+        finally:
+            self._walk_ts = None
+
+    def _run_to_inner(self, t: int, wanted: dict[int, list[int]], sink) -> None:
         while True:
             nxt = self._next_frame()
             if nxt is None:
@@ -244,9 +274,12 @@ class VideoReader:
                     "does not list (the file changed or the index is stale; delete the cache entry)"
                 )
             if self._last is None:
-                if j > t:
-                    if self._fresh:
+                if self._fresh:
+                    if j > t:
                         raise _DecodeFailed("decoding from the start skips it")
+                elif j > self._seek_kf:
+                    # The demuxer landed after the keyframe: frames from there on may lack
+                    # their references, so none of them is trusted.
                     raise _Late()
             elif j <= self._last:
                 raise _DecodeFailed(f"frames come out of order after frame {self._last}")
@@ -348,15 +381,21 @@ def _crop_frame(frame, x: int, y: int, w: int, h: int):
     if len(comps) != len(planes) or sorted(c.plane for c in comps) != list(range(len(planes))):
         return None
     bits = max(c.bits for c in comps)
-    if bits > 16 or getattr(fmt, "is_bayer", False):
+    # Deeper formats are dithered/rounded near the crop edges differently than in the
+    # full conversion (measured: up to 3 levels in the outer pixels), so they crop in RGB.
+    if bits != 8 or getattr(fmt, "is_bayer", False):
         return None
-    bps = 1 if bits <= 8 else 2
+    bps = 1
     shifts = []
     for p in planes:
         sx, sy = _shift(frame.width, p.width), _shift(frame.height, p.height)
         if sx is None or sy is None:
             return None
         ax, ay = 1 << sx, 1 << sy
+        # swscale converts odd-sized subsampled frames on a path that interpolates chroma,
+        # so a plane crop of them would not match the full conversion: crop in RGB instead.
+        if frame.width % ax or frame.height % ay:
+            return None
         if x % ax or y % ay or (w % ax and x + w != frame.width) or (h % ay and y + h != frame.height):
             return None
         shifts.append((sx, sy))

@@ -135,6 +135,10 @@ def probe(path: str | os.PathLike, *, stream: int | None = None, cache: bool | s
     else ``$XDG_CACHE_HOME/ringload`` or ``~/.cache/ringload``), a directory, or False.
     Raises a :class:`ringload.VideoError` subclass naming the file when it cannot be used.
     """
+    return _probe(path, stream=stream, cache=cache, threads=None)
+
+
+def _probe(path, *, stream, cache, threads: int | None) -> VideoInfo:
     path = os.path.abspath(os.fspath(path))
     if stream is not None and (isinstance(stream, bool) or not isinstance(stream, int) or stream < 0):
         raise ConfigError(f"probe(stream={stream!r}): stream must be a stream index (int >= 0) or None")
@@ -156,10 +160,75 @@ def probe(path: str | os.PathLike, *, stream: int | None = None, cache: bool | s
         info = _cache_load(cache_dir, key, path)
         if info is not None:
             return info
-    info = _build(path, stream)
+    info = _build(path, stream, threads)
     if cache_dir is not None and key is not None:
         _cache_store(cache_dir, key, info)
     return info
+
+
+# --------------------------------------------------------------------------- many files
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexResult:
+    """One file of an :func:`index_paths` run: ``info`` or ``error`` (the message) is set."""
+
+    path: str
+    info: VideoInfo | None
+    error: str | None
+    error_type: str | None = None
+
+
+def _probe_one(path: str, stream: int | None, cache, threads: int | None) -> IndexResult:
+    try:
+        return IndexResult(path, _probe(path, stream=stream, cache=cache, threads=threads), None)
+    except VideoError as exc:
+        return IndexResult(path, None, str(exc), type(exc).__name__)
+    except Exception as exc:  # a bug or an FFmpeg surprise must not stop the other files
+        log.exception("unexpected error indexing %s", path)
+        return IndexResult(path, None, f"{os.path.abspath(path)}: {type(exc).__name__}: {exc}", type(exc).__name__)
+
+
+def index_paths(paths, *, stream: int | None = None, cache=True, workers: int | None = None, on_result=None):
+    """Probe many files in parallel spawned processes (``workers``, default: the usable
+    cores; 1 runs in this process). Returns one :class:`IndexResult` per path, in order;
+    ``on_result(result)`` is called as each finishes (progress bars). Never raises for a
+    bad file: its result carries the error."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    paths = [os.fspath(p) for p in paths]
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers={workers!r}: pass an int >= 1")
+    workers = min(workers, max(1, len(paths)))
+    results: list[IndexResult | None] = [None] * len(paths)
+    if workers == 1:
+        for i, p in enumerate(paths):
+            results[i] = _probe_one(p, stream, cache, None)
+            if on_result is not None:
+                on_result(results[i])
+        return results
+    # One decode thread per process: the processes already use every core.
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_probe_one, p, stream, cache, 1): i for i, p in enumerate(paths)}
+        try:
+            for fut in cf.as_completed(futures):
+                i = futures[fut]
+                try:
+                    res = fut.result()
+                except Exception as exc:  # the worker process died (e.g. killed by the OOM killer)
+                    res = IndexResult(paths[i], None, f"{paths[i]}: indexing process failed: {exc}", type(exc).__name__)
+                results[i] = res
+                if on_result is not None:
+                    on_result(res)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return results
 
 
 # --------------------------------------------------------------------------- cache
@@ -467,6 +536,43 @@ def _verify(path: str, stream_index: int, pts: np.ndarray, keyframes: np.ndarray
     return True, (first[0] if first else None)
 
 
+def _rgb_frames(path: str, info: VideoInfo, indices: range, threads: int | None, *, warm_from: int | None = None):
+    from ._decode import VideoReader
+
+    got = {}
+    lo = indices.start if warm_from is None else warm_from
+    wanted = range(lo, indices.stop)
+
+    def keep(pos, frame):
+        if wanted[pos] >= indices.start:
+            got[wanted[pos]] = frame.to_ndarray(format="rgb24")
+
+    with VideoReader(path, info, threads=1 if threads is None else threads, skip_nonref=False) as reader:
+        reader.decode(wanted, keep)
+    return got
+
+
+def _seek_is_exact(path: str, info: VideoInfo, threads: int | None) -> bool:
+    """Does a seek to the last keyframe give the frames a decode running through it gives?
+
+    Some files flag frames as keyframes that FFmpeg cannot decode on their own (seen: an
+    H.264 4:4:4 file whose later IDR frames decode to garbage after a seek). Checked on
+    the last keyframe: decoded continuing from the keyframe before it, and after a seek.
+    """
+    kf = info.keyframes
+    if len(kf) < 2 or info.timestamps == TS_COUNT:
+        return True
+    k, prev = int(kf[-1]), int(kf[-2])
+    span = range(k, min(info.num_frames, k + 3))
+    try:
+        through = _rgb_frames(path, info, span, threads, warm_from=prev)
+        seeked = _rgb_frames(path, info, span, threads)
+    except DecodeError as exc:
+        log.info("%s: seek check failed to decode (%s)", path, exc.reason)
+        return False
+    return all(np.array_equal(through[i], seeked[i]) for i in span)
+
+
 def _build(path: str, stream: int | None, threads: int | None = None) -> VideoInfo:
     import av
 
@@ -515,6 +621,17 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
             ts = np.asarray([round(i * period / tb) for i in range(len(pts_l))], dtype=np.int64)
     if first is None:
         raise DecodeError(path, f"no frame of video stream {idx} decodes")
+    if len(keyframes) > 1:
+        candidate = VideoInfo(
+            path=path, stream=idx, num_frames=len(ts), pts=ts, pts_seconds=_seconds(ts, tb), keyframes=keyframes,
+            fps=0.0, width=0, height=0, rotation=0, codec=codec, pix_fmt="", time_base=tb, timestamps=rule,
+        )
+        if not _seek_is_exact(path, candidate, threads):
+            log.warning(
+                "%s: stream %d: a seek to a keyframe does not reproduce the frames of a continuous decode; "
+                "reads of this file decode from its first keyframe (re-encoding the file fixes this)", path, idx
+            )
+            keyframes = keyframes[:1]
 
     n = len(ts)
     secs = _seconds(ts, tb)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, DecodeError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -50,7 +50,7 @@ def read_frames(
 
     Frame i is the i-th frame of a full decode in presentation order, with the pixels of
     ``frame.to_ndarray(format="rgb24")`` (resized to ``size=(height, width)`` when given,
-    bilinear). Each GOP is decoded at most once per call. Out-of-range indices raise
+    area-averaging). Each GOP is decoded at most once per call. Out-of-range indices raise
     :class:`ringload.FrameIndexError`.
     """
     import torch
@@ -66,6 +66,12 @@ def read_frames(
     with VideoReader(info.path, info, threads=threads) as reader:
 
         def sink(pos, frame):
+            if size is None and (frame.height, frame.width) != (h, w):
+                raise DecodeError(
+                    info.path,
+                    f"frame {int(idx[pos])} is {frame.width}x{frame.height} but the video starts at {w}x{h}",
+                    hint="pass size=(height, width) to resize every frame to one size",
+                )
             convert_into(frame, out[pos], size=size)
 
         reader.decode(idx, sink)
