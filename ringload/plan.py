@@ -58,9 +58,18 @@ DEFAULT_MAX_PER_CHUNK = 16
 #: Longest accepted chunk: beyond this the keyframe walk is already < 0.4 % of the work.
 MAX_CHUNK_LEN = 4096
 
+# Chunks up to this length are shuffled exactly; longer ones by an affine map (see _within).
+_EXACT_WITHIN = 256
+# Primes above MAX_CHUNK_LEN: multipliers coprime to every chunk size.
+_PRIMES = np.array([4099, 4111, 4127, 4129, 4133, 4139, 4153, 4157, 4159, 4177, 4201, 4211, 4217, 4219, 4229, 4231],
+                   dtype=np.int64)
 # Domains up to this size get an explicit (stored) permutation; larger ones a Feistel network.
 _EXPLICIT_MAX = 1 << 20
-_FEISTEL_ROUNDS = 8
+# Six rounds: Luby-Rackoff needs four for a pseudo-random permutation; two spare.
+_FEISTEL_ROUNDS = 6
+_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
+_MUL2 = np.uint64(0x94D049BB133111EB)
+_SH29 = np.uint64(29)
 _M64 = (1 << 64) - 1
 
 # Stream tags: independent random choices of one (seed, epoch) must not share numbers.
@@ -96,9 +105,10 @@ class _Perm:
     """Keyed pseudo-random bijection on [0, n).
 
     Small domains store the permutation (argsort of keyed hashes: exactly a random
-    permutation up to the hash). Large ones use a balanced Feistel network on the smallest
-    even number of bits that covers n, with cycle walking to stay inside [0, n): O(1)
-    memory, and both directions are cheap for any array of points.
+    permutation up to the hash). Large ones use a Feistel network on the smallest number
+    of bits that covers n (unbalanced when that number is odd), with cycle walking to stay
+    inside [0, n): O(1) memory, both directions cheap for any array of points, and fewer
+    than two network passes per point on average (the domain is < 2n).
     """
 
     def __init__(self, n: int, key: int):
@@ -111,26 +121,47 @@ class _Perm:
             self._inv[self._fwd] = np.arange(self.n, dtype=np.int64)
         else:
             bits = (self.n - 1).bit_length()
-            self._half = (bits + 1) // 2
-            self._mask = np.uint64((1 << self._half) - 1)
-            self._keys = [_derive(key, _S_ROUNDS, r) for r in range(_FEISTEL_ROUNDS)]
+            self._lo_bits = bits - bits // 2
+            # Round r splits its input into (hi, lo) with hi of width[r] bits; widths
+            # alternate, and an even number of rounds ends where it started.
+            self._width = [bits // 2 if r % 2 == 0 else self._lo_bits for r in range(_FEISTEL_ROUNDS)]
+            self._keys = [_u64(_derive(key, _S_ROUNDS, r)) for r in range(_FEISTEL_ROUNDS)]
 
-    def _round(self, x: np.ndarray, k: int) -> np.ndarray:
-        return _mix(k, x) & self._mask
+    @staticmethod
+    def _round(x: np.ndarray, k: np.uint64, width: int) -> np.ndarray:
+        # Multiply-xorshift-multiply of (x ^ k), keeping the top `width` bits (the best
+        # mixed ones). In place: the Feistel rounds dominate plan construction.
+        if width == 0:
+            return np.zeros_like(x)
+        z = x ^ k
+        with np.errstate(over="ignore"):
+            z *= _MUL1
+            z ^= z >> _SH29
+            z *= _MUL2
+        z >>= np.uint64(64 - width)
+        return z
 
     def _enc(self, x: np.ndarray) -> np.ndarray:
-        h = np.uint64(self._half)
-        left, right = x >> h, x & self._mask
-        for k in self._keys:
-            left, right = right, left ^ self._round(right, k)
-        return (left << h) | right
+        lo_bits = np.uint64(self._lo_bits)
+        hi, lo = x >> lo_bits, x & np.uint64((1 << self._lo_bits) - 1)
+        for k, w in zip(self._keys, self._width):
+            f = self._round(lo, k, w)
+            f ^= hi
+            hi, lo = lo, f
+        hi <<= lo_bits
+        hi |= lo
+        return hi
 
     def _dec(self, x: np.ndarray) -> np.ndarray:
-        h = np.uint64(self._half)
-        left, right = x >> h, x & self._mask
-        for k in reversed(self._keys):
-            left, right = right ^ self._round(left, k), left
-        return (left << h) | right
+        lo_bits = np.uint64(self._lo_bits)
+        hi, lo = x >> lo_bits, x & np.uint64((1 << self._lo_bits) - 1)
+        for k, w in zip(reversed(self._keys), reversed(self._width)):
+            f = self._round(hi, k, w)
+            f ^= lo
+            hi, lo = f, hi
+        hi <<= lo_bits
+        hi |= lo
+        return hi
 
     def _walk(self, x: np.ndarray, step) -> np.ndarray:
         y = step(np.asarray(x, dtype=np.int64).astype(np.uint64))
@@ -250,8 +281,8 @@ class Plan:
       consecutive batches (bounded: ``1 + ceil((chunk_len - 1) / min_block)``, see
       docs/sampling.md). A look-ahead of that many batches decodes each chunk once.
       Exceptions: a chunk cut by a rank boundary or by the dropped tail is simply smaller;
-      at most ``rounds + 1`` chunks per rank and epoch straddle the wrap from the last
-      batch back to the first and so lie in two such runs.
+      at most ``rounds`` chunks per rank and epoch straddle the end of a dealing round
+      (the last batch) and continue in the first batches, so they lie in two runs.
     - ``plan.config``: the :class:`PlanConfig` echo of the arguments.
     """
 
@@ -270,15 +301,20 @@ class Plan:
         self._shard()
         self.max_per_chunk = cfg.max_per_chunk or default_max_per_chunk(cfg.batch_size)
         self.chunk_len = 1
+        #: Blocks per batch (bounded dealing rounds) and the smallest block; 1 and
+        #: batch_size outside bounded mode.
+        self.rounds, self.min_block = 1, cfg.batch_size
         if cfg.mode == "bounded":
             self._build_bounded()
         elif cfg.mode == "strict":
             self._perm = _Perm(self.total_samples, _derive(self._key, _S_PERM))
             self._rot = self._rotation()
             self.max_per_chunk = 1
+            self.num_chunks = self.total_samples
             self.chunk_window = 1
         else:
             self.max_per_chunk = cfg.batch_size
+            self.num_chunks = len(self.lengths)
             longest = int(self.starts_per_video.max()) if len(self.lengths) else 0
             self.chunk_len = longest
             self.chunk_window = min(self.num_batches, 1 + -(-max(longest - 1, 0) // cfg.batch_size))
@@ -364,9 +400,14 @@ class Plan:
         ids = np.concatenate([first_id[has & (first_size < c)], last_id[has & (nchunks > 1) & (last_size < c)]])
         sizes = np.concatenate([first_size[has & (first_size < c)], last_size[has & (nchunks > 1) & (last_size < c)]])
         pos = self._perm.inv(ids) if len(ids) else np.zeros(0, dtype=np.int64)
-        order = np.argsort(pos, kind="stable")
-        self._short_pos = pos[order]
-        self._short_size = sizes[order]
+        # Positions are distinct: sort (position, size) packed in one int64, faster than argsort.
+        if self.num_chunks < 1 << 50:
+            packed = np.sort((pos << 13) | sizes)
+            self._short_pos = packed >> 13
+            self._short_size = packed & ((1 << 13) - 1)
+        else:
+            order = np.argsort(pos)
+            self._short_pos, self._short_size = pos[order], sizes[order]
         deficit_before = np.concatenate([[0], np.cumsum(c - self._short_size)[:-1]]).astype(np.int64)
         self._short_start = self._short_pos * c - deficit_before
         self._rot = self._rotation()
@@ -395,6 +436,8 @@ class Plan:
     def chunk_extent(self, ids) -> np.ndarray:
         """int64 ``(len(ids), 3)``: ``(video, first_start, last_start)`` of each chunk id."""
         ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_chunks):
+            raise IndexError(f"chunk id out of range [0, {self.num_chunks})")
         mode = self.config.mode
         if mode == "strict":
             v, s = self._split_ids(ids)
@@ -405,8 +448,6 @@ class Plan:
         return np.stack([v, lo, hi - 1], axis=1)
 
     def _chunk_bounds(self, ids: np.ndarray):
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_chunks):
-            raise IndexError(f"chunk id out of range [0, {self.num_chunks})")
         c = self.chunk_len
         v = np.searchsorted(self._cum_chunks, ids, side="right") - 1
         j = ids - self._cum_chunks[v]
@@ -415,11 +456,25 @@ class Plan:
         return v, lo, hi
 
     def _within(self, ids: np.ndarray, e: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """Shuffle of the starts inside each chunk: offset e -> shuffled offset."""
+        """Shuffle of the starts inside each chunk: offset e -> shuffled offset.
+
+        The map depends only on (seed, epoch, chunk id, size), so the parts of one chunk
+        that land in different batches never collide. Chunks up to _EXACT_WITHIN starts
+        get a uniformly random order (argsort of keyed hashes, O(unique chunks x
+        chunk_len) per batch); longer ones an affine map ``(a * e + b) mod size`` with a
+        prime multiplier a > MAX_CHUNK_LEN (coprime to every size), which spreads a
+        batch's share evenly over the chunk at O(1) per sample.
+        """
         c = self.chunk_len
+        key = _derive(self._key, _S_WITHIN)
+        if c > _EXACT_WITHIN:
+            h = _mix(key, ids.astype(np.uint64))
+            a = _PRIMES[(h % np.uint64(len(_PRIMES))).astype(np.int64)]
+            b = ((h >> np.uint64(8)) % size.astype(np.uint64)).astype(np.int64)
+            return (a * e + b) % size
         uniq, inv = np.unique(ids, return_inverse=True)
         cols = np.arange(c, dtype=np.uint64)
-        h = _mix(_derive(self._key, _S_WITHIN), uniq.astype(np.uint64)[:, None] * np.uint64(c) + cols[None, :]) >> np.uint64(1)
+        h = _mix(key, uniq.astype(np.uint64)[:, None] * np.uint64(c) + cols[None, :]) >> np.uint64(1)
         usize = np.zeros(len(uniq), dtype=np.int64)
         usize[inv] = size
         h[cols[None, :] >= usize[:, None].astype(np.uint64)] = np.uint64(_M64)
@@ -436,8 +491,6 @@ class Plan:
         return self.config.batch_size if k < self.num_batches - 1 else self._last
 
     def _batch(self, k: int):
-        if self._cache[0] == k:
-            return self._cache[1], self._cache[2]
         cfg = self.config
         n = self.num_batches
         if not isinstance(k, numbers.Integral) or isinstance(k, bool):
@@ -447,6 +500,10 @@ class Plan:
             k += n
         if not 0 <= k < n:
             raise IndexError(f"batch {k} out of range: the plan has {n} batches")
+        # plan[k] and plan.chunks(k) come in pairs; one tuple read keeps this thread-safe.
+        cache = self._cache
+        if cache[0] == k:
+            return cache[1], cache[2]
         b = self.batch_len(k)
         slots = np.arange(b, dtype=np.int64)
         if cfg.mode == "sequential":
