@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import signal
 import socket
 import struct
 import threading
@@ -43,8 +44,11 @@ log = logging.getLogger(__name__)
 
 _MAX_ATTEMPTS = 64  # redraws of one sample before the loader gives up (too many bad files)
 _CRASHES_PER_VIDEO = 3  # decoder deaths on one file before the file counts as bad
+_STARTUP_TIMEOUT_S = 120.0  # a decoder that has not connected by then is killed and replaced
 _TASK_CAP = 128  # frame requests per task: bounds a task's duration and keeps decoders parallel
 _MAX_GOPS_PER_TASK = 8
+# Groups of the first _GATE + 1 incomplete batches are decoded first (see Scheduler._pick).
+_GATE = 1
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class _Decoder:
         self.ready = False
         self.dead = False
         self.ever_ready = False
+        self.started = time.monotonic()
         self.torch_loaded = None
         self.inflight: collections.OrderedDict[int, _Task] = collections.OrderedDict()
         self.last: tuple[int, int] | None = None
@@ -162,6 +167,7 @@ class Scheduler:
         self.on_error = on_error
         self.task_timeout_s = float(options.get("task_timeout_s", 60.0))
         self.hang_task = options.get("hang_task")
+        self.hang_video = options.get("hang_video")
         self.hang_s = float(options.get("hang_s", 3600.0))
         self.depth = int(options.get("depth", 2))
         self.max_open = int(options.get("max_open", 4))
@@ -185,6 +191,7 @@ class Scheduler:
         self._slot_batch: dict[int, _Batch] = {}
         self._active: dict[int, _Batch] = {}
         self._sampler = None
+        self._spread = 1
         self._epoch_gen = 0
         self._next_k = 0
         self._end_k = 0
@@ -223,7 +230,11 @@ class Scheduler:
     def wait(self, gen: int, k: int, timeout_s: float) -> Completed:
         """Block until batch k of generation gen is complete; raises its error if it failed."""
         fut = self._future(gen, k)
-        return fut.result(timeout=timeout_s)
+        result = fut.result(timeout=timeout_s)
+        with self._lock:
+            if self._futures.get(k) is fut:
+                del self._futures[k]  # delivered: keep the table as small as the window
+        return result
 
     def release(self, slot: int) -> None:
         """The consumer is done with ``slot``: it may be refilled."""
@@ -270,7 +281,7 @@ class Scheduler:
             raise self._fatal
         if self._closing or self._loop is None:
             raise WorkerError("the loader is closed")
-        self._loop.call_soon_threadsafe(fn, *args)
+        self._loop.call_soon_threadsafe(self._guard, fn, *args)
 
     def _future(self, gen: int, k: int) -> concurrent.futures.Future:
         with self._lock:
@@ -334,6 +345,8 @@ class Scheduler:
                 pass
             if dec.transport is not None:
                 dec.transport.close()  # EOF on the control socket: the decoder exits
+            if dec.inflight and dec.proc.exitcode is None:
+                dec.proc.terminate()  # busy with a task it would finish first: results are unwanted
         for step, timeout in (("join", 3.0), ("terminate", 2.0), ("kill", 2.0)):
             alive = [d for d in decs if d.proc.exitcode is None]
             if not alive:
@@ -427,6 +440,7 @@ class Scheduler:
             dec.torch_loaded = dec.torch_loaded or msg[1]
             self._dispatch()
         elif kind == "done":
+            self._account_time(msg[-2], msg[-1])
             task = dec.inflight.pop(msg[1], None)
             if task is None:
                 return
@@ -437,7 +451,8 @@ class Scheduler:
             self._finish(task, None, None)
             self._dispatch()
         elif kind == "error":
-            _, tid, exc, delivered, decoded = msg
+            _, tid, exc, delivered, decoded, idle_s, busy_s = msg
+            self._account_time(idle_s, busy_s)
             task = dec.inflight.pop(tid, None)
             if task is None:
                 return
@@ -449,6 +464,10 @@ class Scheduler:
             self._arm_head(dec)
             self._finish(task, exc, delivered)
             self._dispatch()
+
+    def _account_time(self, idle_s: float, busy_s: float) -> None:
+        self.counters["decoder_idle_s"] += idle_s
+        self.counters["decoder_busy_s"] += busy_s
 
     # ---- epochs and batches
 
@@ -462,6 +481,7 @@ class Scheduler:
         self._by_video.clear()
         self._heap.clear()
         self._sampler = sampler
+        self._spread = int(getattr(sampler, "spread", 1))
         self._epoch_gen = gen
         self._next_k = first_k
         self._end_k = end_k
@@ -538,13 +558,35 @@ class Scheduler:
             heapq.heappop(heap)
         return None
 
-    def _pick(self, dec: _Decoder):
-        """Choose the next task's requests for ``dec`` (see the module docstring)."""
+    def _head(self) -> int | None:
+        """The earliest batch in the window that still waits for frames."""
+        ks = [k for k, b in self._active.items() if b.remaining > 0 and not b.failed]
+        return min(ks) if ks else None
+
+    def _pick(self, dec: _Decoder, *, eager: bool):
+        """Choose the next task's requests for ``dec`` (see the module docstring).
+
+        Only groups needed by the first ``_GATE + 1`` incomplete batches are eligible (in
+        bounded mode also those whose chunk lies wholly inside the window: the sampler's
+        ``spread`` is how many consecutive batches a chunk can reach), so a GOP is decoded
+        when the window already holds as many of the batches it feeds as it can; an
+        otherwise idle decoder (``eager``) may start on the earliest group rather than wait.
+        """
         while True:
             k0 = self._earliest()
             if k0 is None:
                 return None
-            limit = k0 + max(1, self.ring.layout.num_slots // 2)
+            head = self._head()
+            limit = (head if head is not None else k0) + _GATE
+            if self._spread > 1 and self._next_k < self._end_k:
+                # Bounded chunks: a group is ready once every batch its chunk can reach is in.
+                limit = max(limit, self._next_k - self._spread)
+            elif self._spread > 1:
+                limit = max(limit, self._end_k)
+            if k0 > limit:
+                if not eager:
+                    return None
+                limit = k0
             key = None
             if dec.last is not None:
                 v, g = dec.last
@@ -588,9 +630,9 @@ class Scheduler:
             for dec in self._decoders.values():
                 if not dec.ready or dec.dead or len(dec.inflight) >= self.depth:
                     continue
-                picked = self._pick(dec)
+                picked = self._pick(dec, eager=not dec.inflight)
                 if picked is None:
-                    return
+                    continue
                 self._send_task(dec, *picked)
                 progress = True
 
@@ -630,7 +672,7 @@ class Scheduler:
         dec.open.move_to_end(video)
         while len(dec.open) > self.max_open:
             dec.open.popitem(last=False)
-        hang = self.hang_s if (self.hang_task is not None and tid == self.hang_task) else 0.0
+        hang = self.hang_s if tid == self.hang_task or video == self.hang_video else 0.0
         msg = ("task", tid, video, self.paths[video], info if send_info else None, uidx, task.req_u, slot, bpos, tpos, crop, flip, self.size, hang)
         dec.inflight[tid] = task
         if len(dec.inflight) == 1:
@@ -802,7 +844,11 @@ class Scheduler:
         if not dec.ever_ready:
             self._startup_failures += 1
             if self._startup_failures > 3:
-                raise WorkerError(f"decoder processes exit during start-up (exit code {exitcode}); see their log output")
+                raise WorkerError(
+                    f"decoder processes exit during start-up (exit code {exitcode}); see their output on stderr. "
+                    "Decoders are spawned and import your main module: a script that builds the loader at "
+                    "module level must do so under `if __name__ == \"__main__\":`"
+                )
         for i, task in enumerate(tasks):
             if i == 0:
                 self._crashes[task.video] += 1
@@ -834,22 +880,38 @@ class Scheduler:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
-            now = time.monotonic()
-            for dec in list(self._decoders.values()):
-                if dec.dead or not dec.inflight:
-                    continue
-                head = next(iter(dec.inflight.values()))
-                if head.deadline is not None and now > head.deadline:
-                    log.warning(
-                        "decoder %d (pid %d) spent more than %.1f s on one task; killing and replacing it (task_timeout_s)",
-                        dec.id, dec.pid, head.timeout_s,
-                    )
-                    self.counters["hung_decoders_killed"] += 1
-                    head.deadline = None
-                    try:
-                        os.kill(dec.pid, 9)
-                    except ProcessLookupError:
-                        pass
+            try:
+                self._check_deadlines()
+            except Exception as exc:  # the watchdog must not die silently
+                self._set_fatal(exc)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for dec in list(self._decoders.values()):
+            if dec.dead:
+                continue
+            if not dec.ever_ready and now - dec.started > _STARTUP_TIMEOUT_S:
+                log.warning("decoder %d (pid %d) did not start within %.0f s; replacing it", dec.id, dec.pid, _STARTUP_TIMEOUT_S)
+                dec.started = now
+                try:
+                    os.kill(dec.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                continue
+            if not dec.inflight:
+                continue
+            head = next(iter(dec.inflight.values()))
+            if head.deadline is not None and now > head.deadline:
+                log.warning(
+                    "decoder %d (pid %d) spent more than %.1f s on one task; killing and replacing it (task_timeout_s)",
+                    dec.id, dec.pid, head.timeout_s,
+                )
+                self.counters["hung_decoders_killed"] += 1
+                head.deadline = None
+                try:
+                    os.kill(dec.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 async def _recv_first(loop, conn) -> list:

@@ -124,13 +124,20 @@ class _Decoder:
         self.infos: collections.OrderedDict = collections.OrderedDict()
 
     def serve(self) -> None:
-        self.conn.send(("ready", "torch" in sys.modules))
-        while True:
-            msg = self.conn.recv()
-            if msg is None or msg[0] == "stop":
-                return
-            if msg[0] == "task":
-                self.conn.send(self.run_task(*msg[1:]))
+        try:
+            self.conn.send(("ready", "torch" in sys.modules))
+            while True:
+                t0 = time.perf_counter()
+                msg = self.conn.recv()
+                if msg is None or msg[0] == "stop":
+                    return
+                if msg[0] == "task":
+                    t1 = time.perf_counter()
+                    reply = self.run_task(*msg[1:])
+                    # Idle time before the task and time spent on it: the consumer's stats.
+                    self.conn.send((*reply, t1 - t0, time.perf_counter() - t1))
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the consumer closed the channel (or died): nothing left to do
 
     def _reader(self, video: int, path: str, info):
         if info is not None:

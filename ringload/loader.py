@@ -41,8 +41,10 @@ ON_ERROR = ("raise", "skip")
 _RING_BUDGET_BYTES = 1 << 30
 # Tolerance when a clip's sampling times are matched to frame timestamps (see _clip_frames).
 _TIME_EPS = 1e-6
-# Stride of the hang test hook: the decoder sleeps this long on the chosen task.
+# Test hooks: a decoder sleeps (until killed) on the task with this number, or on every
+# task of the video with this index. Read once, when the loader is built.
 _HANG_ENV = "RINGLOAD_TEST_HANG_TASK"
+_HANG_VIDEO_ENV = "RINGLOAD_TEST_HANG_VIDEO"
 
 
 def _is_int(x) -> bool:
@@ -259,6 +261,8 @@ class _Sampler:
         self.width = np.array([i.width if i is not None else 0 for i in infos], dtype=np.int64)
         self.height = np.array([i.height if i is not None else 0 for i in infos], dtype=np.int64)
         self.counts = counts
+        # Consecutive batches a bounded chunk can reach (the scheduler's look-ahead unit).
+        self.spread = int(getattr(plan, "chunk_window", 1)) if cfg.sampling == "bounded" else 1
         self.eligible = np.flatnonzero(counts > 0)
         self.cum = np.cumsum(counts[self.eligible])
 
@@ -380,8 +384,9 @@ class VideoLoader:
     torch.distributed's when it is initialised.
 
     Resources: ``num_workers`` decoder processes (default: one per CPU); a ring of
-    ``prefetch_batches + 1`` batch slots in shared memory (default: as many batches as fit
-    in 1 GiB, 2 to 8). ``on_error="skip"`` quarantines bad files (``stats()``) and replaces
+    ``prefetch_batches + 1`` batch slots in shared memory (default: 8, in bounded mode
+    enough for a whole chunk's batches plus two per decoder, at most what fits in 1 GiB and
+    at least 2). ``on_error="skip"`` quarantines bad files (``stats()``) and replaces
     their samples deterministically; ``"raise"`` raises a :class:`ringload.VideoError`.
     ``timeout_s`` bounds the wait for one batch, ``task_timeout_s`` (plus a share per frame)
     the time a decoder may spend on one task before it is killed and replaced.
@@ -450,8 +455,10 @@ class VideoLoader:
     # ------------------------------------------------------------------ set-up
 
     def _probe_all(self):
-        from .probe import probe
+        from .probe import index_paths, probe
 
+        if len(self._paths) > 8:
+            index_paths(self._paths)  # fills the on-disk index in parallel; errors come below
         infos = []
         for p in self._paths:
             try:
@@ -499,9 +506,16 @@ class VideoLoader:
         T = cfg.frames_per_sample
         h, w = self._size
         batch_bytes = cfg.batch_size * T * h * w * 3
-        prefetch = cfg.prefetch_batches or int(min(8, max(2, _RING_BUDGET_BYTES // batch_bytes)))
         workers = cfg.num_workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self._num_workers = workers
+        prefetch = cfg.prefetch_batches
+        if prefetch is None:
+            fit = max(2, _RING_BUDGET_BYTES // batch_bytes)
+            want = 8
+            if cfg.sampling == "bounded":
+                # Room for whole chunks plus work for every decoder: each chunk decodes once.
+                want = max(want, self._plan().chunk_window + 2 * workers)
+            prefetch = int(min(want, fit))
         layout = RingLayout(prefetch + 1, (cfg.batch_size, T, h, w, 3))
         ring = sched = transfer = None
         try:
@@ -510,10 +524,15 @@ class VideoLoader:
             self._slot_tensors = [torch.from_numpy(ring.slots[i]) for i in range(layout.num_slots)]
             transfer.register(self._slot_tensors)
             hang = os.environ.get(_HANG_ENV)
+            hang_video = os.environ.get(_HANG_VIDEO_ENV)
             sched = Scheduler(
                 ring=ring, num_workers=workers, paths=self._paths, infos=self._infos, size=(h, w),
                 on_error=cfg.on_error,
-                options={"task_timeout_s": cfg.task_timeout_s, "hang_task": int(hang) if hang else None},
+                options={
+                    "task_timeout_s": cfg.task_timeout_s,
+                    "hang_task": int(hang) if hang else None,
+                    "hang_video": int(hang_video) if hang_video else None,
+                },
             )
             sched.start()
         except BaseException:
@@ -596,11 +615,14 @@ class VideoLoader:
         if self._t_first is None:
             self._t_first = t0
         deadline = t0 + cfg.timeout_s
+        in_flight = getattr(self._transfer, "in_flight", None)
         while True:
             for slot in self._transfer.reclaim(0.0):
                 self._sched.release(slot)
+            # Slots still being copied to a device come back through reclaim(): look again soon.
+            step = 0.01 if in_flight is not None and in_flight() else 0.5
             try:
-                done = self._sched.wait(gen, k, min(0.5, max(0.0, deadline - time.perf_counter())))
+                done = self._sched.wait(gen, k, min(step, max(0.0, deadline - time.perf_counter())))
                 break
             except concurrent.futures.TimeoutError:
                 if time.perf_counter() >= deadline:

@@ -49,6 +49,29 @@ def test_hung_decoder_is_killed_replaced_and_batches_identical(engine_videos, mo
     assert_same_batches(ref, got)
 
 
+def test_file_that_keeps_killing_decoders_is_quarantined_not_retried_forever(engine_videos, monkeypatch):
+    with ringload.VideoLoader(engine_videos, num_workers=2, **KW) as loader:
+        ref = collect(loader, limit=6)
+    monkeypatch.setenv("RINGLOAD_TEST_HANG_VIDEO", "1")  # every task on video 1 hangs
+    with ringload.VideoLoader(engine_videos, num_workers=2, task_timeout_s=0.5, on_error="skip", **KW) as loader:
+        got = collect(loader, limit=6)
+        stats = loader.stats()
+    assert list(stats["quarantined"]) == [engine_videos[1]]
+    assert "died 3 times" in stats["quarantined"][engine_videos[1]]
+    assert 3 <= stats["hung_decoders_killed"] <= 4  # a task already queued on another decoder may hang once more
+    for r, g in zip(ref, got):
+        assert not (g["video"] == 1).any()
+        keep = r["video"] != 1
+        assert np.array_equal(r["frames"][keep], g["frames"][keep])
+
+
+def test_batch_wait_times_out_naming_the_setting(engine_videos, monkeypatch):
+    monkeypatch.setenv("RINGLOAD_TEST_HANG_TASK", "0")
+    with ringload.VideoLoader(engine_videos, num_workers=1, timeout_s=1.0, task_timeout_s=120, **KW) as loader:
+        with pytest.raises(ringload.LoaderTimeoutError, match="timeout_s=1"):
+            next(iter(loader))
+
+
 def _corrupt_after_probe(engine_videos, tmp_path):
     """A dataset whose third file is replaced by garbage after the loader indexed it."""
     paths = []

@@ -1,0 +1,157 @@
+"""Turn a ``ringload bench`` JSON result file into PNG plots.
+
+    python bench/plot.py bench/results/RUN.json --out docs/img
+
+Writes ``bench_throughput.png`` (images/s per contender, ceiling marked),
+``bench_max_per_chunk.png`` (bounded images/s against max_per_chunk, when the run swept it),
+``bench_chunk_len.png`` (against chunk_len) and ``bench_sweep.png`` (GOP or resolution sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+
+def _ok(results):
+    return [r for r in results if r.get("status") == "ok" and r.get("images_per_s")]
+
+
+def _ceiling(results):
+    for name in ("sequential", "ceiling"):
+        for r in results:
+            if r["name"] == name and r.get("status") == "ok":
+                return name, r["images_per_s"]
+    return None, None
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _subtitle(doc):
+    s = doc.get("system", {})
+    ram = (s.get("ram_bytes") or 0) / 2**30
+    return f"{s.get('cpu_model')}, {s.get('cpu_count')} cores, {ram:.0f} GiB; {s.get('time_utc', '')}"
+
+
+def plot_throughput(doc, out: pathlib.Path) -> pathlib.Path | None:
+    plt = _figure()
+    rows = [r for r in _ok(doc["results"]) if "sweep" not in r]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.8))
+    names = [r["name"] for r in rows][::-1]
+    vals = [r["images_per_s"] for r in rows][::-1]
+    colors = ["#888888" if n in ("starter", "ceiling") else "#1f77b4" for n in names]
+    ax.barh(names, vals, color=colors)
+    for y, v in enumerate(vals):
+        ax.text(v, y, f" {v:.0f}", va="center", fontsize=8)
+    cname, cval = _ceiling(doc["results"])
+    ax.set_xlim(0, max(vals + [cval or 0]) * 1.15)
+    if cval:
+        ax.axvline(cval, color="#d62728", linestyle="--", label=f"decode ceiling ({cname}) {cval:.0f} img/s")
+        ax.axvline(0.85 * cval, color="#d62728", linestyle=":", label="0.85 x ceiling")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.6 / len(rows)), ncol=2, fontsize=8)
+    ax.set_xlabel("images/s (median of timed windows)")
+    ax.set_title(f"Throughput, batch {rows[0].get('batch_size')}, {rows[0].get('workers')} workers\n{_subtitle(doc)}",
+                 fontsize=9)
+    fig.tight_layout()
+    path = out / "bench_throughput.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bounded(doc, out: pathlib.Path, key: str) -> pathlib.Path | None:
+    plt = _figure()
+    pts = sorted(
+        (r["sweep"][key], r["images_per_s"], r.get("design_effect_bound"))
+        for r in _ok(doc["results"])
+        if isinstance(r.get("sweep"), dict) and r["sweep"].get(key)
+    )
+    if len(pts) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [p[0] for p in pts]
+    ax.plot(xs, [p[1] for p in pts], "o-", label="bounded")
+    cname, cval = _ceiling(doc["results"])
+    if cval:
+        ax.axhline(cval, color="#d62728", linestyle="--", label=f"ceiling ({cname})")
+    for r in _ok(doc["results"]):
+        if r["name"] in ("strict", "starter"):
+            ax.axhline(r["images_per_s"], color="#888888", linestyle=":", label=r["name"])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(x) for x in xs])
+    ax.set_xlabel(key)
+    ax.set_ylabel("images/s")
+    if key == "max_per_chunk" and any(p[2] for p in pts):
+        rho = next((r.get("rho") for r in doc["results"] if r.get("rho") is not None), None)
+        ax2 = ax.twinx()
+        ax2.plot(xs, [p[2] for p in pts], "s--", color="#2ca02c", alpha=0.6)
+        ax2.set_ylabel(f"design-effect bound (rho={rho})", color="#2ca02c")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"Bounded sampling: throughput against {key}\n{_subtitle(doc)}", fontsize=9)
+    fig.tight_layout()
+    path = out / f"bench_{key}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(doc, out: pathlib.Path) -> pathlib.Path | None:
+    plt = _figure()
+    rows = [r for r in _ok(doc["results"]) if isinstance(r.get("sweep"), dict) and
+            ("gop" in r["sweep"] or "resolution" in r["sweep"])]
+    if not rows:
+        return None
+    key = "gop" if "gop" in rows[0]["sweep"] else "resolution"
+    tags = list(dict.fromkeys(r["sweep"][key] for r in rows))
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(kinds)
+    for k, kind in enumerate(kinds):
+        vals = [next((r["images_per_s"] for r in rows if r["kind"] == kind and r["sweep"][key] == t), 0) for t in tags]
+        ax.bar([i + k * width for i in range(len(tags))], vals, width, label=kind)
+    ax.set_xticks([i + width * (len(kinds) - 1) / 2 for i in range(len(tags))])
+    ax.set_xticklabels(tags)
+    ax.set_ylabel("images/s")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Throughput by {key}\n{_subtitle(doc)}", fontsize=9)
+    fig.tight_layout()
+    path = out / f"bench_sweep_{key}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot(json_path, out_dir) -> list[pathlib.Path]:
+    """All plots that the result file has data for; returns the files written."""
+    doc = json.loads(pathlib.Path(json_path).read_text())
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    made = [plot_throughput(doc, out), plot_bounded(doc, out, "max_per_chunk"), plot_bounded(doc, out, "chunk_len"),
+            plot_sweep(doc, out)]
+    return [p for p in made if p]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("json")
+    parser.add_argument("--out", default="docs/img")
+    args = parser.parse_args(argv)
+    for p in plot(args.json, args.out):
+        sys.stdout.write(f"{p}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

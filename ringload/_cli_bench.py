@@ -1,0 +1,142 @@
+"""Benchmark ringload against the exercise's starter loader, the sequential decode ceiling and
+peer libraries, on the same files, and write a table, a JSON result file and PNG plots.
+
+Without SOURCE it generates the default dataset: one camera-like 1080p30 H.264 video
+(GOP 30, 2 B-frames, 20 s) visible under 200 file names (links), batch 128, output 224x224.
+Sweeps: --sweep chunks (bounded over chunk_len and max_per_chunk), --sweep gop
+(GOP 10/30/120/300), --sweep resolution (480p, 1080p); sweeps take several minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import pathlib
+import sys
+
+from .errors import ConfigError
+
+HELP = "measure loaders side by side: starter baseline, ceiling, ringload modes, peers"
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    presets = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080), "2160p": (3840, 2160)}
+    if text in presets:
+        return presets[text]
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use WxH (e.g. 1920x1080) or 480p/720p/1080p") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of integers") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", metavar="SOURCE", help="existing videos: directory, glob or list file")
+    p.add_argument("--quick", action="store_true", help="small data and short windows (< 3 minutes)")
+    p.add_argument("--contenders", default=None, help="comma-separated subset (default: all that can run)")
+    g = p.add_argument_group("generated dataset")
+    g.add_argument("--data-dir", default=None, help="cache folder for generated videos (default: /tmp/ringload-bench)")
+    g.add_argument("--videos", type=int, default=None, help="distinct videos (default 1)")
+    g.add_argument("--names", type=int, default=None, help="file names the videos appear under (default 200)")
+    g.add_argument("--resolution", type=_resolution, default=None, help="WxH or 480p/720p/1080p (default 1080p)")
+    g.add_argument("--fps", type=int, default=None, help="frame rate (default 30)")
+    g.add_argument("--gop", type=int, default=None, help="keyframe interval in frames (default 30)")
+    g.add_argument("--bframes", type=int, default=None, help="B-frames between references (default 2)")
+    g.add_argument("--codec", choices=("h264", "hevc", "vp9", "av1"), default=None)
+    g.add_argument("--seconds", type=float, default=None, help="duration of each video (default 20)")
+    m = p.add_argument_group("measurement")
+    m.add_argument("--batch-size", type=int, default=128)
+    m.add_argument("--size", type=int, default=224, help="output side in pixels")
+    m.add_argument("--workers", type=int, default=0, help="decoder processes per contender (default: cores)")
+    m.add_argument("--clip-len", type=int, default=1, help="frames per sample (>1: clips)")
+    m.add_argument("--frame-stride", type=int, default=1)
+    m.add_argument("--warmup", type=int, default=None, help="warm-up batches, the first included")
+    m.add_argument("--repeats", type=int, default=None, help="timed windows; images/s is their median")
+    m.add_argument("--window-s", type=float, default=None, help="minimum seconds per timed window")
+    m.add_argument("--batches", type=int, default=None, help="fixed batches per timed window")
+    m.add_argument("--budget-s", type=float, default=None, help="time limit per contender, warm-up included")
+    m.add_argument("--chunk-len", type=_ints, default=(), help="bounded chunk_len values to sweep, e.g. 30,60")
+    m.add_argument("--max-per-chunk", type=_ints, default=(), help="bounded max_per_chunk values, e.g. 1,4,16")
+    m.add_argument("--sweep", choices=("none", "chunks", "gop", "resolution"), default=None,
+                   help="chunks (default without --quick), gop, resolution, or none")
+    m.add_argument("--rho", type=float, default=0.5, help="within-chunk correlation for the design-effect bound")
+    m.add_argument("--seed", type=int, default=0)
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default=None, help="JSON result file (default bench/results/<time>.json or ./)")
+    o.add_argument("--plots", default=None, help="folder for PNG plots (default: next to the JSON)")
+    o.add_argument("--no-plots", action="store_true")
+    o.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args) -> "BenchConfig":  # noqa: F821
+    from .bench import BenchConfig, DatasetSpec, quick_config
+
+    ds_over = {}
+    if args.resolution:
+        ds_over["width"], ds_over["height"] = args.resolution
+    for name in ("fps", "gop", "bframes", "codec", "seconds"):
+        if getattr(args, name) is not None:
+            ds_over[name] = getattr(args, name)
+    if args.videos is not None:
+        ds_over["distinct"] = args.videos
+    if args.names is not None:
+        ds_over["names"] = args.names
+    over = dict(
+        source=args.source,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        size=args.size,
+        workers=args.workers,
+        clip_len=args.clip_len,
+        frame_stride=args.frame_stride,
+        chunk_lens=args.chunk_len,
+        max_per_chunks=args.max_per_chunk,
+        rho=args.rho,
+        seed=args.seed,
+        batches=args.batches,
+    )
+    for arg, field in (("warmup", "warmup_batches"), ("repeats", "repeats"), ("window_s", "window_s"),
+                       ("budget_s", "budget_s")):
+        if getattr(args, arg) is not None:
+            over[field] = getattr(args, arg)
+    if args.contenders:
+        over["contenders"] = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
+    over["sweep"] = args.sweep or ("none" if args.quick else "chunks")
+    base = quick_config() if args.quick else BenchConfig()
+    over["dataset"] = dataclasses.replace(base.dataset, **ds_over)
+    return dataclasses.replace(base, **over)
+
+
+def _default_out() -> pathlib.Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    results = pathlib.Path("bench") / "results"
+    folder = results if results.is_dir() else pathlib.Path(".")
+    return folder / f"bench-{stamp}.json"
+
+
+def run(args) -> int:
+    from . import bench
+
+    try:
+        cfg = config_from_args(args)
+    except TypeError as exc:  # a dataclass field error is a usage error
+        raise ConfigError(str(exc)) from None
+    doc = bench.run(cfg, progress=not args.no_progress)
+    doc["system"]["argv"] = sys.argv[1:]
+    out = pathlib.Path(args.out) if args.out else _default_out()
+    bench.write_json(doc, out)
+    sys.stdout.write(bench.format_table(doc) + "\n")
+    sys.stdout.write(f"results: {out}\n")
+    if not args.no_plots:
+        for png in bench.make_plots(out, args.plots or out.parent):
+            sys.stdout.write(f"plot: {png}\n")
+    failed = [r["name"] for r in doc["results"] if r.get("status") == "failed"]
+    return 1 if failed else 0
