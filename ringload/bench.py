@@ -146,11 +146,11 @@ class BenchConfig:
 def quick_config(**overrides) -> BenchConfig:
     """The ``--quick`` settings: small data, short windows; finishes in under 3 minutes."""
     base = dict(
-        dataset=DatasetSpec(width=1280, height=720, seconds=8.0),
-        warmup_batches=2,
+        dataset=DatasetSpec(width=854, height=480, seconds=8.0),
+        warmup_batches=1,
         repeats=2,
-        window_s=3.0,
-        budget_s=60.0,
+        window_s=2.0,
+        budget_s=30.0,
     )
     base.update(overrides)
     return BenchConfig(**base)
