@@ -80,6 +80,23 @@ def wait_event(event, timeout_s: float) -> bool:
             return True
 
 
+def dense_order(t: torch.Tensor) -> list[int] | None:
+    """None when ``t`` is contiguous; else the dim order that makes it contiguous when ``t`` is a
+    permuted view of a dense block (``t.permute(order)`` is contiguous); else None as well
+    (such a tensor is staged, which copes with any layout)."""
+    if t.is_contiguous():
+        return None
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    return order if t.permute(order).is_contiguous() else None
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inv = [0] * len(order)
+    for i, d in enumerate(order):
+        inv[d] = i
+    return inv
+
+
 @dataclass
 class _Copy:
     event: object
@@ -167,10 +184,10 @@ class CudaTransfer:
     ) -> None:
         dev = torch.device(device)
         if dev.type != "cuda":
-            raise ConfigError(f"device={device!r}: CudaTransfer needs a CUDA device; use device='cpu' for the CPU path")
+            raise ConfigError(f"device={str(device)!r}: CudaTransfer needs a CUDA device; use device='cpu' for the CPU path")
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"device={device!r}: torch.cuda.is_available() is False (no GPU, or a CPU-only torch build); "
+                f"device={str(device)!r}: torch.cuda.is_available() is False (no GPU, or a CPU-only torch build); "
                 "use device='cpu'"
             )
         if dev.index is None:
@@ -259,24 +276,31 @@ class CudaTransfer:
                 )
         consumer = stream if stream is not None else torch.cuda.current_stream(self.device)
         stage = None
-        src = frames
-        if self.mode == "registered" and frames.is_contiguous() and self._inside(slot, frames):
+        # The ring stores frames HWC; the loader hands a permuted (B, C, H, W) view of that
+        # dense block. Copy the block as it lies in memory and permute on the GPU (a view),
+        # so the DMA reads the registered slot directly and the result has the CPU path's strides.
+        perm = dense_order(frames)
+        src = frames if perm is None else frames.permute(perm)
+        if self.mode == "registered" and src.is_contiguous() and self._inside(slot, src):
             release = slot
         else:
             # Staging: the memcpy below is the last read of shared memory, so the slot is free
             # at once; the staging buffer is what must wait for the DMA.
-            nbytes = frames.numel() * frames.element_size()
+            nbytes = src.numel() * src.element_size()
             stage = self._take_stage()
             buf = self._staging_buffer(stage, nbytes)
-            src = buf[:nbytes].view(frames.dtype).view(frames.shape)
-            src.copy_(frames)
+            staged = buf[:nbytes].view(src.dtype).view(src.shape)
+            staged.copy_(src)
+            src = staged
             self._ledger.release_slot_now(slot)
             release = None
         with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-            out = torch.empty(frames.shape, dtype=frames.dtype, device=self.device)
+            out = torch.empty(src.shape, dtype=src.dtype, device=self.device)
             out.copy_(src, non_blocking=True)
             event = torch.cuda.Event()
             event.record(self._stream)
+        if perm is not None:
+            out = out.permute(_inverse(perm))
         consumer.wait_event(event)
         # `out` was allocated on the side stream but is used on the consumer's: without this the
         # allocator could hand its memory to the next copy while the model still reads it.

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -204,42 +205,81 @@ class BatchAugment:
         else:
             raise ConfigError(f"frames dtype {frames.dtype}: expected uint8 or float in [0, 1]")
         p = self.params(keys, seed=seed, epoch=epoch)
-        if self.jitter_enabled:
-            x = _jitter(x, p)
-        if p.flip.any():
-            idx = torch.as_tensor(np.flatnonzero(p.flip), device=x.device)
-            x[idx] = x[idx].flip(-1)
+        plan = _Plan(p, n)
+        idx, fac = plan.upload(x.device)
+        for op, a, b, full in plan.groups:
+            f = fac[a:b].view(-1, 1, 1, 1, 1)
+            if full:
+                x = _OPS[op](x, f)
+            else:
+                rows = idx[a:b]
+                x[rows] = _OPS[op](x[rows], f)
+        if plan.flip_span is not None:
+            rows = idx[plan.flip_span[0]:plan.flip_span[1]]
+            x[rows] = x[rows].flip(-1)
         if self.mean is not None:
-            mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 1, c, 1, 1)
-            std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 1, c, 1, 1)
+            mean = _channel_constant(tuple(float(v) for v in self.mean), x.device).view(1, 1, c, 1, 1)
+            std = _channel_constant(tuple(float(v) for v in self.std), x.device).view(1, 1, c, 1, 1)
             x = x.sub_(mean).div_(std)
         x = x if clip_shape else x.squeeze(1)
         return x.to(self.dtype)
 
 
-def _jitter(x: torch.Tensor, p: JitterParams) -> torch.Tensor:
-    """Apply the four colour operations in each sample's own order.
+class _Plan:
+    """The batch's draws as a few slices of two small arrays, sent to the device in one
+    non-blocking copy each, so that augmenting never makes the host wait for the GPU.
 
-    Vectorised per step: at step s, every operation runs once on the samples whose order
-    puts it at s (at most 16 batched calls whatever the batch size)."""
-    factors = (p.brightness, p.contrast, p.saturation, p.hue)
-    ops = (_brightness, _contrast, _saturation, _hue)
-    dev = x.device
-    fac_t = [None if f is None else torch.as_tensor(f, dtype=torch.float32, device=dev) for f in factors]
-    for step in range(4):
-        at_step = p.order[:, step]
-        for op in range(4):
-            if factors[op] is None:
-                continue
-            rows = np.flatnonzero(at_step == op)
-            if rows.size == 0:
-                continue
-            if rows.size == len(at_step):
-                x = ops[op](x, fac_t[op].view(-1, 1, 1, 1, 1))
-            else:
-                idx = torch.as_tensor(rows, device=dev)
-                x[idx] = ops[op](x[idx], fac_t[op][idx].view(-1, 1, 1, 1, 1))
-    return x
+    ``groups``: (op, start, end, whole batch?) in application order. At step s, every
+    operation runs once on the samples whose order puts it at s: at most 16 batched calls
+    whatever the batch size. ``idx[start:end]`` holds the rows, ``fac[start:end]`` their factors.
+    """
+
+    def __init__(self, p: JitterParams, n: int):
+        factors = (p.brightness, p.contrast, p.saturation, p.hue)
+        self.groups: list[tuple[int, int, int, bool]] = []
+        rows_parts, fac_parts = [], []
+        off = 0
+        for step in range(4):
+            at_step = p.order[:, step]
+            for op in range(4):
+                if factors[op] is None:
+                    continue
+                rows = np.flatnonzero(at_step == op)
+                if rows.size == 0:
+                    continue
+                self.groups.append((op, off, off + rows.size, rows.size == n))
+                rows_parts.append(rows)
+                fac_parts.append(factors[op][rows])
+                off += rows.size
+        self.flip_span = None
+        flips = np.flatnonzero(p.flip)
+        if flips.size:
+            rows_parts.append(flips)
+            self.flip_span = (off, off + flips.size)
+        self._idx = np.concatenate(rows_parts).astype(np.int64) if rows_parts else np.zeros(0, np.int64)
+        self._fac = np.concatenate(fac_parts).astype(np.float32) if fac_parts else np.zeros(0, np.float32)
+
+    def upload(self, device: torch.device):
+        return _to_device(self._idx, device), _to_device(self._fac, device)
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(a)
+    if device.type == "cpu":
+        return t
+    # From pageable memory a copy would wait for the device to drain; from pinned memory it
+    # is queued like a kernel (the caching host allocator keeps the buffer until it ran).
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_constant(values: tuple, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _sector_table(device: torch.device) -> torch.Tensor:
+    return torch.tensor(_SECTOR_TABLE, dtype=torch.int64).to(device)
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -254,7 +294,8 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def _brightness(x, f):
-    return _blend(x, torch.zeros((), dtype=x.dtype, device=x.device), f)
+    # A blend with black: f * x + (1 - f) * 0, which is exactly f * x.
+    return (f * x).clamp_(0.0, 1.0)
 
 
 def _contrast(x, f):
@@ -300,7 +341,9 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
     q = (v * (1.0 - s * f)).clamp_(0.0, 1.0)
     t = (v * (1.0 - s * (1.0 - f))).clamp_(0.0, 1.0)
     cand = torch.stack((v, p, q, t), dim=-3)  # ids _V, _P, _Q, _T
-    table = torch.tensor(_SECTOR_TABLE, dtype=torch.int64, device=h.device)
-    idx = table[sector.to(torch.int64).remainder_(6)]  # (..., H, W, 3)
+    idx = _sector_table(h.device)[sector.to(torch.int64).remainder_(6)]  # (..., H, W, 3)
     idx = idx.movedim(-1, -3)
     return cand.gather(-3, idx)
+
+
+_OPS = (_brightness, _contrast, _saturation, _hue)
