@@ -227,6 +227,17 @@ class Meter:
         }
 
 
+def describe_stats(stats: dict) -> str:
+    """One line from ``loader.stats()``: decode work per delivered frame, ring memory, decoders."""
+    delivered = max(1, stats.get("frames", 0))
+    return (
+        f"loader: {stats.get('decoded_frames', 0)} frames decoded for {delivered} delivered "
+        f"({stats.get('decoded_frames', 0) / delivered:.1f} per frame), ring {stats.get('ring_bytes', 0) / 2**20:.0f} MiB "
+        f"in {stats.get('num_slots', 0)} slots, {stats.get('num_workers', 0)} decoders, "
+        f"{stats.get('decoder_restarts', 0)} restarts, {len(stats.get('quarantined', {}))} quarantined files"
+    )
+
+
 def print_result(record: dict) -> None:
     """The last line every example prints: ``RESULT {json}``, for scripts and tests."""
     print("RESULT " + json.dumps(record, sort_keys=True), flush=True)

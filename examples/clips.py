@@ -24,7 +24,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import Meter, TinyPredictor, add_common_args, link_names, make_videos, print_result, to_float  # noqa: E402
+from _common import (  # noqa: E402
+    Meter,
+    TinyPredictor,
+    add_common_args,
+    describe_stats,
+    link_names,
+    make_videos,
+    print_result,
+    to_float,
+)
 
 import ringload  # noqa: E402
 
@@ -103,11 +112,13 @@ def main(argv=None) -> int:
             epoch += 1
         meter.finish()
         span = batch.pts_seconds[0, -1] - batch.pts_seconds[0, 0]
+        stats = loader.stats()
     result = {"example": "clips", "clip_len": clip_len, "clip_span_s": round(float(span), 3), **meter.summary()}
     print(
         f"{result['clips_per_s']:.2f} clips/s ({result['clips_per_s'] * clip_len:.0f} frames/s), "
         f"data wait {100 * result['data_wait_fraction']:.0f}% of the time; last clip spans {span:.2f} s"
     )
+    print(describe_stats(stats))
     print_result(result)
     return 0
 

@@ -26,6 +26,7 @@ from _common import (  # noqa: E402
     Meter,
     TinyFrameNet,
     add_common_args,
+    describe_stats,
     link_names,
     make_videos,
     print_result,
@@ -120,8 +121,9 @@ def main(argv=None) -> int:
         meter.finish()
         stats = loader.stats()
     result = {"example": "frames", "sampling": args.sampling, "batch_size": args.batch_size, **meter.summary()}
+    result["decoded_per_frame"] = round(stats["decoded_frames"] / max(1, stats["frames"]), 3)
     print(f"{result['images_per_s']:.1f} images/s, data wait {100 * result['data_wait_fraction']:.0f}% of the time")
-    print(f"loader stats: {stats}")
+    print(describe_stats(stats))
     print_result(result)
     return 0
 
