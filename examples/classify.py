@@ -63,7 +63,7 @@ def parse_args(argv=None):
     if args.smoke:
         args.videos, args.classes, args.source, args.seconds = 4, 2, "96x80", 2.0
         args.clip_len, args.frame_stride, args.segments, args.size = 4, 2, 4, 48
-        args.batch_size, args.steps = 4, 24
+        args.batch_size, args.steps = 8, 16
         args.num_workers = args.num_workers or 1
     if not 2 <= args.classes <= len(CLASSES):
         p.error(f"--classes must be between 2 and {len(CLASSES)}")
