@@ -19,6 +19,8 @@ import time
 import torch
 from torch import nn
 
+import ringload
+
 DEFAULT_DATA_DIR = pathlib.Path(tempfile.gettempdir()) / "ringload-examples"
 
 
@@ -93,6 +95,24 @@ def write_jsonl_manifest(path: pathlib.Path, rows: list[dict]) -> pathlib.Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def class_of_each_video(paths, num_classes: int) -> list[int]:
+    """Group the generated videos by their dominant hue, ``num_classes`` equal groups.
+
+    Kinetics classes differ in what the pixels show; these synthetic videos differ mostly in
+    their palette, so a label that follows the palette is one a small model can learn from
+    pixels and carry over to other clips and crops of a video.
+    """
+    hues = []
+    for path in paths:
+        r, g, b = ringload.read_frames(path, [0]).data[0].float().mean(dim=(1, 2)).tolist()
+        hues.append(math.atan2(math.sqrt(3) * (g - b), 2 * r - g - b))
+    order = sorted(range(len(paths)), key=lambda i: hues[i])
+    out = [0] * len(paths)
+    for rank, i in enumerate(order):
+        out[i] = rank * num_classes // len(paths)
+    return out
 
 
 # --------------------------------------------------------------------------- models

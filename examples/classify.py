@@ -19,7 +19,6 @@ evaluation samples other clips and crops of the training videos, so it checks th
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import sys
 
@@ -31,6 +30,7 @@ from _common import (  # noqa: E402
     Meter,
     TinyClipNet,
     add_common_args,
+    class_of_each_video,
     make_videos,
     mean_average_precision,
     print_result,
@@ -68,24 +68,6 @@ def parse_args(argv=None):
     if not 2 <= args.classes <= len(CLASSES):
         p.error(f"--classes must be between 2 and {len(CLASSES)}")
     return args
-
-
-def class_of_each_video(paths, num_classes: int) -> list[int]:
-    """Group the generated videos by their dominant hue, ``num_classes`` equal groups.
-
-    Kinetics classes differ in what the pixels show; these synthetic videos differ mostly in
-    their palette, so a label that follows the palette is one a small model can learn from
-    pixels and carry over to other clips and crops of a video.
-    """
-    hues = []
-    for path in paths:
-        r, g, b = read_frames(path, [0]).data[0].float().mean(dim=(1, 2)).tolist()
-        hues.append(math.atan2(math.sqrt(3) * (g - b), 2 * r - g - b))
-    order = sorted(range(len(paths)), key=lambda i: hues[i])
-    out = [0] * len(paths)
-    for rank, i in enumerate(order):
-        out[i] = rank * num_classes // len(paths)
-    return out
 
 
 def read_manifest(args, paths) -> list[dict]:

@@ -34,6 +34,7 @@ from _common import (  # noqa: E402
     TinyFrameNet,
     add_common_args,
     batch_digest,
+    class_of_each_video,
     make_videos,
     print_result,
     to_float,
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
     manifest = args.data_dir / "manifests" / f"ddp-{args.videos}-{args.classes}-{w}x{h}.csv"
     if rank == 0:  # one rank writes the data; the others wait for it
         paths = make_videos(args.data_dir, distinct=args.videos, width=w, height=h, fps=30, seconds=args.seconds)
-        rows = [{"path": str(p), "label": f"class_{i % args.classes}"} for i, p in enumerate(paths)]
+        classes = class_of_each_video(paths, args.classes)  # by palette: learnable from pixels
+        rows = [{"path": str(p), "label": f"class_{c}"} for p, c in zip(paths, classes)]
         write_csv_manifest(manifest, rows)
     dist.barrier()
 
