@@ -110,10 +110,10 @@ def _entry(qualname: str, obj, level: str = "##") -> list[str]:
             for name, sig, doc in _members(obj):
                 if sig == "property":
                     first = inspect.cleandoc(doc).splitlines()[0] if doc else ""
-                    lines += [f"- `{name}` (property): {first}"]
+                    lines += [f"- `{name}` (property)" + (f": {first}" if first else "")]
                 else:
                     first = inspect.cleandoc(doc).splitlines()[0] if doc else ""
-                    lines += [f"- `{name}{sig}`: {first}"]
+                    lines += [f"- `{name}{sig}`" + (f": {first}" if first else "")]
             if lines[-1] != "":
                 lines.append("")
     elif callable(obj):
