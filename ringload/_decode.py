@@ -66,7 +66,9 @@ class VideoReader:
         self._fresh = False  # container just opened: decoding starts at the first frame
         self._count = 0  # frames output since the start (TS_COUNT streams only)
         self._seek_kf = 0  # the keyframe the last seek aimed at
-        self._ts_index = {int(t): i for i, t in enumerate(info.pts)} if info.timestamps != TS_COUNT else None
+        # Timestamps are strictly increasing, so a binary search maps one to its frame
+        # without building a table per reader (long videos, one reader per task).
+        self._pts = info.pts if info.timestamps != TS_COUNT else None
         self._kf = [int(k) for k in info.keyframes]
         # Skipping non-reference frames is exact only where a packet's pts is its frame's
         # pts and the codec marks reference use per frame (see docs/indexing.md).
@@ -162,7 +164,7 @@ class VideoReader:
         self._seek_kf = k
 
     def _index_of(self, frame) -> int | None:
-        if self._ts_index is None:
+        if self._pts is None:
             return self._count
         ts = frame_timestamp(frame, self.info.timestamps)
         if ts is None:
@@ -170,7 +172,9 @@ class VideoReader:
             if self._last is not None:
                 return self._last + 1
             return 0 if self._fresh else None
-        return self._ts_index.get(int(ts))
+        ts = int(ts)
+        j = int(np.searchsorted(self._pts, ts))
+        return j if j < len(self._pts) and int(self._pts[j]) == ts else None
 
     def _next_frame(self):
         """(index or None, frame) of the next decoded frame, or None at the end."""
@@ -187,7 +191,7 @@ class VideoReader:
 
     def decode(self, indices: Iterable[int], sink: Callable[[int, object], None]) -> None:
         """Call ``sink(position, frame)`` for every position of ``indices`` (any order, repeats allowed)."""
-        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64).ravel()
+        idx = as_indices(indices, self.path)
         n = self.info.num_frames
         if idx.size == 0:
             return
@@ -311,6 +315,20 @@ class VideoReader:
 
 class _DecodeFailed(Exception):
     pass
+
+
+def as_indices(indices, path) -> np.ndarray:
+    """Frame indices as a flat int64 array; floats must be whole numbers."""
+    if isinstance(indices, range):
+        return np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
+    arr = np.asarray(indices if hasattr(indices, "__len__") or hasattr(indices, "__array__") else list(indices))
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise ConfigError(f"frame indices for {os.fspath(path)} must be integers, got {arr.dtype} values")
+    return arr.astype(np.int64, copy=False).ravel()
 
 
 # ---------------------------------------------------------------------- conversion

@@ -73,6 +73,9 @@ class Ring:
         self._unlinked = False
         self.fd = shm.fd
         try:
+            # Reserve the pages now: a full /dev/shm then fails here, not as SIGBUS in a decoder.
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(self.fd, 0, layout.nbytes)
             self._mmap = mmap.mmap(self.fd, layout.nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             self.unlink()

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 _MAX_ATTEMPTS = 64  # redraws of one sample before the loader gives up (too many bad files)
 _CRASHES_PER_VIDEO = 3  # decoder deaths on one file before the file counts as bad
 _STARTUP_TIMEOUT_S = 120.0  # a decoder that has not connected by then is killed and replaced
+_INFO_MIRROR_MIN, _INFO_MIRROR_MAX = 8, 128  # video indexes a decoder is known to hold
 _TASK_CAP = 128  # frame requests per task: bounds a task's duration and keeps decoders parallel
 _MAX_GOPS_PER_TASK = 8
 # Groups of the first _GATE + 1 incomplete batches are decoded first (see Scheduler._pick).
@@ -144,6 +145,11 @@ class _Proto(asyncio.Protocol):
         self.dec = dec
         self.reader = _worker.FrameReader()
 
+    def connection_made(self, transport):
+        # Set here, not after connect_accepted_socket returns: the decoder's "ready" can
+        # arrive (and tasks be sent) before that.
+        self.dec.transport = transport
+
     def data_received(self, data):
         try:
             for msg in self.reader.feed(data):
@@ -171,7 +177,11 @@ class Scheduler:
         self.hang_s = float(options.get("hang_s", 3600.0))
         self.depth = int(options.get("depth", 2))
         self.max_open = int(options.get("max_open", 4))
-        self.info_mirror = 128
+        # How many video indexes a decoder keeps (it keeps twice this, see _worker): about
+        # 64 MiB of timestamps at the dataset's mean length, between 8 and 128 videos.
+        frames = [int(i.num_frames) for i in infos if i is not None]
+        mean_bytes = 24 * (sum(frames) / len(frames)) if frames else 1
+        self.info_mirror = int(min(_INFO_MIRROR_MAX, max(_INFO_MIRROR_MIN, (64 << 20) // max(1, mean_bytes))))
         self._ctx = multiprocessing.get_context("spawn")
         self._address = b"\0ringload-" + secrets.token_hex(12).encode()
         self._token = secrets.token_bytes(16)
@@ -409,8 +419,6 @@ class Scheduler:
             transport, _ = await loop.connect_accepted_socket(lambda: _Proto(self, dec), sock=conn)
             if dec.dead:
                 transport.close()
-                return
-            dec.transport = transport
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             log.warning("decoder handshake failed: %s", exc)
             conn.close()
@@ -628,7 +636,7 @@ class Scheduler:
         while progress:
             progress = False
             for dec in self._decoders.values():
-                if not dec.ready or dec.dead or len(dec.inflight) >= self.depth:
+                if not dec.ready or dec.dead or dec.transport is None or len(dec.inflight) >= self.depth:
                     continue
                 picked = self._pick(dec, eager=not dec.inflight)
                 if picked is None:

@@ -91,7 +91,8 @@ def main(address: bytes, token: bytes, worker_id: int) -> None:
     try:
         sock.connect(address)
     except OSError as exc:
-        log.error("cannot reach the loader: %s", exc)
+        # The loader closed while this decoder was starting: nothing to serve.
+        log.info("cannot reach the loader: %s", exc)
         return
     conn = _Conn(sock)
     conn.send(("hello", worker_id, os.getpid(), token, "torch" in sys.modules))

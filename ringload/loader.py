@@ -169,11 +169,14 @@ class LoaderConfig:
         return self.num_segments
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Batch:
-    """One batch. ``frames`` uint8 (B, C, H, W) for frames, (B, T, C, H, W) for clips and
-    segments; ``video_index`` (B,) int64; ``frame_index`` and ``pts_seconds`` (B,) or (B, T);
-    ``labels`` int64 (B,) class ids, float32 (B, C) multi-hot, or None without labels."""
+    """One batch. ``frames`` uint8 RGB (B, C, H, W) for frames, (B, T, C, H, W) for clips and
+    segments, in channels-last memory order (``.contiguous()`` gives the other one);
+    ``video_index`` (B,) int64 (position in the source); ``frame_index`` (B,) or (B, T)
+    int64 (frame i of a full decode in presentation order) and ``pts_seconds`` float64 of
+    the same shape; ``labels`` int64 (B,) class ids, float32 (B, C) multi-hot, or None
+    without labels. On the CPU every tensor is the caller's own copy."""
 
     frames: object
     video_index: object
@@ -375,7 +378,8 @@ class VideoLoader:
     ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
     ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (bilinear) in the
     same conversion pass. Boxes lie on even coordinates (the chroma grid). A clip shares
-    one box and one flip. ``hflip`` flips half the samples. All random choices are keyed by
+    one box and one flip. Frames keep the coded orientation (``probe(path).rotation`` says
+    how a player would turn them), exactly like ``read_frames``. ``hflip`` flips half the samples. All random choices are keyed by
     (seed, epoch, sample), so batch k is the same for any ``num_workers``, timing or fault.
 
     Epochs: one ``for batch in loader`` is one epoch; ``set_epoch(e)`` selects the next.
@@ -387,7 +391,9 @@ class VideoLoader:
     ``prefetch_batches + 1`` batch slots in shared memory (default: 8, in bounded mode
     enough for a whole chunk's batches plus two per decoder, at most what fits in 1 GiB and
     at least 2). ``on_error="skip"`` quarantines bad files (``stats()``) and replaces
-    their samples deterministically; ``"raise"`` raises a :class:`ringload.VideoError`.
+    their samples deterministically; ``"raise"`` raises a :class:`ringload.VideoError`
+    (from the constructor for files that cannot be indexed, from ``__next__`` at the first
+    batch that needs a file that fails to decode).
     ``timeout_s`` bounds the wait for one batch, ``task_timeout_s`` (plus a share per frame)
     the time a decoder may spend on one task before it is killed and replaced.
     """
@@ -519,7 +525,14 @@ class VideoLoader:
         layout = RingLayout(prefetch + 1, (cfg.batch_size, T, h, w, 3))
         ring = sched = transfer = None
         try:
-            ring = Ring(layout)
+            try:
+                ring = Ring(layout)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot allocate the ring: {layout.nbytes / 2**20:.0f} MiB of shared memory "
+                    f"({layout.num_slots} slots of {cfg.batch_size} x {T} frames of {h}x{w}): {exc.strerror or exc}. "
+                    "Lower prefetch_batches or batch_size, or give /dev/shm more room (docker: --shm-size)"
+                ) from None
             transfer = make_transfer(cfg.device)
             self._slot_tensors = [torch.from_numpy(ring.slots[i]) for i in range(layout.num_slots)]
             transfer.register(self._slot_tensors)
@@ -695,7 +708,17 @@ class VideoLoader:
     # ------------------------------------------------------------------ reporting and teardown
 
     def stats(self) -> dict:
-        """Throughput, ring memory, decoder restarts and quarantined files."""
+        """Counters since the loader was built.
+
+        ``batches``, ``samples``, ``frames`` delivered; ``seconds`` since the first request
+        and ``images_per_s``/``samples_per_s`` over it; ``wait_s`` the consumer spent waiting;
+        ``ring_bytes`` = ``num_slots`` x ``slot_bytes`` (all the shared memory there is);
+        ``num_workers``, ``decoder_pids``; ``decoded_frames`` (frames the decoders produced,
+        including those walked from a keyframe) and ``tasks``; ``decoder_busy_s`` and
+        ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
+        and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
+        ``quarantined`` ({path: reason}) for bad files.
+        """
         snap = self._sched.snapshot() if not self._closed else {"counters": {}, "quarantined": {}, "decoders": []}
         sc = snap["counters"]
         c = dict(self._counters)
@@ -716,6 +739,8 @@ class VideoLoader:
             "decoder_restarts": sc.get("decoder_restarts", 0),
             "hung_decoders_killed": sc.get("hung_decoders_killed", 0),
             "decoded_frames": sc.get("decoded_frames", 0),
+            "decoder_busy_s": sc.get("decoder_busy_s", 0.0),
+            "decoder_idle_s": sc.get("decoder_idle_s", 0.0),
             "tasks": sc.get("tasks", 0),
             "failed_samples": sc.get("failed_samples", 0),
             "replaced_samples": sc.get("replaced_samples", 0),

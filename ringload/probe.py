@@ -77,6 +77,13 @@ class VideoInfo:
                 arr.flags.writeable = False
                 object.__setattr__(self, name, arr)
 
+    def __setstate__(self, state):
+        # Unpickled arrays (e.g. in a decoder process) come back writeable: lock them again.
+        for key, value in state.items():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+            object.__setattr__(self, key, value)
+
     @property
     def duration_seconds(self) -> float:
         """Span from the first frame to the end of the last one (one average frame period)."""
@@ -287,6 +294,7 @@ def _cache_store(cache_dir: str, key: str, info: VideoInfo) -> None:
         # see either no entry or a complete one.
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
         try:
+            os.fchmod(fd, 0o644)  # an index is not secret; a shared cache must be readable
             with io.open(fd, "w", encoding="utf-8") as fh:
                 json.dump(info.to_json(), fh, separators=(",", ":"))
             os.replace(tmp, fname)
@@ -336,8 +344,8 @@ def select_stream(container, path: str, stream: int | None):
         return st
     cands = [s for s in streams if s.type == "video" and not _is_attached_pic(s)]
     if not cands:
-        kinds = ", ".join(f"{s.index}:{s.type}" for s in streams) or "none"
-        raise NoVideoStreamError(path, f"no video stream (streams: {kinds})")
+        kinds = ", ".join(f"{s.index}:{s.type}" + (" (attached picture)" if _is_attached_pic(s) else "") for s in streams)
+        raise NoVideoStreamError(path, f"no video stream (streams: {kinds or 'none'})")
 
     def score(s):
         frames = int(s.frames or 0)

@@ -55,12 +55,12 @@ def read_frames(
     """
     import torch
 
-    from ._decode import VideoReader, convert_into
+    from ._decode import VideoReader, as_indices, convert_into
     from .probe import probe
 
     size = _check_size(size)
     info = probe(path, stream=stream)
-    idx = np.asarray(indices, dtype=np.int64).ravel()
+    idx = as_indices(indices, path).copy()
     h, w = size if size is not None else (info.height, info.width)
     out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
     with VideoReader(info.path, info, threads=threads) as reader:

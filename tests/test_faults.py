@@ -33,6 +33,11 @@ def test_sigkill_a_decoder_mid_epoch_gives_identical_batches(engine_videos):
                 os.kill(victim, signal.SIGKILL)
         stats = loader.stats()
         assert victim not in stats["decoder_pids"] and len(stats["decoder_pids"]) == 2
+        # The replacement maps the ring although its name was gone before it started: it got
+        # the descriptor over its control socket.
+        for pid in stats["decoder_pids"]:
+            with open(f"/proc/{pid}/maps") as f:
+                assert any("/dev/shm/ringload-" in ln and "(deleted)" in ln for ln in f)
     assert stats["decoder_restarts"] >= 2
     assert_same_batches(ref, got)
 
@@ -58,11 +63,22 @@ def test_file_that_keeps_killing_decoders_is_quarantined_not_retried_forever(eng
         stats = loader.stats()
     assert list(stats["quarantined"]) == [engine_videos[1]]
     assert "died 3 times" in stats["quarantined"][engine_videos[1]]
-    assert 3 <= stats["hung_decoders_killed"] <= 4  # a task already queued on another decoder may hang once more
+    # Tasks of the file already queued on other decoders when it was declared bad hang once more.
+    assert stats["hung_decoders_killed"] >= 3
     for r, g in zip(ref, got):
         assert not (g["video"] == 1).any()
         keep = r["video"] != 1
         assert np.array_equal(r["frames"][keep], g["frames"][keep])
+
+
+def test_ring_that_does_not_fit_in_shm_is_a_clear_error(engine_videos, monkeypatch):
+    def refuse(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    with pytest.raises(ringload.ConfigError, match="prefetch_batches or batch_size"):
+        ringload.VideoLoader(engine_videos, num_workers=1, **KW)
+    assert ringload_shm() == []
 
 
 def test_batch_wait_times_out_naming_the_setting(engine_videos, monkeypatch):

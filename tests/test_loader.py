@@ -252,3 +252,54 @@ def test_rss_flat_over_20_epochs(engine_videos):
     # After warm-up (epochs 0-4), growth over the next 15 epochs stays under 8 MiB in total.
     growth = max(samples[5:]) - samples[4]
     assert growth < 8 * 1024, f"RSS grew by {growth} KiB: {samples}"
+
+
+def test_sequential_decodes_each_frame_about_once(engine_videos):
+    from test_engine_helpers import SPECS
+
+    from ringload.probe import probe
+
+    total = sum(probe(p).num_frames for p in engine_videos)
+    with ringload.VideoLoader(engine_videos, batch_size=16, size=(16, 16), num_workers=2, sampling="sequential",
+                              drop_last=False) as loader:
+        n = len(collect(loader))
+        decoded = loader.stats()["decoded_frames"]
+    # Warm readers continue from GOP to GOP; at worst a GOP split between two batches (and
+    # two decoders) is walked twice, once per batch.
+    assert total <= decoded <= total + n * max(s[5] for s in SPECS)
+
+
+def test_fps_clips_on_a_variable_frame_rate_file(videos_dir):
+    from ringload.probe import probe
+
+    path = str(videos_dir / "mv_with_2_top_shots.mp4")  # VFR: 33-42 ms frame intervals
+    pts = probe(path).pts_seconds
+    size = (24, 32)
+    with ringload.VideoLoader([path], sample="clips", clip_len=4, fps=10.0, batch_size=4, size=size, crop="none",
+                              sampling="strict", num_workers=1, seed=3) as loader:
+        batches = collect(loader, limit=3)
+    for b in batches:
+        for row, times in zip(b["frame"], b["pts"]):
+            start = pts[row[0]]
+            for j, f in enumerate(row.tolist()):
+                # The frame on screen at start + j / fps: the last one shown at or before it.
+                assert pts[f] <= start + j / 10.0 + 1e-6
+                assert f == len(pts) - 1 or pts[f + 1] > start + j / 10.0 + 1e-6
+            assert np.array_equal(times, pts[row])
+    check_exact(batches, [path], size, clip_axis=True)
+
+
+def test_decoders_forgetting_video_indexes_is_invisible(engine_videos, monkeypatch):
+    """Decoders keep a bounded cache of video indexes; the scheduler resends what they lack."""
+    from ringload import _scheduler
+
+    kw = dict(batch_size=8, size=(16, 16), sampling="strict", seed=9, num_workers=1)
+    with ringload.VideoLoader(engine_videos, **kw) as loader:
+        ref = collect(loader, limit=6)
+    monkeypatch.setattr(_scheduler, "_INFO_MIRROR_MIN", 1)
+    monkeypatch.setattr(_scheduler, "_INFO_MIRROR_MAX", 1)
+    with ringload.VideoLoader(engine_videos, **kw) as loader:
+        assert loader._sched.info_mirror == 1
+        got = collect(loader, limit=6)
+        assert loader.stats()["failed_samples"] == 0
+    assert_same_batches(ref, got)

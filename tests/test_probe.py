@@ -47,6 +47,19 @@ def test_fields(name, videos_dir, cache):
     assert info.duration_seconds == pytest.approx(info.num_frames / info.fps, rel=0.1)
 
 
+def test_info_pickles_with_read_only_arrays(videos_dir, cache):
+    import pickle
+
+    info = probe(videos_dir / "bikes.mp4", cache=cache)
+    back = pickle.loads(pickle.dumps(info))
+    assert np.array_equal(back.pts, info.pts) and np.array_equal(back.keyframes, info.keyframes)
+    assert (back.num_frames, back.time_base, back.timestamps) == (info.num_frames, info.time_base, info.timestamps)
+    with pytest.raises(ValueError):
+        back.pts[0] = 5
+    with pytest.raises(AttributeError):
+        back.num_frames = 3
+
+
 def test_public_names():
     import ringload.probe  # noqa: F401  (importing the module must not rebind the name)
 
@@ -59,6 +72,29 @@ def test_default_stream_is_the_best_video_stream(videos_dir, cache):
     assert probe(videos_dir / "mv_with_2_top_shots.mp4", cache=cache).stream == 0  # not the 2-frame stills
     two = probe(videos_dir / "mv_with_2_top_shots.mp4", stream=1, cache=cache)
     assert (two.stream, two.num_frames, two.width, two.height) == (1, 2, 2048, 1536)
+
+
+def test_attached_picture_is_not_the_video(tmp_path):
+    """Cover art (a one-frame stream with the attached_pic disposition) is not a video."""
+    import av
+
+    path = tmp_path / "song_with_cover.mp4"
+    with av.open(str(path), "w") as c:
+        audio = c.add_stream("aac", rate=8000)
+        cover = c.add_stream("mjpeg")
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        for pkt in cover.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")):
+            c.mux(pkt)
+        for pkt in cover.encode(None):
+            c.mux(pkt)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for pkt in [*audio.encode(frame), *audio.encode(None)]:
+            c.mux(pkt)
+    with pytest.raises(ringload.NoVideoStreamError, match="attached picture") as exc:
+        probe(path, cache=False)
+    assert str(path) in str(exc.value)
 
 
 def test_vfr_timestamps_are_exact(videos_dir, cache):

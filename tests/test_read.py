@@ -6,6 +6,8 @@ import random
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 import ringload
 from ringload.probe import probe
@@ -156,15 +158,14 @@ def test_corrupted_tail_reads_up_to_the_last_decodable_frame(videos_dir):
 # ---------------------------------------------------------------------- GOP accounting
 
 
-def _encode(path, *, n=60, gop=10, bframes=2, size=(64, 48)):
+def _encode(path, *, n=60, gop=10, bframes=2, size=(64, 48), open_gop=False):
     """A tiny H.264 video with a fixed GOP and B-frames, each frame a different picture."""
     w, h = size
     with av.open(str(path), "w") as c:
         st = c.add_stream("libx264", rate=25)
         st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.codec_context.gop_size = gop
-        st.codec_context.max_b_frames = bframes
-        st.codec_context.options = {"keyint_min": str(gop), "sc_threshold": "0", "bframes": str(bframes)}
+        params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:open-gop={int(open_gop)}"
+        st.codec_context.options = {"x264-params": params, "loglevel": "error"}
         rng = np.random.default_rng(0)
         for i in range(n):
             img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -208,6 +209,32 @@ def torch_equal(a, b):
     return bool((a == b).all())
 
 
+def test_open_gop_leading_frames(tmp_path, cache_dir):
+    """Open GOPs: B-frames after a keyframe in decode order that show before it and
+    reference the previous GOP. Every frame, alone or all at once, equals the sequential decode."""
+    path = tmp_path / "open_gop.mp4"
+    _encode(path, open_gop=True, bframes=3)
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        ref = [f.to_ndarray(format="rgb24") for f in c.decode(st)]
+    with av.open(str(path)) as c:
+        packets = [(p.pts, p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.size]
+    key_pts = [pts for pts, key in packets if key]
+    after_key = [packets[i + 1][0] for i, (pts, key) in enumerate(packets[:-1]) if key and i > 0]
+    assert any(a < k for a, k in zip(after_key, key_pts[1:])), "the encoder made no leading frames"
+    info = probe(path, cache=cache_dir)
+    assert info.num_frames == 60 and len(info.keyframes) == 6
+    order = list(range(60))
+    random.Random(0).shuffle(order)
+    for i in order[:25]:
+        got = ringload.read_frames(path, [i])
+        assert np.array_equal(got.data[0].permute(1, 2, 0).numpy(), ref[i]), i
+    got = ringload.read_frames(path, order)
+    assert got.decoded_frames <= 60
+    for k, i in enumerate(order):
+        assert np.array_equal(got.data[k].permute(1, 2, 0).numpy(), ref[i]), i
+
+
 def test_reader_stays_warm_for_sequential_runs(gop_video, cache_dir):
     from ringload._decode import VideoReader
 
@@ -230,6 +257,66 @@ def test_out_of_range_and_empty(gop_video):
         ringload.read_frames(gop_video, [-1])
     empty = ringload.read_frames(gop_video, [])
     assert tuple(empty.data.shape) == (0, 3, 48, 64) and tuple(empty.pts_seconds.shape) == (0,)
+
+
+@pytest.fixture(scope="module")
+def gop_reference(gop_video):
+    with av.open(str(gop_video)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
+@settings(max_examples=30)
+@given(calls=hst.lists(hst.lists(hst.integers(0, 59), min_size=1, max_size=12), min_size=1, max_size=4))
+def test_reader_any_call_sequence_is_exact(calls, gop_video, gop_reference, cache_dir):
+    """One warm reader, any sequence of calls (unsorted, repeated, backwards): exact frames,
+    each position once, and no call decodes more frames than the file has."""
+    from ringload._decode import VideoReader
+
+    info = probe(gop_video, cache=cache_dir)
+    with VideoReader(gop_video, info) as reader:
+        for indices in calls:
+            got = {}
+
+            def sink(pos, frame, got=got):
+                assert pos not in got
+                got[pos] = frame.to_ndarray(format="rgb24")
+
+            before = reader.decoded_frames
+            reader.decode(indices, sink)
+            assert sorted(got) == list(range(len(indices)))
+            for pos, i in enumerate(indices):
+                assert np.array_equal(got[pos], gop_reference[i])
+            assert reader.decoded_frames - before <= 60
+
+
+def test_index_types(gop_video):
+    a = ringload.read_frames(gop_video, np.array([3, 1], dtype=np.uint16))
+    b = ringload.read_frames(gop_video, (3.0, 1.0))
+    c = ringload.read_frames(gop_video, range(3, 0, -2))
+    assert a.indices.tolist() == b.indices.tolist() == c.indices.tolist() == [3, 1]
+    assert bool((a.data == b.data).all()) and bool((a.data == c.data).all())
+    with pytest.raises(ringload.ConfigError, match="integers"):
+        ringload.read_frames(gop_video, [1.5])
+    with pytest.raises(ringload.ConfigError, match="integers"):
+        ringload.read_frames(gop_video, ["3"])
+
+
+def test_count_rule_reads_by_position_from_the_start(gop_video, cache_dir):
+    """Streams without usable timestamps are read by counting frames from the start."""
+    import dataclasses
+
+    from ringload._decode import VideoReader
+
+    info = probe(gop_video, cache=cache_dir)
+    counted = dataclasses.replace(info, timestamps="count", keyframes=np.array([0]))
+    with av.open(str(gop_video)) as c:
+        ref = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    got = {}
+    with VideoReader(gop_video, counted) as reader:
+        reader.decode([41, 7, 59], lambda pos, f: got.__setitem__(pos, f.to_ndarray(format="rgb24")))
+        reader.decode([2], lambda pos, f: got.__setitem__(3, f.to_ndarray(format="rgb24")))
+    for pos, i in enumerate([41, 7, 59, 2]):
+        assert np.array_equal(got[pos], ref[i]), i
 
 
 # ---------------------------------------------------------------------- conversion

@@ -95,3 +95,4 @@ def test_descriptor_passing_to_spawned_process():
             proc.join(5)
         listener.close()
         ring.close()
+
