@@ -129,9 +129,18 @@ def run(args) -> int:
         cfg = config_from_args(args)
     except TypeError as exc:  # a dataclass field error is a usage error
         raise ConfigError(str(exc)) from None
-    doc = bench.run(cfg, progress=not args.no_progress)
-    doc["system"]["argv"] = sys.argv[1:]
     out = pathlib.Path(args.out) if args.out else _default_out()
+    cli_args = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+
+    def checkpoint(doc):
+        doc["system"]["argv"] = sys.argv
+        doc["cli_args"] = bench._jsonable(cli_args)
+        doc["complete"] = False
+        bench.write_json(doc, out)
+
+    doc = bench.run(cfg, progress=not args.no_progress, checkpoint=checkpoint)
+    checkpoint(doc)
+    doc["complete"] = True
     bench.write_json(doc, out)
     sys.stdout.write(bench.format_table(doc) + "\n")
     sys.stdout.write(f"results: {out}\n")

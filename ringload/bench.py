@@ -1009,11 +1009,14 @@ def plan_runs(cfg: BenchConfig) -> list[dict]:
     return runs
 
 
-def run(cfg: BenchConfig, *, progress: bool = True, write=None) -> dict:
-    """Run the benchmark described by ``cfg``; return the result document (see SCHEMA)."""
+def run(cfg: BenchConfig, *, progress: bool = True, checkpoint=None) -> dict:
+    """Run the benchmark described by ``cfg``; return the result document (see SCHEMA).
+
+    ``checkpoint(doc)``, when given, is called after every contender with the document so
+    far, so that a long run that is interrupted still leaves its results.
+    """
     from tqdm import tqdm
 
-    write = write or (lambda s: None)
     runs = plan_runs(cfg)
     doc: dict[str, Any] = {
         "schema": SCHEMA,
@@ -1073,6 +1076,9 @@ def run(cfg: BenchConfig, *, progress: bool = True, write=None) -> dict:
                 entry["rho"] = cfg.rho
                 entry["design_effect_bound"] = 1 + (m - 1) * cfg.rho if isinstance(m, int) else None
             doc["results"].append(entry)
+            if checkpoint is not None:
+                doc["ratios"] = ratios(doc["results"])
+                checkpoint(doc)
             if entry.get("status") != "ok":
                 log.info("%s: %s (%s)", spec["name"], entry.get("status"), entry.get("note"))
     finally:
