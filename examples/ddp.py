@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import pathlib
 import sys
@@ -164,6 +165,11 @@ def main(argv=None) -> int:
         }
         print(f"{summary['images_per_s']:.1f} images/s over {world} ranks")
         print_result(result)
+    # Tear down in order while the interpreter is fully alive: the DDP reducer and its
+    # communication state first, then the process group (gloo objects destroyed during
+    # interpreter finalisation can abort the process).
+    del model, opt
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
     return 0
