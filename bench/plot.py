@@ -43,26 +43,33 @@ def _subtitle(doc):
 
 
 def plot_throughput(doc, out: pathlib.Path) -> pathlib.Path | None:
+    """Images/s and images per CPU-second per contender, the ceiling marked on both."""
     plt = _figure()
     rows = [r for r in _ok(doc["results"]) if "sweep" not in r]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.8))
     names = [r["name"] for r in rows][::-1]
-    vals = [r["images_per_s"] for r in rows][::-1]
     colors = ["#888888" if n in ("starter", "ceiling") else "#1f77b4" for n in names]
-    ax.barh(names, vals, color=colors)
-    for y, v in enumerate(vals):
-        ax.text(v, y, f" {v:.0f}", va="center", fontsize=8)
-    cname, cval = _ceiling(doc["results"])
-    ax.set_xlim(0, max(vals + [cval or 0]) * 1.15)
-    if cval:
-        ax.axvline(cval, color="#d62728", linestyle="--", label=f"decode ceiling ({cname}) {cval:.0f} img/s")
-        ax.axvline(0.85 * cval, color="#d62728", linestyle=":", label="0.85 x ceiling")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.6 / len(rows)), ncol=2, fontsize=8)
-    ax.set_xlabel("images/s (median of timed windows)")
-    ax.set_title(f"Throughput, batch {rows[0].get('batch_size')}, {rows[0].get('workers')} workers\n{_subtitle(doc)}",
-                 fontsize=9)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.9), sharey=True)
+    cname, _ = _ceiling(doc["results"])
+    panels = (
+        ("images/s (median of timed windows)", lambda r: r["images_per_s"]),
+        ("images per CPU-second (all its processes)",
+         lambda r: 1.0 / r["cpu_s_per_image"] if r.get("cpu_s_per_image") else 0.0),
+    )
+    for ax, (label, fn) in zip(axes, panels):
+        vals = [fn(r) for r in rows][::-1]
+        ax.barh(names, vals, color=colors)
+        for y, v in enumerate(vals):
+            ax.text(v, y, f" {v:.1f}" if v < 10 else f" {v:.0f}", va="center", fontsize=8)
+        cval = next((fn(r) for r in rows if r["name"] == cname), None)
+        ax.set_xlim(0, max(vals + [cval or 0]) * 1.18)
+        if cval:
+            ax.axvline(cval, color="#d62728", linestyle="--", label=f"ceiling ({cname})")
+            ax.axvline(0.85 * cval, color="#d62728", linestyle=":", label="0.85 x ceiling")
+            ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
+        ax.set_xlabel(label, fontsize=9)
+    fig.suptitle(f"Batch {rows[0].get('batch_size')}, {rows[0].get('workers')} workers; {_subtitle(doc)}", fontsize=9)
     fig.tight_layout()
     path = out / "bench_throughput.png"
     fig.savefig(path, dpi=110)

@@ -103,6 +103,13 @@ def test_ratios_and_targets():
         "bounded >= 10 x starter": True,
         "strict >= 1.5 x starter": False,
     }
+    for row, cpu in zip(results, (0.1, 0.004, 0.005, 0.05)):
+        row["cpu_s_per_image"] = cpu
+    r = bench.ratios(results)
+    assert r["strict"]["cpu_x_starter"] == pytest.approx(2.0)
+    assert r["bounded"]["cpu_x_ceiling"] == pytest.approx(0.8)
+    assert r["targets"]["strict >= 1.5 x starter (per CPU-second)"] is True
+    assert r["targets"]["bounded >= 0.85 x ceiling (per CPU-second)"] is False
 
 
 def test_process_tree_accounting():
