@@ -109,3 +109,18 @@ def test_api_page_generator_runs_as_a_script():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("# API reference")
+
+
+def test_faq_answers_the_six_questions():
+    headings = _headings((DOCS / "faq.md").read_text())
+    numbers = [h.split(" ", 1)[0] for h in headings if h[:1].isdigit()]
+    assert numbers == ["1.", "2.", "3.", "4.", "4.1", "5.", "5.1", "6."]
+
+
+def test_exit_codes_are_documented():
+    from ringload import cli
+
+    text = (DOCS / "getting-started.md").read_text()
+    rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", text, flags=re.M))
+    assert set(rows) == {str(cli.EXIT_OK), str(cli.EXIT_FAILURE), str(cli.EXIT_USAGE), "130"}
+    assert "usage" in rows[str(cli.EXIT_USAGE)] and "Ctrl-C" in rows["130"]
