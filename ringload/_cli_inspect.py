@@ -1,0 +1,200 @@
+"""Show what ringload knows about videos: frames, timing, size, codec, GOP structure,
+and the ``chunk_len`` that suits them.
+
+The suggested ``chunk_len`` is the sampling plan's default, or two median GOPs when that
+is longer. It follows the throughput model of docs/sampling.md: bounded chunks start at
+random points, so a decoder walks on average (G - 1) / 2 frames from the keyframe before
+each chunk for a GOP of G frames, and reads at about C / (C + (G - 1) / 2) of sequential
+speed with chunks of C. Two GOPs or more keep that at 80 % or better; the output shows the
+expected share. Longer chunks also raise the statistical cost over many steps (the same
+document), so the suggestion is no longer than the speed needs. Exit status: 0 when every
+file was read, 1 when any file failed (the other files are still shown), 2 for bad
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import RingloadError
+
+log = logging.getLogger(__name__)
+
+HELP = "show frames, fps, size, codec, GOP statistics and a suggested chunk_len"
+
+def _plan_defaults() -> tuple[int, int]:
+    from .plan import DEFAULT_CHUNK_LEN, MAX_CHUNK_LEN
+
+    return int(DEFAULT_CHUNK_LEN), int(MAX_CHUNK_LEN)
+
+
+@dataclass(frozen=True)
+class GopStats:
+    """Keyframe intervals of one video, in frames."""
+
+    count: int  # keyframes
+    min: int
+    median: float
+    max: int
+    regular: bool  # every complete interval has the same length
+
+    def as_dict(self) -> dict:
+        return {"keyframes": self.count, "min": self.min, "median": self.median, "max": self.max, "regular": self.regular}
+
+
+def gop_stats(keyframes, num_frames: int) -> GopStats:
+    """Interval statistics from keyframe positions (presentation order).
+
+    Only complete intervals (keyframe to next keyframe) count; the tail after the last
+    keyframe is cut by the end of the file, not by the encoder. A file with one keyframe
+    is one GOP of ``num_frames``.
+    """
+    k = np.unique(np.asarray(keyframes, dtype=np.int64))
+    if num_frames <= 0:
+        return GopStats(count=int(k.size), min=0, median=0.0, max=0, regular=True)
+    if k.size < 2:
+        return GopStats(count=int(k.size), min=num_frames, median=float(num_frames), max=num_frames, regular=True)
+    d = np.diff(k)
+    return GopStats(
+        count=int(k.size), min=int(d.min()), median=float(np.median(d)), max=int(d.max()), regular=bool(d.min() == d.max())
+    )
+
+
+def suggest_chunk_len(median_gop: float, *, default: int | None = None) -> int:
+    """The plan's default chunk length, or two median GOPs when longer (within the plan's cap)."""
+    plan_default, cap = _plan_defaults()
+    target = plan_default if default is None else int(default)
+    return int(min(cap, max(target, math.ceil(2 * median_gop))))
+
+
+def sequential_speed_share(chunk_len: int, median_gop: float) -> float:
+    """Expected decode speed with chunks of ``chunk_len`` as a share of sequential reading.
+
+    docs/sampling.md, "Throughput model": a chunk starts at a uniformly random position
+    within a GOP of G frames, so the walk from the keyframe costs (G - 1) / 2 frames on
+    average besides the chunk's own ``chunk_len``.
+    """
+    walk = max(0.0, (median_gop - 1) / 2)
+    return chunk_len / (chunk_len + walk) if chunk_len > 0 else 0.0
+
+
+def _header_frames(path: str, stream: int) -> int | None:
+    """The frame count the container claims (None when it does not say)."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            n = int(container.streams[stream].frames or 0)
+    except (av.FFmpegError, OSError, IndexError):
+        return None
+    return n or None
+
+
+def _describe(path: str, stream: int | None, cache: bool) -> dict:
+    from .probe import probe
+
+    info = probe(path, stream=stream, cache=cache)
+    n = int(info.num_frames)
+    gops = gop_stats(info.keyframes, n)
+    if gops.count > 1:
+        # A chunk never extends past its video: in a short file it is the whole file.
+        chunk = max(1, min(suggest_chunk_len(gops.median), n))
+        speed = round(sequential_speed_share(chunk, gops.median), 4)
+    else:
+        # One keyframe: every read decodes from the first frame whatever the chunk length.
+        chunk, speed = max(1, min(_plan_defaults()[0], n)), None
+    return {
+        "path": path,
+        "ok": True,
+        "stream": int(info.stream),
+        "num_frames": n,
+        "header_frames": _header_frames(path, int(info.stream)),
+        "fps": float(info.fps),
+        "duration_seconds": float(info.duration_seconds),
+        "width": int(info.width),
+        "height": int(info.height),
+        "rotation": int(info.rotation or 0),
+        "codec": str(info.codec),
+        "pix_fmt": str(info.pix_fmt),
+        "time_base": str(info.time_base),
+        "timestamps": str(getattr(info, "timestamps", "pts")),
+        "gop": gops.as_dict(),
+        "suggested_chunk_len": chunk,
+        "speed_vs_sequential": speed,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="video files to inspect")
+    parser.add_argument("--stream", type=int, default=None, help="video stream index (default: the best video stream)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--no-cache", action="store_true", help="index the files afresh, ignoring the index cache")
+
+
+def _text(rec: dict) -> str:
+    g = rec["gop"]
+    size = f"{rec['width']}x{rec['height']}"
+    header = rec.get("header_frames")
+    note = f" (the container header says {header})" if header is not None and header != rec["num_frames"] else ""
+    lines = [
+        f"{rec['path']}  [stream {rec['stream']}]",
+        f"  frames {rec['num_frames']}{note}  fps {rec['fps']:.3f}  duration {rec['duration_seconds']:.3f} s  "
+        f"size {size}  rotation {rec['rotation']}  codec {rec['codec']}  pix_fmt {rec['pix_fmt']}",
+        (
+            f"  keyframes {g['keyframes']}  GOP min/median/max {g['min']}/{g['median']:g}/{g['max']}"
+            + ("" if g["regular"] else "  (irregular)")
+            if g["keyframes"] > 1
+            else f"  keyframes {g['keyframes']}  GOP: the whole file ({rec['num_frames']} frames)"
+        ),
+        f"  suggested chunk_len {rec['suggested_chunk_len']}"
+        + (
+            f"  (about {100 * rec['speed_vs_sequential']:.0f}% of sequential decode speed)"
+            if rec["speed_vs_sequential"] is not None
+            else "  (one keyframe: every read decodes from the first frame)"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, *, out=None) -> int:
+    out = sys.stdout if out is None else out
+    records = []
+    for path in args.paths:
+        try:
+            rec = _describe(path, args.stream, not getattr(args, "no_cache", False))
+        except RingloadError as exc:
+            # The error names the file; keep going so one bad file does not hide the rest.
+            log.error("%s", exc)
+            rec = {"path": path, "ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+        records.append(rec)
+        if not args.json:
+            if rec["ok"]:
+                out.write(_text(rec) + "\n")
+            else:
+                out.write(f"{path}\n  error {rec['error']['type']}: {rec['error']['message']}\n")
+            out.flush()
+    good = [r for r in records if r["ok"]]
+    overall = None
+    if good:
+        # Files with a single keyframe say nothing about the encoder's GOP: leave them out.
+        gops = [r["gop"]["median"] for r in good if r["gop"]["keyframes"] > 1]
+        overall = suggest_chunk_len(float(np.median(gops))) if gops else _plan_defaults()[0]
+    if args.json:
+        json.dump({"files": records, "suggested_chunk_len": overall, "default_chunk_len": _plan_defaults()[0]}, out, indent=2)
+        out.write("\n")
+    elif len(records) > 1:
+        failed = len(records) - len(good)
+        out.write(
+            f"\n{len(good)} of {len(records)} files read"
+            + (f", {failed} failed" if failed else "")
+            + (f"; suggested chunk_len for all of them: {overall}" if overall is not None else "")
+            + "\n"
+        )
+    return 0 if len(good) == len(records) else 1

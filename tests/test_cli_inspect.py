@@ -1,0 +1,148 @@
+import importlib.util
+import io
+import json
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from ringload import _cli_inspect, cli
+
+
+def _decoded_counts(videos_dir):
+    """File -> {stream: decoded frame count} from the SOURCES.md table (None: the first video stream)."""
+    counts = {}
+    for line in (videos_dir / "SOURCES.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 10 and cells[1].startswith("`"):
+            m = re.match(r"\**(\d+)", cells[8])
+            if m:
+                per_stream = {None: int(m.group(1))}
+                for s, n in re.findall(r"stream(\d+) \([^)]*\): (\d+)", cells[8]):
+                    per_stream[int(s)] = int(n)
+                counts[cells[1].strip("`")] = per_stream
+    return counts
+
+
+def test_gop_stats_uses_complete_intervals():
+    g = _cli_inspect.gop_stats([0, 30, 60, 90], 100)  # tail of 10 frames is cut by the file end
+    assert (g.count, g.min, g.median, g.max, g.regular) == (4, 30, 30.0, 30, True)
+    g = _cli_inspect.gop_stats([0, 12, 40, 50], 55)
+    assert (g.min, g.median, g.max, g.regular) == (10, 12.0, 28, False)
+    g = _cli_inspect.gop_stats([0], 77)  # one keyframe: the whole file is one GOP
+    assert (g.count, g.min, g.median, g.max) == (1, 77, 77.0, 77)
+
+
+@pytest.mark.parametrize(
+    ("gop", "default", "expected"),
+    [(30, 64, 64), (25, 64, 64), (1, 64, 64), (60, 64, 120), (250, 64, 500), (12.5, 100, 100), (3000, 64, 4096)],
+)
+def test_suggested_chunk_len(gop, default, expected):
+    got = _cli_inspect.suggest_chunk_len(gop, default=default)
+    assert got == expected
+    if got < 4096:  # below the plan's cap chunks read at 80 % of sequential speed or better
+        assert _cli_inspect.sequential_speed_share(got, gop) >= 0.8
+
+
+def test_suggestion_uses_the_plan_default():
+    from ringload import plan
+
+    assert _cli_inspect.suggest_chunk_len(1) == plan.DEFAULT_CHUNK_LEN
+    assert _cli_inspect.sequential_speed_share(64, 1) == 1.0
+    # docs/sampling.md's table: GOP 30, C=64 reads at 0.82 of sequential speed; GOP 250 at 0.34.
+    assert round(_cli_inspect.sequential_speed_share(64, 30), 2) == 0.82
+    assert round(_cli_inspect.sequential_speed_share(64, 250), 2) == 0.34
+
+
+def test_inspect_every_shared_video(videos_dir, tmp_path):
+    paths = sorted(p for p in videos_dir.iterdir() if p.name != "SOURCES.md")
+    assert len(paths) >= 26
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"this is not a video" * 100)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    out = io.StringIO()
+    args = SimpleNamespace(paths=[str(p) for p in paths] + [str(garbage), str(empty)], stream=None, json=True)
+    rc = _cli_inspect.run(args, out=out)
+    doc = json.loads(out.getvalue())
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in doc["files"]}
+    assert rc == 1  # the bad files fail, the rest are still reported
+    for bad in (garbage, empty):
+        rec = by_name[bad.name]
+        assert not rec["ok"] and str(bad) in rec["error"]["message"]
+        assert rec["error"]["type"] in {"VideoOpenError", "NoVideoStreamError", "DecodeError", "VideoError"}
+    counts = _decoded_counts(videos_dir)
+    corrupted = by_name["decord_corrupted.mp4"]
+    if corrupted["ok"]:  # probe reports the frames that really decode, and the header's claim
+        assert corrupted["num_frames"] == counts["decord_corrupted.mp4"][None]
+        assert corrupted["header_frames"] == 50
+    else:  # ... or refuses the file with a typed error that names it
+        assert "decord_corrupted.mp4" in corrupted["error"]["message"]
+    for p in paths:
+        rec = by_name[p.name]
+        if p.name == "decord_corrupted.mp4":
+            continue
+        assert rec["ok"], rec
+        known = counts[p.name]
+        assert rec["num_frames"] == known.get(rec["stream"], known[None]), p.name
+        assert rec["width"] > 0 and rec["height"] > 0 and rec["fps"] > 0 and rec["duration_seconds"] > 0
+        g = rec["gop"]
+        assert 1 <= g["keyframes"] <= rec["num_frames"]
+        assert 1 <= g["min"] <= g["median"] <= g["max"] <= rec["num_frames"]
+        if g["keyframes"] > 1:
+            assert rec["suggested_chunk_len"] == min(rec["num_frames"], _cli_inspect.suggest_chunk_len(g["median"]))
+            assert 0.8 <= rec["speed_vs_sequential"] <= 1.0 or rec["suggested_chunk_len"] == rec["num_frames"]
+        else:
+            assert rec["suggested_chunk_len"] == min(rec["num_frames"], 64) and rec["speed_vs_sequential"] is None
+    assert doc["suggested_chunk_len"] >= 1
+
+
+def test_inspect_text_output_and_typed_error_from_the_command_line(videos_dir, tmp_path):
+    garbage = tmp_path / "not_a_video.mkv"
+    garbage.write_bytes(b"\x00garbage" * 500)
+    good = videos_dir / "bikes.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ringload.cli", "inspect", str(good), str(garbage)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == cli.EXIT_FAILURE
+    assert str(garbage) in proc.stderr
+    assert "bikes.mp4" in proc.stdout and "frames 250 " in proc.stdout and "suggested chunk_len" in proc.stdout
+    assert "1 of 2 files read, 1 failed" in proc.stdout
+
+
+def test_inspect_usage_error_exits_2():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ringload.cli", "inspect"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == cli.EXIT_USAGE
+    assert "PATH" in proc.stderr
+
+
+def _cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "ringload.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_top_level_help_lists_every_command():
+    proc = _cli("--help")
+    assert proc.returncode == cli.EXIT_OK
+    listed = set(re.findall(r"^    ([a-z]+) ", proc.stdout, flags=re.M))
+    present = set()
+    for name, module in cli._COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            present.add(name)
+    assert {"index", "inspect", "bench"} <= present <= listed, (present, listed)
+    for name in sorted(present):  # each command has its own help, and it exits 0
+        sub = _cli(name, "--help")
+        assert sub.returncode == cli.EXIT_OK, sub.stderr
+        assert f"usage: ringload {name}" in sub.stdout
+
+
+def test_no_command_is_a_usage_error():
+    proc = _cli()
+    assert proc.returncode == cli.EXIT_USAGE
+    assert "COMMAND" in proc.stdout + proc.stderr
