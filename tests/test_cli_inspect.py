@@ -36,20 +36,21 @@ def test_gop_stats_uses_complete_intervals():
 
 
 @pytest.mark.parametrize(
-    ("gop", "default", "expected"),
-    [(30, 64, 64), (25, 64, 64), (1, 64, 64), (60, 64, 120), (250, 64, 500), (12.5, 100, 100), (3000, 64, 4096)],
+    ("gop", "expected"),
+    [(30, 120), (25, 100), (1, 64), (12, 64), (60, 240), (250, 256), (3000, 256)],
 )
-def test_suggested_chunk_len(gop, default, expected):
-    got = _cli_inspect.suggest_chunk_len(gop, default=default)
+def test_suggested_chunk_len(gop, expected):
+    got = _cli_inspect.suggest_chunk_len(gop)
     assert got == expected
-    if got < 4096:  # below the plan's cap chunks read at 80 % of sequential speed or better
-        assert _cli_inspect.sequential_speed_share(got, gop) >= 0.8
+    if got < 256:  # below the cap chunks read at 85 % of sequential speed or better
+        assert _cli_inspect.sequential_speed_share(got, gop) >= 0.85
 
 
-def test_suggestion_uses_the_plan_default():
+def test_suggestion_is_the_loader_default():
     from ringload import plan
 
     assert _cli_inspect.suggest_chunk_len(1) == plan.DEFAULT_CHUNK_LEN
+    assert _cli_inspect.suggest_chunk_len(30) == plan.chunk_len_for_gop(30)
     assert _cli_inspect.sequential_speed_share(64, 1) == 1.0
     # docs/sampling.md's table: GOP 30, C=64 reads at 0.82 of sequential speed; GOP 250 at 0.34.
     assert round(_cli_inspect.sequential_speed_share(64, 30), 2) == 0.82
@@ -57,6 +58,8 @@ def test_suggestion_uses_the_plan_default():
 
 
 def test_inspect_every_shared_video(videos_dir, tmp_path):
+    from ringload import plan
+
     paths = sorted(p for p in videos_dir.iterdir() if p.name != "SOURCES.md")
     assert len(paths) >= 26
     garbage = tmp_path / "garbage.mp4"
@@ -93,7 +96,8 @@ def test_inspect_every_shared_video(videos_dir, tmp_path):
         assert 1 <= g["min"] <= g["median"] <= g["max"] <= rec["num_frames"]
         if g["keyframes"] > 1:
             assert rec["suggested_chunk_len"] == min(rec["num_frames"], _cli_inspect.suggest_chunk_len(g["median"]))
-            assert 0.8 <= rec["speed_vs_sequential"] <= 1.0 or rec["suggested_chunk_len"] == rec["num_frames"]
+            capped = rec["suggested_chunk_len"] in (rec["num_frames"], plan.MAX_AUTO_CHUNK_LEN)
+            assert 0.85 <= rec["speed_vs_sequential"] <= 1.0 or capped
         else:
             assert rec["suggested_chunk_len"] == min(rec["num_frames"], 64) and rec["speed_vs_sequential"] is None
     assert doc["suggested_chunk_len"] >= 1
