@@ -11,8 +11,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	touch $(STAMP)
 
+# The loader on a generated dataset, then the quick side-by-side benchmark (results in out/).
 demo: $(STAMP)
 	$(PY) -m ringload.demo
+	$(VENV)/bin/ringload bench --quick --no-progress --out out/bench-quick.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q

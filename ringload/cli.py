@@ -20,12 +20,16 @@ _COMMANDS = {
 EXIT_OK = 0
 EXIT_FAILURE = 1  # ran, but something the user asked for failed (bad files, missed target)
 EXIT_USAGE = 2  # bad arguments (argparse's own convention)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+_EPILOG = "exit status: 0 ok, 1 something asked for failed (named in the log), 2 bad arguments, 130 interrupted"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ringload",
         description="Fast, exact video frame and clip loading for PyTorch.",
+        epilog=_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"ringload {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -37,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -57,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("ringload").error("%s", exc)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
