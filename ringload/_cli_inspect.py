@@ -2,8 +2,9 @@
 and the ``chunk_len`` that suits them.
 
 The suggested ``chunk_len`` is the one ``VideoLoader`` picks for bounded sampling when
-``chunk_len`` is left unset (``ringload.plan.chunk_len_for_gop``): four median GOPs,
-between 64 and 256. It follows the throughput model of docs/sampling.md: bounded chunks
+``chunk_len`` is left unset at the default ``batch_size=128``
+(``ringload.plan.chunk_len_for_gop``): four median GOPs, at least 64, at most 128 (a
+chunk then spreads over at most 8 batches). It follows the throughput model of docs/sampling.md: bounded chunks
 start at random points, so a decoder walks on average (G - 1) / 2 frames from the
 keyframe before each chunk for a GOP of G frames, and reads at about C / (C + (G - 1) / 2)
 of sequential speed with chunks of C. Four GOPs keep that near 89 %; the output shows the
@@ -69,7 +70,7 @@ def gop_stats(keyframes, num_frames: int) -> GopStats:
 
 
 def suggest_chunk_len(median_gop: float) -> int:
-    """The bounded ``chunk_len`` the loader uses by default for this median GOP."""
+    """The bounded ``chunk_len`` the loader uses by default (batch 128) for this median GOP."""
     from .plan import chunk_len_for_gop
 
     return chunk_len_for_gop(median_gop)

@@ -373,8 +373,9 @@ class VideoLoader:
     ``num_segments`` frames, one per equal part of the video). ``sampling`` is
     ``"bounded"`` (chunks of ``chunk_len`` consecutive starts, at most ``max_per_chunk``
     per batch; docs/sampling.md), ``"strict"`` (uniform permutation) or ``"sequential"``.
-    Bounded ``chunk_len=None`` takes four median GOPs of the data, between 64 and 256
-    (``plan.chunk_len_for_gop``); ``stats()`` reports the values in use.
+    Bounded ``chunk_len=None`` takes four median GOPs of the data, at least 64, and longer
+    than 64 only while a chunk spans at most 8 batches (``plan.chunk_len_for_gop``);
+    ``stats()`` reports the values in use.
 
     Pixels: ``crop`` is ``"random_resized"`` (torchvision's RandomResizedCrop with
     ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
@@ -468,12 +469,13 @@ class VideoLoader:
         cfg = self.config
         if cfg.sampling != "bounded" or cfg.chunk_len is not None:
             return cfg.chunk_len
-        from .plan import chunk_len_for_gop
+        from .plan import chunk_len_for_gop, default_max_per_chunk
 
         gaps = [np.diff(i.keyframes) for i in self._infos if i is not None and len(i.keyframes) > 1]
         if not gaps:
             return None
-        return chunk_len_for_gop(float(np.median(np.concatenate(gaps))))
+        m = cfg.max_per_chunk or default_max_per_chunk(cfg.batch_size)
+        return chunk_len_for_gop(float(np.median(np.concatenate(gaps))), max_per_chunk=m)
 
     def _probe_all(self):
         from .probe import index_paths, probe

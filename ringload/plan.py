@@ -57,9 +57,11 @@ DEFAULT_CHUNK_LEN = 64
 DEFAULT_MAX_PER_CHUNK = 16
 #: Longest accepted chunk: beyond this the keyframe walk is already < 0.4 % of the work.
 MAX_CHUNK_LEN = 4096
-# The longest chunk the GOP-based default picks: longer chunks read faster but raise the
-# variance over several steps towards 1 + (chunk_len - 1) * rho (docs/sampling.md).
+# Limits of the GOP-based default: longer chunks read faster but raise the variance over
+# several steps towards 1 + (chunk_len - 1) * rho (docs/sampling.md), over the
+# chunk_len / max_per_chunk batches a chunk spreads across.
 MAX_AUTO_CHUNK_LEN = 256
+MAX_AUTO_CHUNK_BATCHES = 8
 
 # Chunks up to this length are shuffled exactly; longer ones by an affine map (see _within).
 _EXACT_WITHIN = 256
@@ -626,14 +628,16 @@ def segment_indices(num_frames: int, num_segments: int, *, seed: int, mode: str 
     return lo + np.minimum((u * width).astype(np.int64), width - 1)
 
 
-def chunk_len_for_gop(median_gop: float) -> int:
+def chunk_len_for_gop(median_gop: float, *, max_per_chunk: int = DEFAULT_MAX_PER_CHUNK) -> int:
     """Default bounded ``chunk_len`` for videos whose median keyframe interval is ``median_gop``.
 
     A chunk starts at a random point of a GOP and decodes about ``(G - 1) / 2`` frames it
-    does not deliver, so it reads at ``C / (C + (G - 1) / 2)`` of sequential speed. Four
-    GOPs keep that near 0.89; the result is at least ``DEFAULT_CHUNK_LEN`` and at most
-    ``MAX_AUTO_CHUNK_LEN``. docs/sampling.md gives the statistical side of the choice.
+    does not deliver, so it reads at ``C / (C + (G - 1) / 2)`` of sequential speed: four
+    GOPs keep that near 0.89. The result grows beyond ``DEFAULT_CHUNK_LEN`` only while a
+    chunk still spreads over at most ``MAX_AUTO_CHUNK_BATCHES`` batches
+    (``8 * max_per_chunk`` starts) and ``MAX_AUTO_CHUNK_LEN``; docs/sampling.md says why.
     """
     if not np.isfinite(median_gop) or median_gop <= 0:
         return DEFAULT_CHUNK_LEN
-    return int(min(MAX_AUTO_CHUNK_LEN, max(DEFAULT_CHUNK_LEN, round(4 * float(median_gop)))))
+    cap = min(MAX_AUTO_CHUNK_LEN, MAX_AUTO_CHUNK_BATCHES * int(max_per_chunk))
+    return int(max(DEFAULT_CHUNK_LEN, min(round(4 * float(median_gop)), cap)))

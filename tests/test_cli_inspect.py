@@ -37,12 +37,12 @@ def test_gop_stats_uses_complete_intervals():
 
 @pytest.mark.parametrize(
     ("gop", "expected"),
-    [(30, 120), (25, 100), (1, 64), (12, 64), (60, 240), (250, 256), (3000, 256)],
+    [(30, 120), (25, 100), (1, 64), (12, 64), (60, 128), (250, 128), (3000, 128)],
 )
 def test_suggested_chunk_len(gop, expected):
     got = _cli_inspect.suggest_chunk_len(gop)
     assert got == expected
-    if got < 256:  # below the cap chunks read at 85 % of sequential speed or better
+    if got < 128:  # below the cap (8 batches of 16) chunks read at 85 % of sequential speed or better
         assert _cli_inspect.sequential_speed_share(got, gop) >= 0.85
 
 
@@ -96,7 +96,7 @@ def test_inspect_every_shared_video(videos_dir, tmp_path):
         assert 1 <= g["min"] <= g["median"] <= g["max"] <= rec["num_frames"]
         if g["keyframes"] > 1:
             assert rec["suggested_chunk_len"] == min(rec["num_frames"], _cli_inspect.suggest_chunk_len(g["median"]))
-            capped = rec["suggested_chunk_len"] in (rec["num_frames"], plan.MAX_AUTO_CHUNK_LEN)
+            capped = rec["suggested_chunk_len"] in (rec["num_frames"], plan.chunk_len_for_gop(1e9))
             assert 0.85 <= rec["speed_vs_sequential"] <= 1.0 or capped
         else:
             assert rec["suggested_chunk_len"] == min(rec["num_frames"], 64) and rec["speed_vs_sequential"] is None

@@ -310,11 +310,13 @@ def test_chunk_len_for_gop_rule():
 
     assert chunk_len_for_gop(10) == DEFAULT_CHUNK_LEN
     assert chunk_len_for_gop(30) == 120
-    assert chunk_len_for_gop(250) == MAX_AUTO_CHUNK_LEN
+    assert chunk_len_for_gop(250) == 128  # 8 batches of max_per_chunk=16
+    assert chunk_len_for_gop(250, max_per_chunk=64) == MAX_AUTO_CHUNK_LEN
+    assert chunk_len_for_gop(30, max_per_chunk=2) == DEFAULT_CHUNK_LEN  # small batches keep 64
     assert chunk_len_for_gop(float("nan")) == DEFAULT_CHUNK_LEN
     # The rule's purpose: a four-GOP chunk reads at >= 0.85 of sequential speed in the
-    # throughput model C / (C + (G - 1) / 2), wherever the cap does not bind.
-    for gop in (12, 30, 48, 60):
+    # throughput model C / (C + (G - 1) / 2), wherever no cap binds.
+    for gop in (12, 20, 30):
         c = chunk_len_for_gop(gop)
         assert c / (c + (gop - 1) / 2) >= 0.85
 
@@ -328,9 +330,12 @@ def test_bounded_default_chunk_len_follows_the_data_gop(tmp_path):
         paths.append(str(tmp_path / f"g{i}.mp4"))
         make_video(paths[-1], width=64, height=48, fps=30, seconds=12, gop=30, bframes=0, seed=i)
     assert chunk_len_for_gop(30) == 120
-    with ringload.VideoLoader(paths, batch_size=8, size=(16, 16), num_workers=1) as loader:
-        assert loader.stats()["chunk_len"] == 120
-    with ringload.VideoLoader(paths, batch_size=8, size=(16, 16), num_workers=1, chunk_len=5) as loader:
+    kw = dict(batch_size=32, size=(16, 16), num_workers=1)
+    with ringload.VideoLoader(paths, max_per_chunk=16, **kw) as loader:
+        assert (loader.stats()["chunk_len"], loader.stats()["max_per_chunk"]) == (120, 16)
+    with ringload.VideoLoader(paths, **kw) as loader:  # default m = 32 // 8 = 4: 8 batches hold 32 starts
+        assert loader.stats()["chunk_len"] == 64
+    with ringload.VideoLoader(paths, chunk_len=5, **kw) as loader:
         assert loader.stats()["chunk_len"] == 5
-    with ringload.VideoLoader(paths, batch_size=8, size=(16, 16), num_workers=1, sampling="strict") as loader:
+    with ringload.VideoLoader(paths, sampling="strict", **kw) as loader:
         assert loader.stats()["chunk_len"] is None
