@@ -231,6 +231,11 @@ class Meter:
     def line(self, step: int) -> str:
         return f"step {step:4d}  loss {self.losses[-1]:.4f}  {self.rate():8.1f} {self.unit}/s"
 
+    def report(self, step: int, steps: int) -> None:
+        """Print a progress line at the first step and about eight times over ``steps``."""
+        if step % max(1, steps // 8) == 0 or step == 1:
+            print(self.line(step), flush=True)
+
     def summary(self) -> dict:
         k = max(1, min(5, len(self.losses) // 4))
         first = sum(self.losses[:k]) / k

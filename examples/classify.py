@@ -187,8 +187,7 @@ def main(argv=None) -> int:
                 opt.step()
                 step += 1
                 meter.step_done(logits.shape[0], loss.item())
-                if step % max(1, args.steps // 8) == 0 or step == 1:
-                    print(meter.line(step), flush=True)
+                meter.report(step, args.steps)
                 if step >= args.steps:
                     break
             epoch += 1

@@ -105,8 +105,7 @@ def main(argv=None) -> int:
                 opt.step()
                 step += 1
                 meter.step_done(clip.shape[0], loss.item())
-                if step % max(1, args.steps // 8) == 0 or step == 1:
-                    print(meter.line(step), flush=True)
+                meter.report(step, args.steps)
                 if step >= args.steps:
                     break
             epoch += 1

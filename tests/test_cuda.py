@@ -313,20 +313,23 @@ def test_stress_slots_never_reused_before_their_copy_finished(shm_slots, registe
     assert bad == 0
 
 
+class _EarlyReleaseTransfer(_cuda.CudaTransfer):
+    """A broken transfer for control tests: hands slots back before their copy ran."""
+
+    def reclaim(self, timeout_s=0.0):
+        released = [c.slot for c in self._ledger.pending if c.slot is not None]
+        for c in self._ledger.pending:
+            c.slot = None
+        return self._ledger.take_done() + released
+
+
 @pytest.mark.cuda
 def test_stress_detects_early_reuse_in_a_broken_transfer(shm_slots):
     """Control: a transfer that hands slots back before the copy ran is caught by the stress test."""
 
-    class Broken(_cuda.CudaTransfer):
-        def reclaim(self, timeout_s=0.0):
-            released = [c.slot for c in self._ledger.pending if c.slot is not None]
-            for c in self._ledger.pending:
-                c.slot = None
-            return self._ledger.take_done() + released
-
     shape = (8, 3, 96, 96)
     slots = shm_slots(3, int(np.prod(shape)))
-    with Broken("cuda", prefetch_depth=2) as t:
+    with _EarlyReleaseTransfer("cuda", prefetch_depth=2) as t:
         t.register(slots)
         assert t.mode == "registered"
         bad = _run_ring(t, slots, shape, 30, side_delay_ms=20, consumer_delay_ms=0)
@@ -603,16 +606,9 @@ def test_sim_fast_ring_never_sees_an_unfinished_copy(sim, refuse):
 
 
 def test_sim_broken_reclaim_is_caught(sim):
-    class Broken(_cuda.CudaTransfer):
-        def reclaim(self, timeout_s=0.0):
-            released = [c.slot for c in self._ledger.pending if c.slot is not None]
-            for c in self._ledger.pending:
-                c.slot = None
-            return self._ledger.take_done() + released
-
     shape = (4, 3, 8, 8)
     slots = _anon_slots(3, int(np.prod(shape)))
-    with Broken("cuda", prefetch_depth=2) as t:
+    with _EarlyReleaseTransfer("cuda", prefetch_depth=2) as t:
         t.register(slots)
         assert _sim_ring(t, slots, shape, 30, sim) > 0
 
