@@ -24,7 +24,7 @@ from .errors import ConfigError, DecodeError, NoVideoStreamError, VideoError, Vi
 log = logging.getLogger(__name__)
 
 # Bump when the meaning or layout of a cache entry changes: old entries are then ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 # Codecs whose demuxed packets map one to one onto shown frames (each packet carries one
 # picture, the decoder emits one frame per packet). VP8/VP9 packets are parsed for the
@@ -47,7 +47,9 @@ class VideoInfo:
     that decodes, in presentation order; ``keyframes`` lists the indices of frames that
     decode without earlier frames. ``rotation`` is the display-matrix rotation in degrees
     (frames are returned as coded, not rotated). ``timestamps`` says how frame times
-    were derived: "pts", "dts" or "count" (see docs/indexing.md).
+    were derived: "pts", "dts" or "count" (see docs/indexing.md). ``file_size`` and
+    ``file_mtime_ns`` identify the file the index was built from (-1: unknown); decoders
+    refuse a file that no longer matches them.
     """
 
     path: str
@@ -64,6 +66,8 @@ class VideoInfo:
     pix_fmt: str
     time_base: Fraction
     timestamps: str = TS_PTS
+    file_size: int = -1
+    file_mtime_ns: int = -1
 
     def __post_init__(self):
         if self.num_frames != len(self.pts) or len(self.pts) != len(self.pts_seconds):
@@ -108,6 +112,8 @@ class VideoInfo:
             "pix_fmt": self.pix_fmt,
             "time_base": [self.time_base.numerator, self.time_base.denominator],
             "timestamps": self.timestamps,
+            "file_size": self.file_size,
+            "file_mtime_ns": self.file_mtime_ns,
         }
 
     @classmethod
@@ -131,6 +137,8 @@ class VideoInfo:
             pix_fmt=str(d["pix_fmt"]),
             time_base=tb,
             timestamps=str(d["timestamps"]),
+            file_size=int(d["file_size"]),
+            file_mtime_ns=int(d["file_mtime_ns"]),
         )
 
 
@@ -167,7 +175,7 @@ def _probe(path, *, stream, cache, threads: int | None) -> VideoInfo:
         info = _cache_load(cache_dir, key, path)
         if info is not None:
             return info
-    info = _build(path, stream, threads)
+    info = dataclasses.replace(_build(path, stream, threads), file_size=st.st_size, file_mtime_ns=st.st_mtime_ns)
     if cache_dir is not None and key is not None:
         _cache_store(cache_dir, key, info)
     return info
