@@ -81,15 +81,16 @@ class _Sample:
 
 
 class _Batch:
-    __slots__ = ("k", "slot", "samples", "remaining", "retired", "failed")
+    __slots__ = ("k", "slot", "samples", "remaining", "retired", "failed", "held")
 
     def __init__(self, k, slot):
         self.k = k
         self.slot = slot
         self.samples: list[_Sample] = []
         self.remaining = 0
-        self.retired = False
+        self.retired = False  # no longer wanted: its slot is freed once nothing uses it
         self.failed = False
+        self.held = False  # handed to the consumer, which gives the slot back through release()
 
     def inflight(self) -> int:
         return sum(s.inflight for s in self.samples)
@@ -244,6 +245,8 @@ class Scheduler:
         with self._lock:
             if self._futures.get(k) is fut:
                 del self._futures[k]  # delivered: keep the table as small as the window
+        # The slot is the consumer's until release(): a new epoch must not reuse it before.
+        self._call(self._hold, result.slot)
         return result
 
     def release(self, slot: int) -> None:
@@ -254,7 +257,9 @@ class Scheduler:
         return [d.pid for d in list(self._decoders.values()) if not d.dead]
 
     def snapshot(self) -> dict:
+        batches = list(self._slot_batch.values())
         return {
+            "ready_batches": sum(1 for b in batches if b.remaining == 0 and not (b.retired or b.failed or b.held)),
             "counters": dict(self.counters),
             "quarantined": dict(self.quarantined),
             "decoders": [
@@ -480,9 +485,12 @@ class Scheduler:
     # ---- epochs and batches
 
     def _begin_epoch(self, gen: int, sampler, first_k: int, end_k: int) -> None:
-        for batch in list(self._active.values()):
+        # Every batch of the old pass is retired before any slot is freed: a slot freed
+        # while the old sampler is still in place would be refilled with the old pass and
+        # then never freed again.
+        old = list(self._slot_batch.values())
+        for batch in old:
             batch.retired = True
-            self._maybe_free(batch)
         self._active.clear()
         self._pending.clear()
         self._group_min.clear()
@@ -493,8 +501,15 @@ class Scheduler:
         self._epoch_gen = gen
         self._next_k = first_k
         self._end_k = end_k
+        for batch in old:
+            self._maybe_free(batch)
         self._guard(self._admit)
         self._dispatch()
+
+    def _hold(self, slot: int) -> None:
+        batch = self._slot_batch.get(slot)
+        if batch is not None:
+            batch.held = True
 
     def _admit(self) -> None:
         while self._free_slots and self._next_k < self._end_k and self._sampler is not None:
@@ -811,14 +826,16 @@ class Scheduler:
         batch = self._slot_batch.get(slot)
         if batch is None:
             return
+        batch.held = False
         batch.retired = True
-        self._active.pop(batch.k, None)
+        if self._active.get(batch.k) is batch:  # a batch of an older pass may share its k
+            del self._active[batch.k]
         self._maybe_free(batch)
         self._guard(self._admit)
         self._dispatch()
 
     def _maybe_free(self, batch: _Batch) -> None:
-        if batch.retired and self._slot_batch.get(batch.slot) is batch and batch.inflight() == 0:
+        if batch.retired and not batch.held and self._slot_batch.get(batch.slot) is batch and batch.inflight() == 0:
             del self._slot_batch[batch.slot]
             self._free_slots.append(batch.slot)
             self._guard(self._admit)

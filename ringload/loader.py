@@ -730,6 +730,7 @@ class VideoLoader:
         ``batches``, ``samples``, ``frames`` delivered; ``seconds`` since the first request
         and ``images_per_s``/``samples_per_s`` over it; ``wait_s`` the consumer spent waiting;
         ``ring_bytes`` = ``num_slots`` x ``slot_bytes`` (all the shared memory there is);
+        ``ready_batches`` decoded and waiting in the ring;
         ``num_workers``, ``decoder_pids``; ``decoded_frames`` (frames the decoders produced,
         including those walked from a keyframe) and ``tasks``; ``decoder_busy_s`` and
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
@@ -752,6 +753,7 @@ class VideoLoader:
             "samples_per_s": c["samples"] / busy if busy > 0 else 0.0,
             "ring_bytes": layout.nbytes if layout else 0,
             "num_slots": layout.num_slots if layout else 0,
+            "ready_batches": snap.get("ready_batches", 0),
             "slot_bytes": layout.slot_stride if layout else 0,
             "num_workers": self._num_workers,
             "decoder_pids": [d["pid"] for d in snap["decoders"]],
