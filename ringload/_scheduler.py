@@ -30,7 +30,6 @@ import os
 import secrets
 import signal
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -128,6 +127,8 @@ class _Decoder:
         self.id = wid
         self.proc = proc
         self.pid = proc.pid
+        self.sock: socket.socket | None = None  # our end of the control channel until the transport takes it
+        self.handshake: asyncio.Task | None = None
         self.transport = None
         self.ready = False
         self.dead = False
@@ -184,7 +185,6 @@ class Scheduler:
         mean_bytes = 24 * (sum(frames) / len(frames)) if frames else 1
         self.info_mirror = int(min(_INFO_MIRROR_MAX, max(_INFO_MIRROR_MIN, (64 << 20) // max(1, mean_bytes))))
         self._ctx = multiprocessing.get_context("spawn")
-        self._address = b"\0ringload-" + secrets.token_hex(12).encode()
         self._token = secrets.token_bytes(16)
         self._lock = threading.Lock()
         self._gen = 0
@@ -197,7 +197,6 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="ringload-scheduler", daemon=True)
         # Loop-thread state.
         self._decoders: dict[int, _Decoder] = {}
-        self._by_pid: dict[int, _Decoder] = {}
         self._free_slots = collections.deque(range(ring.layout.num_slots))
         self._slot_batch: dict[int, _Batch] = {}
         self._active: dict[int, _Batch] = {}
@@ -333,22 +332,15 @@ class Scheduler:
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self._address)
-        self._listener.listen(64)
-        self._listener.setblocking(False)
         try:
             for wid in range(self.num_workers):
                 self._spawn(wid)
             self._started.set()
-            accept = loop.create_task(self._accept_loop())
             watch = loop.create_task(self._watchdog())
             await self._stop_event.wait()
-            accept.cancel()
             watch.cancel()
         finally:
             self._closing = True
-            self._listener.close()
             await self._shutdown_decoders()
 
     async def _shutdown_decoders(self) -> None:
@@ -360,6 +352,8 @@ class Scheduler:
                 pass
             if dec.transport is not None:
                 dec.transport.close()  # EOF on the control socket: the decoder exits
+            elif dec.handshake is not None:
+                dec.handshake.cancel()  # closes our end: the decoder sees EOF and exits
             if dec.inflight and dec.proc.exitcode is None:
                 dec.proc.terminate()  # busy with a task it would finish first: results are unwanted
         for step, timeout in (("join", 3.0), ("terminate", 2.0), ("kill", 2.0)):
@@ -384,49 +378,53 @@ class Scheduler:
         self._decoders.clear()
 
     def _spawn(self, wid: int) -> None:
-        proc = self._ctx.Process(
-            target=_worker.main, args=(self._address, self._token, wid), name=f"ringload-decoder-{wid}", daemon=True
-        )
-        proc.start()
+        # The control channel is a socketpair whose child end is inherited at spawn: it has
+        # no name, so no other process (another local user included) can connect to either side.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = self._ctx.Process(
+                target=_worker.main, args=(theirs, self._token, wid), name=f"ringload-decoder-{wid}", daemon=True
+            )
+            proc.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         dec = _Decoder(wid, proc)
+        dec.sock = ours
         self._decoders[wid] = dec
-        self._by_pid[proc.pid] = dec
         self._loop.add_reader(proc.sentinel, self._on_sentinel, dec)
         self.counters["decoders_started"] += 1
+        dec.handshake = self._loop.create_task(self._handshake(dec))
 
-    async def _accept_loop(self) -> None:
+    async def _handshake(self, dec: _Decoder) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            conn, _ = await loop.sock_accept(self._listener)
-            loop.create_task(self._handshake(conn))
-
-    async def _handshake(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+        conn = dec.sock
         try:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, _uid, _gid = struct.unpack("3i", creds)
-            dec = self._by_pid.get(pid)
-            if dec is None or dec.dead or dec.transport is not None:
-                conn.close()
-                return
             conn.setblocking(False)
-            msgs = await asyncio.wait_for(_recv_first(loop, conn), 30.0)
-            if not msgs:
-                conn.close()
+            msgs = await _recv_first(loop, conn)
+            if dec.dead or not msgs:
                 return
             kind, _wid, _pid, token, torch_loaded = msgs[0]
             if kind != "hello" or token != self._token:
-                conn.close()
+                log.warning("decoder %d (pid %d) sent an unexpected first message; replacing it", dec.id, dec.pid)
+                os.kill(dec.pid, signal.SIGKILL)
                 return
             dec.torch_loaded = torch_loaded
             options = {"max_open": self.max_open, "info_cache": 2 * self.info_mirror}
             socket.send_fds(conn, [_worker.pack(("ring", self.ring.layout, options))], [self.ring.fd])
+            dec.sock = None  # the transport owns it from here
             transport, _ = await loop.connect_accepted_socket(lambda: _Proto(self, dec), sock=conn)
             if dec.dead:
                 transport.close()
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:
-            log.warning("decoder handshake failed: %s", exc)
-            conn.close()
+        except (OSError, ValueError) as exc:
+            if not dec.dead:
+                log.warning("decoder %d (pid %d) handshake failed: %s", dec.id, dec.pid, exc)
+        finally:
+            if dec.sock is not None:  # not handed to a transport: EOF tells the decoder to exit
+                dec.sock.close()
+                dec.sock = None
 
     def _on_sentinel(self, dec: _Decoder) -> None:
         self._guard(self._on_death, dec)
@@ -856,7 +854,6 @@ class Scheduler:
         if dec.transport is not None:
             dec.transport.close()
         self._decoders.pop(dec.id, None)
-        self._by_pid.pop(dec.pid, None)
         if self._closing:
             return
         exitcode = dec.proc.exitcode

@@ -1,10 +1,10 @@
 """Decoder processes: read small task messages, decode, write frames straight into ring slots.
 
 A decoder is started with the ``spawn`` context and imports only numpy, PyAV and the
-decode helpers (never torch, so never CUDA). It connects to the consumer's private Unix
-socket, receives the ring's open file descriptor (``socket.send_fds``), maps it, and then
-serves tasks until its control socket reaches end-of-file, which is also how it notices
-that the consumer died: it exits on its own.
+decode helpers (never torch, so never CUDA). It inherits one end of a socketpair (no name
+exists that another process could connect to), receives the ring's open file descriptor
+over it (``socket.send_fds``), maps it, and then serves tasks until the socket reaches
+end-of-file, which is also how it notices that the consumer died: it exits on its own.
 
 Wire format, both directions: 4-byte little-endian length, then a pickled tuple.
 """
@@ -81,22 +81,21 @@ class _Conn:
         return (msg, fds) if with_fds else msg
 
 
-def main(address: bytes, token: bytes, worker_id: int) -> None:
-    """Entry point of a decoder process (the spawn target)."""
+def main(sock: socket.socket, token: bytes, worker_id: int) -> None:
+    """Entry point of a decoder process (the spawn target). ``sock`` is this decoder's end
+    of a socketpair inherited from the consumer: nothing else can reach it."""
     # Ctrl-C reaches the whole process group; the consumer decides when decoders stop,
     # and they stop when its end of the socket closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format=f"ringload decoder {worker_id}: %(levelname)s %(message)s")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = _Conn(sock)
     try:
-        sock.connect(address)
+        conn.send(("hello", worker_id, os.getpid(), token, "torch" in sys.modules))
+        msg, fds = conn.recv(with_fds=True)
     except OSError as exc:
         # The loader closed while this decoder was starting: nothing to serve.
         log.info("cannot reach the loader: %s", exc)
         return
-    conn = _Conn(sock)
-    conn.send(("hello", worker_id, os.getpid(), token, "torch" in sys.modules))
-    msg, fds = conn.recv(with_fds=True)
     if msg is None or msg[0] != "ring" or len(fds) != 1:
         for fd in fds:
             os.close(fd)

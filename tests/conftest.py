@@ -39,3 +39,26 @@ def videos_dir() -> pathlib.Path:
     if not VIDEOS.is_dir():
         pytest.fail(f"test videos not found at {VIDEOS}; set RINGLOAD_TEST_VIDEOS")
     return VIDEOS
+
+
+@pytest.fixture(scope="session")
+def second_user():
+    """(uid, gid) of a throwaway unprivileged user, created for this session and removed after."""
+    import pwd
+    import secrets
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd to create a second local user")
+    name = "rltest" + secrets.token_hex(4)
+    made = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"useradd failed: {made.stderr.strip()}")
+    try:
+        pw = pwd.getpwnam(name)
+        yield pw.pw_uid, pw.pw_gid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
