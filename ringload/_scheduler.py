@@ -129,6 +129,7 @@ class _Decoder:
         self.pid = proc.pid
         self.sock: socket.socket | None = None  # our end of the control channel until the transport takes it
         self.handshake: asyncio.Task | None = None
+        self.hung = False  # killed by the watchdog (task_timeout_s)
         self.transport = None
         self.ready = False
         self.dead = False
@@ -211,7 +212,7 @@ class Scheduler:
         self._heap: list[tuple[int, int, int]] = []
         self._task_seq = 0
         self._dead_videos: dict[int, str] = {}
-        self._crashes: collections.Counter = collections.Counter()
+        self._crashes: dict[int, list[str]] = {}  # video -> causes of consecutive decoder deaths on it
         self._startup_failures = 0
         self._keyframes_cache: dict[int, np.ndarray] = {}
         self.counters = collections.Counter()
@@ -456,6 +457,7 @@ class Scheduler:
             if task is None:
                 return
             self._startup_failures = 0
+            self._crashes.pop(task.video, None)
             self.counters["tasks"] += 1
             self.counters["decoded_frames"] += int(msg[2])
             self._arm_head(dec)
@@ -873,10 +875,15 @@ class Scheduler:
                 )
         for i, task in enumerate(tasks):
             if i == 0:
-                self._crashes[task.video] += 1
-                if self._crashes[task.video] >= _CRASHES_PER_VIDEO:
+                # Evidence against the file only while deaths on it repeat with no success
+                # between (a task on it that completes clears the record).
+                seen = self._crashes.setdefault(task.video, [])
+                seen.append(_death_cause(exitcode, dec.hung))
+                if len(seen) >= _CRASHES_PER_VIDEO:
                     err = VideoOpenError(
-                        self.paths[task.video], f"a decoder process died {self._crashes[task.video]} times decoding this file"
+                        self.paths[task.video],
+                        f"a decoder process died {len(seen)} times in a row decoding this file, with no task on it "
+                        f"succeeding between ({'; '.join(seen)})",
                     )
                     self._finish(task, err, np.zeros(len(task.uidx), dtype=bool))
                     continue
@@ -929,6 +936,7 @@ class Scheduler:
                     dec.id, dec.pid, head.timeout_s,
                 )
                 self.counters["hung_decoders_killed"] += 1
+                dec.hung = True
                 head.deadline = None
                 try:
                     os.kill(dec.pid, signal.SIGKILL)
@@ -945,6 +953,17 @@ async def _recv_first(loop, conn) -> list:
             return []
         msgs = reader.feed(data)
     return msgs
+
+
+def _death_cause(exitcode, hung: bool) -> str:
+    if hung:
+        return "killed after exceeding its task timeout (task_timeout_s)"
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
 
 
 def _reap(proc, timeout_s: float) -> None:

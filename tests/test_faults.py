@@ -266,3 +266,34 @@ def test_close_is_idempotent_and_closed_loader_refuses(engine_videos):
     assert wait_gone(pids, timeout_s=5.0) == []
     with pytest.raises(ringload.ConfigError, match="closed"):
         iter(loader)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_decoder_deaths_spread_over_epochs_do_not_condemn_a_healthy_file(engine_videos, on_error):
+    # One video, one decoder: whatever the decoder works on when it dies is this file. An
+    # OOM-killer-like death once per epoch (here: stopped, then killed by the hang watchdog
+    # while it holds a task) is no evidence against the file: its other tasks succeed between.
+    kw = dict(KW, batch_size=4, prefetch_batches=1, on_error=on_error, timeout_s=60)
+    with ringload.VideoLoader(engine_videos[:1], num_workers=1, **kw) as loader:
+        ref = []
+        for e in range(3):
+            loader.set_epoch(e)
+            ref.append(collect(loader))
+    with ringload.VideoLoader(engine_videos[:1], num_workers=1, task_timeout_s=1.0, **kw) as loader:
+        got = []
+        for e in range(3):
+            loader.set_epoch(e)
+            batches = []
+            for k, b in enumerate(loader):
+                batches.append(
+                    {"frames": b.frames.contiguous().numpy().copy(), "video": b.video_index.numpy().copy(),
+                     "frame": b.frame_index.numpy().copy(), "pts": b.pts_seconds.numpy().copy()}
+                )
+                if k == 1:
+                    os.kill(loader.stats()["decoder_pids"][0], signal.SIGSTOP)
+            got.append(batches)
+        stats = loader.stats()
+    assert stats["hung_decoders_killed"] == 3 and stats["decoder_restarts"] == 3
+    assert stats["quarantined"] == {}
+    for r, g in zip(ref, got):
+        assert_same_batches(r, g)
