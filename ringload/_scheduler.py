@@ -32,6 +32,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,24 @@ _TASK_CAP = 128  # frame requests per task: bounds a task's duration and keeps d
 _MAX_GOPS_PER_TASK = 8
 # Groups of the first _GATE + 1 incomplete batches are decoded first (see Scheduler._pick).
 _GATE = 1
+
+
+# Schedulers alive in this process, so that a forked child can forget their decoders.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _forget_decoders_in_child() -> None:
+    # multiprocessing's exit hook terminates every child it knows of, even in a process
+    # forked by os.fork(): the decoders are the parent's, so the child must not know them.
+    from multiprocessing import process
+
+    for sched in list(_LIVE):
+        for dec in list(sched._decoders.values()):
+            process._children.discard(dec.proc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_decoders_in_child)
 
 
 @dataclass(frozen=True)
@@ -186,6 +205,7 @@ class Scheduler:
         mean_bytes = 24 * (sum(frames) / len(frames)) if frames else 1
         self.info_mirror = int(min(_INFO_MIRROR_MAX, max(_INFO_MIRROR_MIN, (64 << 20) // max(1, mean_bytes))))
         self._ctx = multiprocessing.get_context("spawn")
+        self.owner_pid = os.getpid()  # only this process ever signals or reaps the decoders
         self._token = secrets.token_bytes(16)
         self._lock = threading.Lock()
         self._gen = 0
@@ -217,6 +237,7 @@ class Scheduler:
         self._keyframes_cache: dict[int, np.ndarray] = {}
         self.counters = collections.Counter()
         self.quarantined: dict[str, str] = {}
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ consumer side
 
@@ -273,6 +294,8 @@ class Scheduler:
             return
         self._closed = True
         self._closing = True
+        if os.getpid() != self.owner_pid:
+            return  # a forked child: the decoders and the loop thread belong to the parent
         loop = self._loop
         if loop is not None and self._thread.is_alive():
             if threading.current_thread() is self._thread:

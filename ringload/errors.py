@@ -50,6 +50,10 @@ class FrameIndexError(VideoError, IndexError):
     """A frame index lies outside the frames that really decode."""
 
 
+class LoaderStateError(RingloadError, RuntimeError):
+    """The loader cannot do this now: it is closed, or this process is a fork of its owner."""
+
+
 class WorkerError(RingloadError):
     """A decoder process failed in a way that replacing it did not fix."""
 

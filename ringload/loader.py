@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _rng
-from .errors import ConfigError, LoaderTimeoutError, VideoError
+from .errors import ConfigError, LoaderStateError, LoaderTimeoutError, VideoError
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +441,7 @@ class VideoLoader:
 
         self._closed = False
         self._finalizer = None
+        self._owner_pid = os.getpid()
         self.source = resolve_source(source)
         self._paths = [os.path.abspath(p) for p in self.source.paths]
         self._rank, self._world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _dist_defaults()
@@ -566,10 +567,10 @@ class VideoLoader:
             )
             sched.start()
         except BaseException:
-            _release(sched, transfer, ring)
+            _release(sched, transfer, ring, os.getpid())
             raise
         self._ring, self._sched, self._transfer = ring, sched, transfer
-        self._finalizer = weakref.finalize(self, _release, sched, transfer, ring)
+        self._finalizer = weakref.finalize(self, _release, sched, transfer, ring, self._owner_pid)
 
     def _make_fingerprint(self) -> str:
         cfg = self.config
@@ -773,7 +774,12 @@ class VideoLoader:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ConfigError("this VideoLoader is closed; build a new one")
+            raise LoaderStateError("this VideoLoader is closed; build a new one")
+        if os.getpid() != self._owner_pid:
+            raise LoaderStateError(
+                f"this VideoLoader belongs to process {self._owner_pid}; a process made by fork() cannot use it: "
+                "build a new VideoLoader in the child (or start the child with the 'spawn' method)"
+            )
 
     def close(self) -> None:
         """Stop the decoders and free the ring (idempotent; also runs when the loader is collected)."""
@@ -798,8 +804,10 @@ class VideoLoader:
         )
 
 
-def _release(sched, transfer, ring) -> None:
+def _release(sched, transfer, ring, owner_pid: int) -> None:
     """Teardown shared by close() and the finalizer: it must not reference the loader."""
+    if os.getpid() != owner_pid:
+        return  # a forked child exiting: decoders, ring and device state are the parent's
     for obj in (sched, transfer, ring):
         if obj is None:
             continue

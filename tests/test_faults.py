@@ -264,7 +264,7 @@ def test_close_is_idempotent_and_closed_loader_refuses(engine_videos):
     loader.close()
     loader.close()
     assert wait_gone(pids, timeout_s=5.0) == []
-    with pytest.raises(ringload.ConfigError, match="closed"):
+    with pytest.raises(ringload.LoaderStateError, match="closed"):
         iter(loader)
 
 
@@ -297,3 +297,56 @@ def test_decoder_deaths_spread_over_epochs_do_not_condemn_a_healthy_file(engine_
     assert stats["quarantined"] == {}
     for r, g in zip(ref, got):
         assert_same_batches(r, g)
+
+
+_FORKER = textwrap.dedent(
+    """
+    import hashlib, json, os, sys
+    import ringload
+
+    def digest(loader):
+        h = hashlib.sha256()
+        for b in loader:
+            h.update(b.frames.contiguous().numpy().tobytes())
+            h.update(b.frame_index.numpy().tobytes())
+        return h.hexdigest()
+
+    if __name__ == "__main__":
+        paths = json.loads(sys.argv[1])
+        loader = ringload.VideoLoader(paths, batch_size=4, size=(16, 16), num_workers=2, sampling="strict", prefetch_batches=1)
+        ref = digest(loader)
+        pids = loader.stats()["decoder_pids"]
+        child_error = None
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    iter(loader)  # a forked child may not use its parent's loader
+                except ringload.RingloadError as exc:
+                    code = 0 if "fork" in str(exc) else 3
+                else:
+                    code = 4
+                sys.exit(code)
+            _, status = os.waitpid(pid, 0)
+            child_error = child_error or os.waitstatus_to_exitcode(status)
+        loader.set_epoch(0)
+        again = digest(loader)
+        st = loader.stats()
+        print(json.dumps({"same": again == ref, "restarts": st["decoder_restarts"], "child": child_error,
+                          "pids_kept": st["decoder_pids"] == pids}), flush=True)
+        loader.close()
+    """
+)
+
+
+def test_a_forked_child_leaves_the_parents_decoders_alone(engine_videos, tmp_path):
+    script = tmp_path / "forker.py"
+    script.write_text(_FORKER)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(engine_videos)], capture_output=True, text=True, env=env, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"same": True, "restarts": 0, "child": 0, "pids_kept": True}, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "AssertionError" not in proc.stderr, proc.stderr[-3000:]
