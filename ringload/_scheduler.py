@@ -38,13 +38,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _worker
-from .errors import NoVideoStreamError, VideoError, VideoOpenError, WorkerError
+from .errors import LoaderStateError, NoVideoStreamError, VideoError, VideoOpenError, WorkerError
 
 log = logging.getLogger(__name__)
 
 _MAX_ATTEMPTS = 64  # redraws of one sample before the loader gives up (too many bad files)
 _CRASHES_PER_VIDEO = 3  # decoder deaths on one file before the file counts as bad
-_STARTUP_TIMEOUT_S = 120.0  # a decoder that has not connected by then is killed and replaced
+# A decoder that has not connected within task_timeout_s (at least this) is killed and replaced.
+_MIN_STARTUP_TIMEOUT_S = 10.0
 _INFO_MIRROR_MIN, _INFO_MIRROR_MAX = 8, 128  # video indexes a decoder is known to hold
 _TASK_CAP = 128  # frame requests per task: bounds a task's duration and keeps decoders parallel
 _MAX_GOPS_PER_TASK = 8
@@ -194,6 +195,7 @@ class Scheduler:
         self.size = size
         self.on_error = on_error
         self.task_timeout_s = float(options.get("task_timeout_s", 60.0))
+        self.startup_timeout_s = max(_MIN_STARTUP_TIMEOUT_S, self.task_timeout_s)
         self.hang_task = options.get("hang_task")
         self.hang_video = options.get("hang_video")
         self.hang_s = float(options.get("hang_s", 3600.0))
@@ -233,7 +235,7 @@ class Scheduler:
         self._task_seq = 0
         self._dead_videos: dict[int, str] = {}
         self._crashes: dict[int, list[str]] = {}  # video -> causes of consecutive decoder deaths on it
-        self._startup_failures = 0
+        self._startup_failures: list[str] = []  # causes of consecutive deaths before a decoder was ready
         self._keyframes_cache: dict[int, np.ndarray] = {}
         self.counters = collections.Counter()
         self.quarantined: dict[str, str] = {}
@@ -318,7 +320,7 @@ class Scheduler:
         if self._fatal is not None:
             raise self._fatal
         if self._closing or self._loop is None:
-            raise WorkerError("the loader is closed")
+            raise LoaderStateError("the loader was closed (close() was called, perhaps from another thread)")
         self._loop.call_soon_threadsafe(self._guard, fn, *args)
 
     def _future(self, gen: int, k: int) -> concurrent.futures.Future:
@@ -479,7 +481,7 @@ class Scheduler:
             task = dec.inflight.pop(msg[1], None)
             if task is None:
                 return
-            self._startup_failures = 0
+            self._startup_failures.clear()
             self._crashes.pop(task.video, None)
             self.counters["tasks"] += 1
             self.counters["decoded_frames"] += int(msg[2])
@@ -889,13 +891,18 @@ class Scheduler:
         self.counters["decoder_restarts"] += 1
         log.warning("decoder %d (pid %d) exited with code %s; %d tasks re-run", dec.id, dec.pid, exitcode, len(tasks))
         if not dec.ever_ready:
-            self._startup_failures += 1
-            if self._startup_failures > 3:
-                raise WorkerError(
-                    f"decoder processes exit during start-up (exit code {exitcode}); see their output on stderr. "
-                    "Decoders are spawned and import your main module: a script that builds the loader at "
-                    "module level must do so under `if __name__ == \"__main__\":`"
+            self._startup_failures.append(_death_cause(exitcode, False))
+            if len(self._startup_failures) > 3:
+                msg = (
+                    f"{len(self._startup_failures)} decoder processes in a row exited during start-up "
+                    f"({'; '.join(self._startup_failures)}); see their output on stderr"
                 )
+                if exitcode == 1:  # an exception in the child, e.g. a script without the main guard
+                    msg += (
+                        ". Decoders are spawned and import your main module: a script that builds the loader at "
+                        "module level must do so under `if __name__ == \"__main__\":`"
+                    )
+                raise WorkerError(msg)
         for i, task in enumerate(tasks):
             if i == 0:
                 # Evidence against the file only while deaths on it repeat with no success
@@ -942,8 +949,11 @@ class Scheduler:
         for dec in list(self._decoders.values()):
             if dec.dead:
                 continue
-            if not dec.ever_ready and now - dec.started > _STARTUP_TIMEOUT_S:
-                log.warning("decoder %d (pid %d) did not start within %.0f s; replacing it", dec.id, dec.pid, _STARTUP_TIMEOUT_S)
+            if not dec.ever_ready and now - dec.started > self.startup_timeout_s:
+                log.warning(
+                    "decoder %d (pid %d) did not start within %.0f s (task_timeout_s, at least %.0f s); replacing it",
+                    dec.id, dec.pid, self.startup_timeout_s, _MIN_STARTUP_TIMEOUT_S,
+                )
                 dec.started = now
                 try:
                     os.kill(dec.pid, signal.SIGKILL)

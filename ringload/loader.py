@@ -39,6 +39,8 @@ ON_ERROR = ("raise", "skip")
 
 # Default ring budget: prefetch as many batches as fit in this many bytes (2..8 batches).
 _RING_BUDGET_BYTES = 1 << 30
+_MAX_SEED = 2**64 - 1
+_MAX_EPOCH = 2**32 - 1
 # Tolerance when a clip's sampling times are matched to frame timestamps (see _clip_frames).
 _TIME_EPS = 1e-6
 # Test hooks: a decoder sleeps (until killed) on the task with this number, or on every
@@ -97,17 +99,18 @@ class LoaderConfig:
     task_timeout_s: float = 60.0
 
     def __post_init__(self):
-        def need_int(name, low, *, none_ok=False):
+        def need_int(name, low, *, none_ok=False, high=None):
             v = getattr(self, name)
             if v is None and none_ok:
                 return
-            if not _is_int(v) or v < low:
-                raise ConfigError(f"{name}={v!r}: pass an int >= {low}" + (" or None" if none_ok else ""))
+            if not _is_int(v) or v < low or (high is not None and v > high):
+                within = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+                raise ConfigError(f"{name}={v!r}: pass {within}" + (" or None" if none_ok else ""))
 
         need_int("batch_size", 1)
         need_int("clip_len", 1)
         need_int("frame_stride", 1)
-        need_int("seed", 0)
+        need_int("seed", 0, high=_MAX_SEED)  # 64-bit generators: a larger seed would alias a smaller one
         need_int("num_segments", 1, none_ok=True)
         need_int("chunk_len", 1, none_ok=True)
         need_int("max_per_chunk", 1, none_ok=True)
@@ -541,6 +544,7 @@ class VideoLoader:
                 want = max(want, self._plan().chunk_window + 2 * workers)
             prefetch = int(min(want, fit))
         layout = RingLayout(prefetch + 1, (cfg.batch_size, T, h, w, 3))
+        _check_ring_fits(layout, f"{layout.num_slots} slots of {cfg.batch_size} x {T} frames of {h}x{w}")
         ring = sched = transfer = None
         try:
             try:
@@ -617,8 +621,8 @@ class VideoLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next iteration yields (from its first batch)."""
-        if not _is_int(epoch) or epoch < 0:
-            raise ConfigError(f"set_epoch({epoch!r}): pass an int >= 0")
+        if not _is_int(epoch) or not 0 <= epoch <= _MAX_EPOCH:
+            raise ConfigError(f"set_epoch({epoch!r}): pass an int in [0, {_MAX_EPOCH}]")
         self._epoch = int(epoch)
         self._next_batch = 0
 
@@ -655,6 +659,13 @@ class VideoLoader:
             try:
                 done = self._sched.wait(gen, k, min(step, max(0.0, deadline - time.perf_counter())))
                 break
+            except concurrent.futures.CancelledError:
+                if self._closed:
+                    raise LoaderStateError(
+                        f"the loader was closed (close() was called, perhaps from another thread) while batch {k} "
+                        f"of epoch {self._epoch} was awaited"
+                    ) from None
+                raise
             except concurrent.futures.TimeoutError:
                 if time.perf_counter() >= deadline:
                     raise LoaderTimeoutError(
@@ -801,6 +812,39 @@ class VideoLoader:
         return (
             f"VideoLoader({len(self._paths)} videos, sample={c.sample!r}, sampling={c.sampling!r}, "
             f"batch_size={c.batch_size}, size={self._size}, epoch={self._epoch}, rank={self._rank}/{self._world})"
+        )
+
+
+def _mem_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_ring_fits(layout, what: str) -> None:
+    """Refuse, before reserving anything, a ring that /dev/shm or the machine's memory cannot hold."""
+    need = layout.nbytes
+    fix = "lower prefetch_batches (or batch_size, or size)"
+    avail = _mem_available_bytes()
+    if avail is not None and need > avail // 2:
+        raise ConfigError(
+            f"the ring needs {need / 2**30:.2f} GiB of shared memory ({what}), more than half of the "
+            f"{avail / 2**30:.2f} GiB of available memory: {fix}"
+        )
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise ConfigError(
+            f"the ring needs {need / 2**30:.2f} GiB of shared memory ({what}) and /dev/shm has "
+            f"{free / 2**30:.2f} GiB free: {fix}, or give /dev/shm more room (docker: --shm-size)"
         )
 
 

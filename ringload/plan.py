@@ -225,8 +225,9 @@ class PlanConfig:
 
     def __post_init__(self):
         _as_int("batch_size", self.batch_size, low=1)
-        _as_int("seed", self.seed)
-        _as_int("epoch", self.epoch, low=0)
+        # The generators take 64-bit seeds and 32-bit epochs: larger values would alias.
+        _as_int("seed", self.seed, low=0, high=2**64 - 1)
+        _as_int("epoch", self.epoch, low=0, high=2**32 - 1)
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
         _as_int("clip_len", self.clip_len, low=1)
