@@ -13,6 +13,8 @@ import io
 import json
 import logging
 import os
+import signal
+import sys
 import tempfile
 from fractions import Fraction
 from typing import Any
@@ -209,9 +211,6 @@ def index_paths(paths, *, stream: int | None = None, cache=True, workers: int | 
     cores; 1 runs in this process). Returns one :class:`IndexResult` per path, in order;
     ``on_result(result)`` is called as each finishes (progress bars). Never raises for a
     bad file: its result carries the error."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
     paths = [os.fspath(p) for p in paths]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -225,25 +224,165 @@ def index_paths(paths, *, stream: int | None = None, cache=True, workers: int | 
             if on_result is not None:
                 on_result(results[i])
         return results
-    # One decode thread per process: the processes already use every core.
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_probe_one, p, stream, cache, 1): i for i, p in enumerate(paths)}
+    _run_index_pool(paths, stream, cache, workers, results, on_result)
+    return results
+
+
+# --------------------------------------------------------------------------- indexing processes
+#
+# Not a ProcessPoolExecutor: its queues hold semaphores (sem.mp-* in /dev/shm) and its
+# workers block on a queue whose write end they hold themselves, so they outlive a killed
+# parent. Here each worker owns one socket pair to the parent and nothing else: it exits
+# at end-of-file of that socket, and through PR_SET_PDEATHSIG when the parent dies while
+# it is busy in a probe.
+
+_PR_SET_PDEATHSIG = 1
+_STOP_TIMEOUT = 5.0  # seconds a worker gets to exit before it is terminated, then killed
+_POLL_INTERVAL = 5.0  # seconds between liveness checks while every worker is busy
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have Linux SIGKILL this process when its parent exits."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
         try:
-            for fut in cf.as_completed(futures):
-                i = futures[fut]
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+                log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as exc:  # no usable libc: end-of-file still stops the worker
+            log.debug("prctl unavailable: %s", exc)
+    # The parent may have died before prctl took effect: then no signal will ever come.
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _index_worker(conn, parent_pid: int, stream: int | None, cache) -> None:
+    """Entry point of an indexing process: (position, path) in, (position, IndexResult) out."""
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                return
+            i, path = msg
+            conn.send((i, _probe_one(path, stream, cache, 1)))  # the processes already use every core
+    except (EOFError, OSError):
+        return  # the parent is gone
+    finally:
+        conn.close()
+
+
+class _IndexProc:
+    """One indexing process, the parent's end of its socket pair, and the file it holds."""
+
+    def __init__(self, ctx, stream, cache):
+        self.conn, child = ctx.Pipe(duplex=True)  # a socket pair: no semaphore
+        self.proc = ctx.Process(
+            target=_index_worker, args=(child, os.getpid(), stream, cache), name="ringload-index", daemon=True
+        )
+        self.job: int | None = None
+        try:
+            self.proc.start()
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            child.close()  # only the worker may hold it, or its death would not read as end-of-file
+
+    def stop(self, *, now: bool) -> None:
+        """Close the channel (the worker exits at end-of-file), then terminate and kill on timeouts."""
+        self.conn.close()
+        proc = self.proc
+        if now and proc.exitcode is None:
+            proc.terminate()
+        proc.join(_STOP_TIMEOUT)
+        if proc.exitcode is None:
+            proc.terminate()
+            proc.join(_STOP_TIMEOUT)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join(_STOP_TIMEOUT)
+        if proc.exitcode is None:
+            log.warning("indexing process %d did not exit", proc.pid)
+        else:
+            proc.close()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "its channel closed"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}, e.g. by the out-of-memory killer"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _run_index_pool(paths, stream, cache, workers, results, on_result) -> None:
+    import collections
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("spawn")
+    pending = collections.deque(range(len(paths)))
+    pool: list[_IndexProc] = []
+    left = len(paths)
+    ok = False
+
+    def feed(w: _IndexProc) -> None:
+        if pending:
+            w.job = pending.popleft()
+            try:
+                w.conn.send((w.job, paths[w.job]))
+            except OSError:
+                pass  # it died already: the wait below reads end-of-file
+
+    try:
+        for _ in range(workers):
+            w = _IndexProc(ctx, stream, cache)
+            pool.append(w)
+            feed(w)
+        while left:
+            busy = {w.conn: w for w in pool if w.job is not None}
+            ready = wait(list(busy), timeout=_POLL_INTERVAL)
+            if not ready:
+                # No reply: a dead worker whose socket end lives on elsewhere still counts.
+                ready = [c for c, w in busy.items() if w.proc.exitcode is not None]
+            for conn in ready:
+                w = busy[conn]
                 try:
-                    res = fut.result()
-                except Exception as exc:  # the worker process died (e.g. killed by the OOM killer)
-                    res = IndexResult(paths[i], None, f"{paths[i]}: indexing process failed: {exc}", type(exc).__name__)
+                    if not conn.poll(0):
+                        raise EOFError  # dead (the fallback above) with nothing to read
+                    i, res = conn.recv()
+                except (EOFError, OSError):
+                    i = w.job
+                    w.proc.join(_STOP_TIMEOUT)
+                    reason = _exit_reason(w.proc.exitcode)
+                    log.warning("indexing process %d died while indexing %s (%s)", w.proc.pid, paths[i], reason)
+                    res = IndexResult(
+                        paths[i], None, f"{os.path.abspath(paths[i])}: the indexing process died on it ({reason})", "WorkerError"
+                    )
+                    pool.remove(w)
+                    w.stop(now=True)
+                    w = None
+                    if pending:  # the replacement takes the next file
+                        w = _IndexProc(ctx, stream, cache)
+                        pool.append(w)
                 results[i] = res
+                left -= 1
+                if w is not None:
+                    w.job = None
+                    feed(w)
                 if on_result is not None:
                     on_result(res)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    return results
+        ok = True
+    finally:
+        for w in pool:
+            w.stop(now=not ok)
 
 
 # --------------------------------------------------------------------------- cache
