@@ -247,6 +247,8 @@ _POLL_INTERVAL = 5.0  # seconds between liveness checks while every worker is bu
 
 def _die_with_parent(parent_pid: int) -> None:
     """Have Linux SIGKILL this process when its parent exits."""
+    # Strictly: when the parent's thread that started it exits; index_paths stops its
+    # workers before it returns, so that thread outlives them.
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -318,9 +320,11 @@ class _IndexProc:
 def _exit_reason(code: int | None) -> str:
     if code is None:
         return "its channel closed"
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL, e.g. by the out-of-memory killer"
     if code < 0:
         try:
-            return f"killed by {signal.Signals(-code).name}, e.g. by the out-of-memory killer"
+            return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
