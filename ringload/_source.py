@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import heapq
 import json
+import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: File name endings treated as videos when a directory is scanned.
 VIDEO_EXTENSIONS = frozenset(
@@ -49,23 +53,77 @@ def _is_video(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
 
 
-def _scan_dir(folder: str) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        for name in files:
-            if _is_video(name) and not name.startswith("."):
-                found.append(os.path.join(root, name))
+def _scan_dir(folder: str, on_error: str = "raise") -> list[str]:
+    """Video files under ``folder``, following links, sorted by their path relative to it.
+
+    Each real file is listed once, under the first of its names in that order, and a folder
+    reached again through a link (a loop) is not walked again.
+    """
+    # Folders are walked in the order of their relative paths, so the first name met for a
+    # folder is also the first in the sorted listing.
+    heap: list[tuple[list[str], str]] = [([], folder)]
+    walked: set[str] = set()
+    found: list[tuple[list[str], str, str]] = []  # (relative parts, path, real path)
+    unreadable: list[tuple[str, str]] = []
+    while heap:
+        parts, d = heapq.heappop(heap)
+        real_dir = os.path.realpath(d)
+        if real_dir in walked:
+            continue
+        walked.add(real_dir)
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError as exc:
+            unreadable.append((d, exc.strerror or str(exc)))
+            continue
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # follows links, like the walk did
+            except OSError:
+                is_dir = False
+            if is_dir:
+                heapq.heappush(heap, ([*parts, e.name], e.path))
+            elif _is_video(e.name) and not e.name.startswith("."):
+                try:
+                    linked = e.is_symlink()
+                except OSError:
+                    linked = True
+                real = os.path.realpath(e.path) if linked else os.path.join(real_dir, e.name)
+                found.append(([*parts, e.name], e.path, real))
+    if unreadable:
+        listed = "; ".join(f"{d} ({why})" for d, why in unreadable)
+        if on_error == "raise":
+            raise ConfigError(
+                f"source={folder!r}: cannot read {len(unreadable)} folder(s): {listed}. Fix their permissions, "
+                'or pass on_error="skip" to leave them out'
+            )
+        log.warning("source=%r: skipped %d unreadable folder(s): %s", folder, len(unreadable), listed)
     # Sorted by the path relative to the folder: the order (and so sample ids) does not
     # depend on the file system's listing order.
-    found.sort(key=lambda p: os.path.relpath(p, folder).split(os.sep))
-    return found
+    found.sort(key=lambda f: f[0])
+    seen: set[str] = set()
+    paths = []
+    for _parts, path, real in found:
+        if real not in seen:
+            seen.add(real)
+            paths.append(path)
+    return paths
 
 
-def resolve_source(source: str | os.PathLike | Sequence[str | os.PathLike] | Source) -> Source:
-    """Resolve a directory (recursive, video extensions, sorted), a glob pattern, a list
-    of paths, or a CSV/JSONL manifest (``path`` relative to the manifest's folder, optional
-    ``label`` int or class name, or ``labels`` list for multi-label) into a :class:`Source`."""
+_ON_ERROR = ("raise", "skip")
+
+
+def resolve_source(
+    source: str | os.PathLike | Sequence[str | os.PathLike] | Source, *, on_error: str = "raise"
+) -> Source:
+    """Resolve a directory (recursive, video extensions, sorted, each real file once), a glob
+    pattern, a list of paths, or a CSV/JSONL manifest (``path`` relative to the manifest's
+    folder, optional ``label`` int or class name, or ``labels`` list for multi-label) into a
+    :class:`Source`. ``on_error``: an unreadable folder inside a directory source raises a
+    ConfigError ("raise") or is left out with one warning ("skip")."""
+    if on_error not in _ON_ERROR:
+        raise ConfigError(f"on_error={on_error!r}: pass 'raise' or 'skip'")
     if isinstance(source, Source):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -74,7 +132,7 @@ def resolve_source(source: str | os.PathLike | Sequence[str | os.PathLike] | Sou
             raise ConfigError("source='' is empty: pass a directory, glob, list of paths or manifest")
         if os.path.isdir(text):
             folder = os.path.abspath(text)
-            paths = _scan_dir(folder)
+            paths = _scan_dir(folder, on_error)
             if not paths:
                 exts = ", ".join(sorted(VIDEO_EXTENSIONS))
                 raise ConfigError(f"source={text!r}: the directory holds no video files (looked for {exts})")

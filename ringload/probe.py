@@ -13,7 +13,10 @@ import io
 import json
 import logging
 import os
-import tempfile
+import secrets
+import signal
+import stat
+import sys
 from fractions import Fraction
 from typing import Any
 
@@ -172,7 +175,10 @@ def _probe(path, *, stream, cache, threads: int | None) -> VideoInfo:
     key = None
     if cache_dir is not None:
         key = _cache_key(path, st, stream)
-        info = _cache_load(cache_dir, key, path)
+        if not _cache_trusted(cache_dir, key):
+            cache_dir = None
+    if cache_dir is not None and key is not None:
+        info = _cache_load(cache_dir, key, path, st, stream)
         if info is not None:
             return info
     info = dataclasses.replace(_build(path, stream, threads), file_size=st.st_size, file_mtime_ns=st.st_mtime_ns)
@@ -209,9 +215,6 @@ def index_paths(paths, *, stream: int | None = None, cache=True, workers: int | 
     cores; 1 runs in this process). Returns one :class:`IndexResult` per path, in order;
     ``on_result(result)`` is called as each finishes (progress bars). Never raises for a
     bad file: its result carries the error."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
     paths = [os.fspath(p) for p in paths]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -225,25 +228,169 @@ def index_paths(paths, *, stream: int | None = None, cache=True, workers: int | 
             if on_result is not None:
                 on_result(results[i])
         return results
-    # One decode thread per process: the processes already use every core.
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_probe_one, p, stream, cache, 1): i for i, p in enumerate(paths)}
+    _run_index_pool(paths, stream, cache, workers, results, on_result)
+    return results
+
+
+# --------------------------------------------------------------------------- indexing processes
+#
+# Not a ProcessPoolExecutor: its queues hold semaphores (sem.mp-* in /dev/shm) and its
+# workers block on a queue whose write end they hold themselves, so they outlive a killed
+# parent. Here each worker owns one socket pair to the parent and nothing else: it exits
+# at end-of-file of that socket, and through PR_SET_PDEATHSIG when the parent dies while
+# it is busy in a probe.
+
+_PR_SET_PDEATHSIG = 1
+_STOP_TIMEOUT = 5.0  # seconds a worker gets to exit before it is terminated, then killed
+_POLL_INTERVAL = 5.0  # seconds between liveness checks while every worker is busy
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have Linux SIGKILL this process when its parent exits."""
+    # Strictly: when the parent's thread that started it exits; index_paths stops its
+    # workers before it returns, so that thread outlives them.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
         try:
-            for fut in cf.as_completed(futures):
-                i = futures[fut]
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+                log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as exc:  # no usable libc: end-of-file still stops the worker
+            log.debug("prctl unavailable: %s", exc)
+    # The parent may have died before prctl took effect: then no signal will ever come.
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _index_worker(conn, parent_pid: int, stream: int | None, cache) -> None:
+    """Entry point of an indexing process: (position, path) in, (position, IndexResult) out."""
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                return
+            i, path = msg
+            conn.send((i, _probe_one(path, stream, cache, 1)))  # the processes already use every core
+    except (EOFError, OSError):
+        return  # the parent is gone
+    finally:
+        conn.close()
+
+
+class _IndexProc:
+    """One indexing process, the parent's end of its socket pair, and the file it holds."""
+
+    def __init__(self, ctx, stream, cache):
+        self.conn, child = ctx.Pipe(duplex=True)  # a socket pair: no semaphore
+        self.proc = ctx.Process(
+            target=_index_worker, args=(child, os.getpid(), stream, cache), name="ringload-index", daemon=True
+        )
+        self.job: int | None = None
+        try:
+            self.proc.start()
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            child.close()  # only the worker may hold it, or its death would not read as end-of-file
+
+    def stop(self, *, now: bool) -> None:
+        """Close the channel (the worker exits at end-of-file), then terminate and kill on timeouts."""
+        self.conn.close()
+        proc = self.proc
+        if now and proc.exitcode is None:
+            proc.terminate()
+        proc.join(_STOP_TIMEOUT)
+        if proc.exitcode is None:
+            proc.terminate()
+            proc.join(_STOP_TIMEOUT)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join(_STOP_TIMEOUT)
+        if proc.exitcode is None:
+            log.warning("indexing process %d did not exit", proc.pid)
+        else:
+            proc.close()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "its channel closed"
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL, e.g. by the out-of-memory killer"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _run_index_pool(paths, stream, cache, workers, results, on_result) -> None:
+    import collections
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("spawn")
+    pending = collections.deque(range(len(paths)))
+    pool: list[_IndexProc] = []
+    left = len(paths)
+    ok = False
+
+    def feed(w: _IndexProc) -> None:
+        if pending:
+            w.job = pending.popleft()
+            try:
+                w.conn.send((w.job, paths[w.job]))
+            except OSError:
+                pass  # it died already: the wait below reads end-of-file
+
+    try:
+        for _ in range(workers):
+            w = _IndexProc(ctx, stream, cache)
+            pool.append(w)
+            feed(w)
+        while left:
+            busy = {w.conn: w for w in pool if w.job is not None}
+            ready = wait(list(busy), timeout=_POLL_INTERVAL)
+            if not ready:
+                # No reply: a dead worker whose socket end lives on elsewhere still counts.
+                ready = [c for c, w in busy.items() if w.proc.exitcode is not None]
+            for conn in ready:
+                w = busy[conn]
                 try:
-                    res = fut.result()
-                except Exception as exc:  # the worker process died (e.g. killed by the OOM killer)
-                    res = IndexResult(paths[i], None, f"{paths[i]}: indexing process failed: {exc}", type(exc).__name__)
+                    if not conn.poll(0):
+                        raise EOFError  # dead (the fallback above) with nothing to read
+                    i, res = conn.recv()
+                except (EOFError, OSError):
+                    i = w.job
+                    w.proc.join(_STOP_TIMEOUT)
+                    reason = _exit_reason(w.proc.exitcode)
+                    log.warning("indexing process %d died while indexing %s (%s)", w.proc.pid, paths[i], reason)
+                    res = IndexResult(
+                        paths[i], None, f"{os.path.abspath(paths[i])}: the indexing process died on it ({reason})", "WorkerError"
+                    )
+                    pool.remove(w)
+                    w.stop(now=True)
+                    w = None
+                    if pending:  # the replacement takes the next file
+                        w = _IndexProc(ctx, stream, cache)
+                        pool.append(w)
                 results[i] = res
+                left -= 1
+                if w is not None:
+                    w.job = None
+                    feed(w)
                 if on_result is not None:
                     on_result(res)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    return results
+        ok = True
+    finally:
+        for w in pool:
+            w.stop(now=not ok)
 
 
 # --------------------------------------------------------------------------- cache
@@ -276,33 +423,146 @@ def _cache_file(cache_dir: str, key: str) -> str:
     return os.path.join(cache_dir, key[:2], key + ".json")
 
 
-def _cache_load(cache_dir: str, key: str, path: str) -> VideoInfo | None:
+# Directories already reported as unsafe: one warning each, not one per file.
+_warned_dirs: set[str] = set()
+
+
+def _dir_trusted(folder: str) -> bool:
+    """False (and one warning) when another user could have written ``folder``'s entries."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return True  # missing: nothing to read, and we create it ourselves
+    why = None
+    if st.st_uid != os.geteuid():
+        why = f"it is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        why = f"other users can write to it (mode {stat.S_IMODE(st.st_mode):o}, no sticky bit)"
+    if why is None:
+        return True
+    if folder not in _warned_dirs:
+        _warned_dirs.add(folder)
+        log.warning(
+            "not using the index cache directory %s: %s, so its entries cannot be trusted; indexing without "
+            "the cache. Point RINGLOAD_CACHE_DIR (or probe(cache=...)) at a directory only you can write, "
+            "or fix its owner and mode (chmod go-w)", folder, why,
+        )
+    return False
+
+
+def _cache_trusted(cache_dir: str, key: str) -> bool:
+    return _dir_trusted(cache_dir) and _dir_trusted(os.path.dirname(_cache_file(cache_dir, key)))
+
+
+_ENTRY_KEYS = frozenset(
+    {
+        "format", "path", "stream", "num_frames", "pts", "keyframes", "fps", "width", "height", "rotation",
+        "codec", "pix_fmt", "time_base", "timestamps", "file_size", "file_mtime_ns",
+    }
+)  # fmt: skip
+_I64 = 1 << 63
+
+
+def _is_int(v, lo: int = -_I64, hi: int = _I64 - 1) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def _int_list(d: dict, name: str) -> list[int]:
+    v = d[name]
+    if type(v) is not list or not all(_is_int(x) for x in v):
+        raise ValueError(f"{name} is not a list of int64")
+    return v
+
+
+def _check_entry(d, path: str, st: os.stat_result, stream: int | None) -> None:
+    """Raise ValueError unless ``d`` is exactly what _cache_store writes for this file."""
+    if type(d) is not dict or set(d) != _ENTRY_KEYS:
+        raise ValueError("not an index entry (wrong type or keys)")
+    if d["format"] != CACHE_FORMAT or type(d["format"]) is not int:
+        raise ValueError("cache format mismatch")
+    if d["path"] != path or d["file_size"] != st.st_size or d["file_mtime_ns"] != st.st_mtime_ns:
+        raise ValueError("entry is for another file (path, size or mtime differ)")
+    if not _is_int(d["file_size"]) or not _is_int(d["file_mtime_ns"]):
+        raise ValueError("file_size or file_mtime_ns is not an int")
+    if not _is_int(d["stream"], 0, 1 << 20) or (stream is not None and d["stream"] != stream):
+        raise ValueError("stream is wrong")
+    n = d["num_frames"]
+    if not _is_int(n, 1):
+        raise ValueError("num_frames is not a positive int")
+    pts = _int_list(d, "pts")
+    if len(pts) != n:
+        raise ValueError(f"{len(pts)} timestamps for num_frames={n}")
+    diffs = np.diff(np.asarray(pts, dtype=np.int64))
+    # "count" timestamps are computed from the frame rate and may repeat on a coarse time base.
+    if not bool(np.all(diffs >= 0 if d["timestamps"] == TS_COUNT else diffs > 0)):
+        raise ValueError("timestamps are not increasing")
+    kf = _int_list(d, "keyframes")
+    if kf and not (kf[0] >= 0 and kf[-1] < n and all(a < b for a, b in zip(kf, kf[1:]))):
+        raise ValueError("keyframes are not sorted frame indices")
+    fps = d["fps"]
+    if type(fps) not in (int, float) or not (0 <= fps < 1e9):  # also rejects NaN
+        raise ValueError("fps is not a finite number >= 0")
+    if not _is_int(d["width"], 1, 1 << 20) or not _is_int(d["height"], 1, 1 << 20):
+        raise ValueError("width or height is not a positive int")
+    if not _is_int(d["rotation"], -360, 360):
+        raise ValueError("rotation is not an angle in degrees")
+    for name in ("codec", "pix_fmt"):
+        if type(d[name]) is not str or not d[name]:
+            raise ValueError(f"{name} is not a name")
+    tb = d["time_base"]
+    if type(tb) is not list or len(tb) != 2 or not all(_is_int(x, 1) for x in tb):
+        raise ValueError("time_base is not [num, den] with both > 0")
+    if d["timestamps"] not in (TS_PTS, TS_DTS, TS_COUNT):
+        raise ValueError("unknown timestamps rule")
+
+
+def _cache_load(cache_dir: str, key: str, path: str, st: os.stat_result, stream: int | None) -> VideoInfo | None:
     fname = _cache_file(cache_dir, key)
     try:
         with open(fname, "rb") as fh:
             data = json.loads(fh.read())
-        info = VideoInfo.from_json(data)
-        if info.path != path:
-            raise ValueError("path mismatch")
-        return info
+        _check_entry(data, path, st, stream)
+        return VideoInfo.from_json(data)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError) as exc:
-        # A torn or foreign entry is rebuilt, never trusted.
-        log.warning("ignoring unreadable index cache entry %s for %s: %s", fname, path, exc)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, OverflowError, ZeroDivisionError, RecursionError) as exc:
+        # A torn, foreign or forged entry is rebuilt, never trusted. RecursionError: deeply
+        # nested JSON.
+        log.warning("ignoring unreadable index cache entry %s for %s: %s", fname, path, exc or type(exc).__name__)
         return None
+
+
+def _make_private_dir(folder: str) -> None:
+    # 0o755, not the umask's 0o777: under umask 002 our own folders would otherwise be
+    # group-writable, and so refused by _dir_trusted.
+    try:
+        os.mkdir(folder, 0o755)
+    except FileExistsError:
+        pass
 
 
 def _cache_store(cache_dir: str, key: str, info: VideoInfo) -> None:
     fname = _cache_file(cache_dir, key)
     folder = os.path.dirname(fname)
     try:
-        os.makedirs(folder, exist_ok=True)
-        # Write to a private temporary file, then rename: readers in other processes
-        # see either no entry or a complete one.
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+        parent = os.path.dirname(os.path.abspath(cache_dir))
+        os.makedirs(parent, exist_ok=True)
+        _make_private_dir(cache_dir)
+        _make_private_dir(folder)
+        if not _cache_trusted(cache_dir, key):
+            return  # someone else created or changed it meanwhile
+        # Write a new temporary file, then rename: readers in other processes see either no
+        # entry or a complete one. os.open applies the umask, as for any ordinary file.
+        for _ in range(100):
+            tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}.json")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"no free temporary name in {folder}")
         try:
-            os.fchmod(fd, 0o644)  # an index is not secret; a shared cache must be readable
             with io.open(fd, "w", encoding="utf-8") as fh:
                 json.dump(info.to_json(), fh, separators=(",", ":"))
             os.replace(tmp, fname)

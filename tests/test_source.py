@@ -1,11 +1,17 @@
 import json
 import os
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from ringload._source import Source, resolve_source
 from ringload.errors import ConfigError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _touch(path):
@@ -108,3 +114,80 @@ def test_source_passthrough_and_single_file(tmp_path):
     assert resolve_source(s) is s
     v = _touch(tmp_path / "one.mov")
     assert resolve_source(v).paths == [v]
+
+
+def test_symlink_loop_gives_each_file_once(tmp_path):
+    _touch(tmp_path / "a" / "x.mp4")
+    _touch(tmp_path / "b" / "y.mp4")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")  # a/loop/a/loop/... back to the top
+    os.symlink(tmp_path / "b", tmp_path / "c")  # a second name for b
+    os.symlink(tmp_path / "a" / "x.mp4", tmp_path / "b" / "x-again.mp4")  # a second name for x
+    rel = [os.path.relpath(p, tmp_path) for p in resolve_source(tmp_path).paths]
+    # The first of each file's names in the sorted order.
+    assert rel == [os.path.join("a", "x.mp4"), os.path.join("b", "y.mp4")]
+
+
+def test_on_error_is_checked(tmp_path):
+    _touch(tmp_path / "a.mp4")
+    with pytest.raises(ConfigError, match="on_error"):
+        resolve_source(tmp_path, on_error="ignore")
+
+
+# Run where permission bits apply: as root that needs a process without the DAC capabilities.
+_SCAN = """
+import json, logging, sys
+from ringload._source import resolve_source
+from ringload.errors import ConfigError
+
+records = []
+handler = logging.Handler()
+handler.emit = records.append
+logging.getLogger("ringload").addHandler(handler)
+out = {}
+try:
+    resolve_source(sys.argv[1])
+    out["raise"] = None
+except ConfigError as exc:
+    out["raise"] = str(exc)
+out["skip"] = resolve_source(sys.argv[1], on_error="skip").paths
+out["warnings"] = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+print(json.dumps(out))
+"""
+
+
+def _unprivileged_python() -> list[str]:
+    """A command running this Python where permission bits apply (as root: without the DAC capabilities)."""
+    if os.geteuid() != 0:
+        return [sys.executable]
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot drop CAP_DAC_OVERRIDE to test permission bits")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--", sys.executable]
+
+
+def test_unreadable_subdirectory_is_reported(tmp_path):
+    _touch(tmp_path / "ok" / "a.mp4")
+    _touch(tmp_path / "locked" / "inner" / "b.mp4")
+    locked = tmp_path / "locked"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    python = _unprivileged_python()
+    os.chmod(locked, 0)
+    try:
+        control = subprocess.run(
+            [*python, "-c", "import os, sys; os.listdir(sys.argv[1])", str(locked)],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        if control.returncode == 0:
+            pytest.skip("permission bits are not enforced here: the folder stays readable")
+        if "PermissionError" not in control.stderr:
+            pytest.skip(f"cannot start an unprivileged process here: {control.stderr.strip()[-300:]}")
+        out = subprocess.run([*python, "-c", _SCAN, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        os.chmod(locked, 0o755)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["raise"] is not None, "on_error='raise' skipped the unreadable folder silently"
+    assert str(locked) in res["raise"] and 'on_error="skip"' in res["raise"] and "permission" in res["raise"].lower()
+    assert res["skip"] == [str(tmp_path / "ok" / "a.mp4")]
+    assert len(res["warnings"]) == 1 and str(locked) in res["warnings"][0]
