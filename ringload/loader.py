@@ -445,7 +445,7 @@ class VideoLoader:
         self._closed = False
         self._finalizer = None
         self._owner_pid = os.getpid()
-        self.source = resolve_source(source)
+        self.source = resolve_source(source, on_error=cfg.on_error)
         self._paths = [os.path.abspath(p) for p in self.source.paths]
         self._rank, self._world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _dist_defaults()
         self._quarantined: dict[str, str] = {}
