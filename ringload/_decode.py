@@ -48,17 +48,22 @@ class VideoReader:
     ``decode(indices, sink)`` calls ``sink(position, frame)`` once for every position of
     ``indices``; ``decoded_frames`` counts every frame the decoder produced. The file
     stays open between calls so that a request just ahead of the last one continues
-    without a seek. A file whose size or mtime differs from ``info``'s raises
-    :class:`VideoChangedError`, checked on open and at every ``decode`` call. ``threads`` is FFmpeg's thread count (1: one core, the right choice
-    for a process that is one of several decoders; 0: FFmpeg picks).
+    without a seek. ``threads`` is FFmpeg's thread count (1: one core, the right choice
+    for a process that is one of several decoders; 0: FFmpeg picks). A file whose size
+    or mtime differs from ``info``'s raises :class:`VideoChangedError`, checked on open
+    and at every ``decode`` call. A requested frame that FFmpeg flags as corrupt raises
+    :class:`DecodeError` unless ``allow_corrupt`` (indexing counts such frames; training
+    must never see them).
     """
 
-    def __init__(self, path: str | os.PathLike, info: VideoInfo, *, threads: int = 1, skip_nonref: bool = True):
+    def __init__(self, path: str | os.PathLike, info: VideoInfo, *, threads: int = 1, skip_nonref: bool = True,
+                 allow_corrupt: bool = False):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f"VideoReader(threads={threads!r}): pass an int >= 0 (0 lets FFmpeg choose)")
         self.path = os.fspath(path)
         self.info = info
         self.threads = threads
+        self.allow_corrupt = bool(allow_corrupt)
         self.decoded_frames = 0
         self._container = None
         self._fd = None  # descriptor of the file that was checked against info; FFmpeg reads it
@@ -245,6 +250,14 @@ class VideoReader:
         targets = sorted(wanted)
         try:
             self._decode_sorted(targets, wanted, sink)
+        except _Corrupt as exc:
+            # The decoder itself is fine and stands just past the frame: the reader stays usable.
+            raise DecodeError(
+                self.path,
+                f"frame {exc.frame} is corrupt: FFmpeg found damaged data in it and concealed the damage "
+                "(its pixels are not the video's)",
+                hint="re-encode or replace the file; with on_error='skip' the loader replaces the samples that use it",
+            ) from None
         except _DecodeFailed as exc:
             self.close()
             pending = min(wanted) if wanted else targets[-1]
@@ -333,6 +346,16 @@ class VideoReader:
             self._last = j
             positions = wanted.pop(j, None)
             if positions is not None:
+                # FFmpeg flags (AV_FRAME_FLAG_CORRUPT, decode_error_flags) only a frame in
+                # which the decoder itself detected damage and concealed it: measured with
+                # libavcodec 62 on H.264, frames predicted from it (the rest of its GOP, the
+                # B-frames referencing it) carry the damage unflagged, and damage that still
+                # parses is not flagged at all. Concealed pixels (and those predicted from them)
+                # also depend on what the decoder decoded before (a seek vs a continued
+                # decode). So every flagged frame is refused here, but an unflagged frame is
+                # not proven intact.
+                if frame.is_corrupt and not self.allow_corrupt:
+                    raise _Corrupt(j)
                 for pos in positions:
                     sink(pos, frame)
             if j == t:
@@ -356,6 +379,14 @@ class VideoReader:
 
 class _DecodeFailed(Exception):
     pass
+
+
+class _Corrupt(Exception):
+    """A requested frame came out flagged as corrupt."""
+
+    def __init__(self, frame: int):
+        super().__init__(frame)
+        self.frame = frame
 
 
 def _fd_path(fd: int) -> str:
