@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .errors import ConfigError, DecodeError, FrameIndexError, VideoOpenError
+from .errors import ConfigError, DecodeError, FrameIndexError, VideoChangedError, VideoOpenError
 from .probe import TS_COUNT, TS_PTS, VideoInfo, frame_timestamp
 
 log = logging.getLogger(__name__)
@@ -49,17 +49,24 @@ class VideoReader:
     ``indices``; ``decoded_frames`` counts every frame the decoder produced. The file
     stays open between calls so that a request just ahead of the last one continues
     without a seek. ``threads`` is FFmpeg's thread count (1: one core, the right choice
-    for a process that is one of several decoders; 0: FFmpeg picks).
+    for a process that is one of several decoders; 0: FFmpeg picks). A file whose size
+    or mtime differs from ``info``'s raises :class:`VideoChangedError`, checked on open
+    and at every ``decode`` call. A requested frame that FFmpeg flags as corrupt raises
+    :class:`DecodeError` unless ``allow_corrupt`` (indexing counts such frames; training
+    must never see them).
     """
 
-    def __init__(self, path: str | os.PathLike, info: VideoInfo, *, threads: int = 1, skip_nonref: bool = True):
+    def __init__(self, path: str | os.PathLike, info: VideoInfo, *, threads: int = 1, skip_nonref: bool = True,
+                 allow_corrupt: bool = False):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f"VideoReader(threads={threads!r}): pass an int >= 0 (0 lets FFmpeg choose)")
         self.path = os.fspath(path)
         self.info = info
         self.threads = threads
+        self.allow_corrupt = bool(allow_corrupt)
         self.decoded_frames = 0
         self._container = None
+        self._fd = None  # descriptor of the file that was checked against info; FFmpeg reads it
         self._stream = None
         self._frames = None  # live frame generator of the current decode position
         self._last = None  # index of the last frame identified since the last seek
@@ -79,12 +86,17 @@ class VideoReader:
 
     def close(self) -> None:
         self._frames = None
-        if self._container is not None:
-            try:
-                self._container.close()
-            finally:
-                self._container = None
-                self._stream = None
+        try:
+            if self._container is not None:
+                try:
+                    self._container.close()
+                finally:
+                    self._container = None
+                    self._stream = None
+        finally:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
 
     def __enter__(self):
         return self
@@ -97,14 +109,27 @@ class VideoReader:
 
         self.close()
         try:
-            self._container = av.open(self.path, "r")
-        except av.FFmpegError as exc:
-            raise VideoOpenError(self.path, f"FFmpeg cannot open it: {exc}") from None
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise VideoOpenError(self.path, "no such file (it was indexed: moved or deleted since?)") from None
         except OSError as exc:
-            raise VideoOpenError(self.path, f"cannot open: {exc}") from None
-        streams = list(self._container.streams)
-        if self.info.stream >= len(streams) or streams[self.info.stream].type != "video":
-            raise VideoOpenError(self.path, f"stream {self.info.stream} is no longer a video stream; re-index the file")
+            raise VideoOpenError(self.path, f"cannot open: {exc.strerror or exc}") from None
+        self._fd = fd
+        try:
+            self._check_unchanged()
+            try:
+                # FFmpeg opens the very file checked above, whatever the path names by now.
+                self._container = av.open(_fd_path(fd), "r")
+            except av.FFmpegError as exc:
+                raise VideoOpenError(self.path, f"FFmpeg cannot open it: {exc.strerror or exc}") from None
+            except OSError as exc:
+                raise VideoOpenError(self.path, f"cannot open: {exc.strerror or exc}") from None
+            streams = list(self._container.streams)
+            if self.info.stream >= len(streams) or streams[self.info.stream].type != "video":
+                raise VideoOpenError(self.path, f"stream {self.info.stream} is no longer a video stream; re-index the file")
+        except BaseException:
+            self.close()
+            raise
         st = streams[self.info.stream]
         cc = st.codec_context
         cc.thread_type = "SLICE" if self.threads == 1 else "AUTO"
@@ -114,6 +139,25 @@ class VideoReader:
         self._last = None
         self._count = 0
         self._frames = self._generate()
+
+    def _check_unchanged(self) -> None:
+        """Raise VideoChangedError (closing the reader) when the open file is not the indexed one."""
+        info = self.info
+        if self._fd is None or (info.file_size < 0 and info.file_mtime_ns < 0):
+            return
+        st = os.fstat(self._fd)
+        # Size and mtime only: inode and device differ for an index built on another machine.
+        if (info.file_size < 0 or st.st_size == info.file_size) and (
+            info.file_mtime_ns < 0 or st.st_mtime_ns == info.file_mtime_ns
+        ):
+            return
+        self.close()
+        raise VideoChangedError(
+            self.path,
+            f"the file changed after it was indexed (indexed: {info.file_size} bytes, mtime_ns {info.file_mtime_ns}; "
+            f"now: {st.st_size} bytes, mtime_ns {st.st_mtime_ns}); its frames would not match the index. "
+            "Re-index it (`ringload index SOURCE`) or rebuild the loader",
+        )
 
     def _generate(self):
         import av
@@ -195,6 +239,8 @@ class VideoReader:
         n = self.info.num_frames
         if idx.size == 0:
             return
+        # An in-place rewrite keeps the inode (and this descriptor) but not size/mtime.
+        self._check_unchanged()
         bad = idx[(idx < 0) | (idx >= n)]
         if bad.size:
             raise FrameIndexError(self.path, f"frame {int(bad[0])} is out of range: {n} frames decode (0..{n - 1})")
@@ -204,6 +250,14 @@ class VideoReader:
         targets = sorted(wanted)
         try:
             self._decode_sorted(targets, wanted, sink)
+        except _Corrupt as exc:
+            # The decoder itself is fine and stands just past the frame: the reader stays usable.
+            raise DecodeError(
+                self.path,
+                f"frame {exc.frame} is corrupt: FFmpeg found damaged data in it and concealed the damage "
+                "(its pixels are not the video's)",
+                hint="re-encode or replace the file; with on_error='skip' the loader replaces the samples that use it",
+            ) from None
         except _DecodeFailed as exc:
             self.close()
             pending = min(wanted) if wanted else targets[-1]
@@ -292,6 +346,16 @@ class VideoReader:
             self._last = j
             positions = wanted.pop(j, None)
             if positions is not None:
+                # FFmpeg flags (AV_FRAME_FLAG_CORRUPT, decode_error_flags) only a frame in
+                # which the decoder itself detected damage and concealed it: measured with
+                # libavcodec 62 on H.264, frames predicted from it (the rest of its GOP, the
+                # B-frames referencing it) carry the damage unflagged, and damage that still
+                # parses is not flagged at all. Concealed pixels (and those predicted from them)
+                # also depend on what the decoder decoded before (a seek vs a continued
+                # decode). So every flagged frame is refused here, but an unflagged frame is
+                # not proven intact.
+                if frame.is_corrupt and not self.allow_corrupt:
+                    raise _Corrupt(j)
                 for pos in positions:
                     sink(pos, frame)
             if j == t:
@@ -315,6 +379,19 @@ class VideoReader:
 
 class _DecodeFailed(Exception):
     pass
+
+
+class _Corrupt(Exception):
+    """A requested frame came out flagged as corrupt."""
+
+    def __init__(self, frame: int):
+        super().__init__(frame)
+        self.frame = frame
+
+
+def _fd_path(fd: int) -> str:
+    """A path that opens the file behind descriptor ``fd`` (Linux; /dev/fd elsewhere)."""
+    return f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else f"/dev/fd/{fd}"
 
 
 def as_indices(indices, path) -> np.ndarray:

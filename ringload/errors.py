@@ -38,6 +38,10 @@ class VideoOpenError(VideoError):
     """The file is missing, empty, unreadable or not a container FFmpeg understands."""
 
 
+class VideoChangedError(VideoOpenError):
+    """The file is not the one that was indexed: its size or modification time differs."""
+
+
 class NoVideoStreamError(VideoError):
     """The container holds no (decodable) video stream, or the chosen stream is not video."""
 

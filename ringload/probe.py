@@ -795,7 +795,8 @@ def _verify(path: str, stream_index: int, pts: np.ndarray, keyframes: np.ndarray
     # First GOP: from the start up to the second keyframe; last GOP: the last keyframe to
     # the end, and nothing may decode after it. With one keyframe that is the whole stream.
     head = int(keyframes[1]) if len(keyframes) > 1 else n
-    reader = VideoReader(path, provisional, threads=1 if threads is None else threads)
+    # Indexing counts what decodes: a concealed (corrupt) frame is still a frame of the stream.
+    reader = VideoReader(path, provisional, threads=1 if threads is None else threads, allow_corrupt=True)
     try:
         reader.decode(range(0, head), keep_first)
         if len(keyframes) > 1:
@@ -823,7 +824,8 @@ def _rgb_frames(path: str, info: VideoInfo, indices: range, threads: int | None,
         if wanted[pos] >= indices.start:
             got[wanted[pos]] = frame.to_ndarray(format="rgb24")
 
-    with VideoReader(path, info, threads=1 if threads is None else threads, skip_nonref=False) as reader:
+    with VideoReader(path, info, threads=1 if threads is None else threads, skip_nonref=False,
+                     allow_corrupt=True) as reader:
         reader.decode(wanted, keep)
     return got
 
