@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _MAX_ATTEMPTS = 64  # redraws of one sample before the loader gives up (too many bad files)
 _CRASHES_PER_VIDEO = 3  # decoder deaths on one file before the file counts as bad
+_MAIN_GUARD_EXIT = 78  # loader._MAIN_GUARD_EXIT: a decoder exited because the script lacks its main guard
 # A decoder that has not connected within task_timeout_s (at least this) is killed and replaced.
 _MIN_STARTUP_TIMEOUT_S = 10.0
 _INFO_MIRROR_MIN, _INFO_MIRROR_MAX = 8, 128  # video indexes a decoder is known to hold
@@ -327,7 +328,9 @@ class Scheduler:
         with self._lock:
             if gen != self._gen:
                 fut = concurrent.futures.Future()
-                fut.set_exception(WorkerError("this epoch was superseded by a newer iteration of the loader"))
+                fut.set_exception(
+                    LoaderStateError("this pass was superseded: iter(loader) was called again; keep using the newest iterator")
+                )
                 return fut
             fut = self._futures.get(k)
             if fut is None:
@@ -890,6 +893,10 @@ class Scheduler:
         dec.inflight.clear()
         self.counters["decoder_restarts"] += 1
         log.warning("decoder %d (pid %d) exited with code %s; %d tasks re-run", dec.id, dec.pid, exitcode, len(tasks))
+        if not dec.ever_ready and exitcode == _MAIN_GUARD_EXIT:
+            from .loader import _MAIN_GUARD_HELP
+
+            raise WorkerError(f"a decoder process re-ran your script's loader construction. {_MAIN_GUARD_HELP}")
         if not dec.ever_ready:
             self._startup_failures.append(_death_cause(exitcode, False))
             if len(self._startup_failures) > 3:

@@ -91,7 +91,7 @@ class LoaderConfig:
     num_workers: int | None = None
     prefetch_batches: int | None = None
     device: str = "cpu"
-    drop_last: bool = True
+    drop_last: bool = False
     rank: int | None = None
     world_size: int | None = None
     on_error: str = "raise"
@@ -144,6 +144,11 @@ class LoaderConfig:
                 raise ConfigError(f"fps={self.fps!r}: pass a positive number of frames per second, or None")
             if self.sample != "clips":
                 raise ConfigError(f"fps={self.fps!r} applies to sample='clips' only (sample={self.sample!r})")
+            if self.frame_stride != 1:
+                raise ConfigError(
+                    f"fps={self.fps!r} and frame_stride={self.frame_stride} both set the spacing of a clip's frames: "
+                    "pass one of them (fps picks frames by timestamp, frame_stride by position)"
+                )
             object.__setattr__(self, "fps", float(self.fps))
         if self.sample == "segments" and self.num_segments is None:
             raise ConfigError("sample='segments' needs num_segments (frames per sample, one per equal part of the video)")
@@ -388,9 +393,15 @@ class VideoLoader:
     how a player would turn them), exactly like ``read_frames``. ``hflip`` flips half the samples. All random choices are keyed by
     (seed, epoch, sample), so batch k is the same for any ``num_workers``, timing or fault.
 
-    Epochs: one ``for batch in loader`` is one epoch; ``set_epoch(e)`` selects the next.
-    A new iteration continues from where the last one stopped (``state_dict``); after a
-    complete pass it starts the epoch again. ``rank``/``world_size`` default to
+    Epochs, like ``DataLoader``: every ``iter(loader)`` starts a fresh, whole pass (so
+    ``next(iter(loader))`` to peek, or a ``break``, never eats training batches). Without
+    ``set_epoch`` each pass takes the next epoch number (0, 1, 2, ...: reshuffled);
+    ``set_epoch(e)`` fixes the epoch of every pass until the next ``set_epoch``
+    (DistributedSampler's rule). Exact mid-epoch resume is ``load_state_dict``: the next
+    pass continues the saved epoch at the saved batch. One pass at a time: an older
+    iterator raises :class:`ringload.LoaderStateError`. ``drop_last`` (default False, as
+    in DataLoader: nothing is dropped unless asked) drops the short last batch; an epoch
+    that would be empty is a ConfigError. ``rank``/``world_size`` default to
     torch.distributed's when it is initialised.
 
     Resources: ``num_workers`` decoder processes (default: one per CPU); a ring of
@@ -426,7 +437,7 @@ class VideoLoader:
         num_workers: int | None = None,
         prefetch_batches: int | None = None,
         device="cpu",
-        drop_last: bool = True,
+        drop_last: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
         on_error: str = "raise",
@@ -442,6 +453,7 @@ class VideoLoader:
         )
         from ._source import resolve_source
 
+        _refuse_in_a_spawned_import()
         self._closed = False
         self._finalizer = None
         self._owner_pid = os.getpid()
@@ -458,10 +470,28 @@ class VideoLoader:
                 f"frame_stride={cfg.frame_stride}, fps={cfg.fps}); {len(self._quarantined)} files are unusable"
             )
         self._size = self._output_size()
-        self._epoch = 0
-        self._next_batch = 0
+        self._epoch = 0  # epoch of the current (or last, or resumed) pass
+        self._next_batch = 0  # position in it
+        self._pinned: int | None = None  # set_epoch(e): every pass is epoch e until the next set_epoch
+        self._resume = False  # load_state_dict: the next pass continues (epoch, next_batch)
+        self._passes = 0
+        self._gen = None  # the scheduler generation of the live pass
         self._plan_cache = None
-        self._fingerprint = self._make_fingerprint()
+        if len(self._plan()) == 0:
+            raise ConfigError(
+                f"batch_size={cfg.batch_size} is larger than the {int(self._plan().total_samples)} samples of an epoch"
+                + (f" shared by {self._world} ranks" if self._world > 1 else "")
+                + " and drop_last=True drops them all: lower batch_size, or pass drop_last=False"
+            )
+        plan = self._plan()
+        if len(np.asarray(plan[len(plan) - 1])) == 0:
+            # Ranks keep equal batch counts and nothing is padded (a padded sample would be seen twice).
+            log.warning(
+                "rank %d of %d: the last batch of each epoch is empty (the samples do not fill a last round "
+                "across ranks); pass drop_last=True to drop short last batches", self._rank, self._world,
+            )
+        self._settings = self._make_settings()
+        self._fingerprint = _digest(self._settings)
         self._counters = {"batches": 0, "samples": 0, "frames": 0, "wait_s": 0.0, "busy_s": 0.0}
         self._t_first = None
         self._start_resources()
@@ -492,7 +522,7 @@ class VideoLoader:
                 infos.append(probe(p))
             except VideoError as exc:
                 if self.config.on_error == "raise":
-                    raise
+                    raise _with_hint(exc) from None
                 log.warning("quarantined %s", exc)
                 self._quarantined[exc.path] = exc.reason
                 infos.append(None)
@@ -576,15 +606,19 @@ class VideoLoader:
         self._ring, self._sched, self._transfer = ring, sched, transfer
         self._finalizer = weakref.finalize(self, _release, sched, transfer, ring, self._owner_pid)
 
-    def _make_fingerprint(self) -> str:
+    def _make_settings(self) -> dict:
+        """What decides the batches (the resume check): every setting but the resources, plus the data."""
         cfg = self.config
         keep = {
             f.name: getattr(cfg, f.name)
             for f in dataclasses.fields(cfg)
             if f.name not in ("num_workers", "prefetch_batches", "device", "timeout_s", "task_timeout_s", "rank", "world_size")
         }
-        keep.update(rank=self._rank, world_size=self._world, size=self._size, paths=self._paths, lengths=self._plan_lengths.tolist())
-        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        keep.update(
+            rank=self._rank, world_size=self._world, size=self._size, num_videos=len(self._paths),
+            paths=_digest(self._paths), lengths=_digest(self._plan_lengths.tolist()),
+        )
+        return json.loads(json.dumps(keep, default=str))
 
     # ------------------------------------------------------------------ epochs
 
@@ -617,26 +651,75 @@ class VideoLoader:
 
     @property
     def epoch(self) -> int:
+        """The epoch of the current or last pass (or of the pass a restored state resumes)."""
         return self._epoch
 
+    @property
+    def paths(self) -> list[str]:
+        """Absolute path of every video, in source order (``Batch.video_index`` indexes it)."""
+        return list(self._paths)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self._paths)
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names in id order (manifests with named labels), else None."""
+        names = self.source.class_names
+        return list(names) if names is not None else None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (0 without labels)."""
+        labels = self.source.labels
+        if labels is None:
+            return 0
+        if self.source.class_names is not None:
+            return len(self.source.class_names)
+        return int(labels.shape[1]) if labels.ndim == 2 else int(labels.max()) + 1 if len(labels) else 0
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next iteration yields (from its first batch)."""
+        """Make every following pass epoch ``epoch`` (like DistributedSampler.set_epoch).
+
+        After ``load_state_dict``, setting the saved epoch keeps the saved position."""
         if not _is_int(epoch) or not 0 <= epoch <= _MAX_EPOCH:
             raise ConfigError(f"set_epoch({epoch!r}): pass an int in [0, {_MAX_EPOCH}]")
-        self._epoch = int(epoch)
-        self._next_batch = 0
+        epoch = int(epoch)
+        if not (self._resume and epoch == self._epoch):
+            self._resume = False
+            self._epoch = epoch
+            self._next_batch = 0
+        self._pinned = epoch
 
     def __iter__(self):
+        """A fresh, whole pass: the pinned epoch, else the next one (epoch 0 first); after
+        ``load_state_dict``, the rest of the saved pass."""
         self._check_open()
+        if self._resume:
+            first = self._next_batch
+        else:
+            if self._pinned is not None:
+                self._epoch = self._pinned
+            elif self._passes:
+                self._epoch += 1
+            first = 0
+        self._resume = False
+        self._passes += 1
         plan = self._plan()
         n = len(plan)
-        first = self._next_batch if self._next_batch < n else 0
+        self._next_batch = first
         sampler = _Sampler(self.config, self._infos, self._counts, plan, self._epoch)
-        gen = self._sched.start_epoch(sampler, first, n)
+        gen = self._gen = self._sched.start_epoch(sampler, first, n)
         return self._batches(gen, first, n)
 
     def _batches(self, gen: int, first: int, n: int):
         for k in range(first, n):
+            if gen != self._gen:
+                raise LoaderStateError(
+                    "this iterator was superseded: iter(loader) was called again, which starts a new pass. "
+                    "The loader serves one pass at a time: keep using the newest iterator"
+                )
             batch = self._fetch(gen, k)
             self._next_batch = k + 1
             yield batch
@@ -659,6 +742,8 @@ class VideoLoader:
             try:
                 done = self._sched.wait(gen, k, min(step, max(0.0, deadline - time.perf_counter())))
                 break
+            except VideoError as exc:
+                raise _with_hint(exc) from None
             except concurrent.futures.CancelledError:
                 if self._closed:
                     raise LoaderStateError(
@@ -709,30 +794,47 @@ class VideoLoader:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
-        """Where the loader stands: the next ``iter()`` yields batch ``next_batch`` of ``epoch``."""
+        """Where the loader stands: batch ``next_batch`` of ``epoch`` comes next (``load_state_dict``)."""
         return {
-            "version": 1,
+            "version": _STATE_VERSION,
             "seed": self.config.seed,
             "epoch": self._epoch,
             "next_batch": self._next_batch,
+            "pinned_epoch": self._pinned,
             "fingerprint": self._fingerprint,
+            "settings": self._settings,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume: the next iteration yields exactly the batches an uninterrupted run would have."""
+        """Resume: the next pass yields exactly the rest of the saved pass (a state saved
+        after a whole pass resumes with the pass that would have followed)."""
         try:
-            version, seed, epoch, nxt, fp = (state[k] for k in ("version", "seed", "epoch", "next_batch", "fingerprint"))
+            version = state["version"]
+            epoch, nxt, pinned, fp = (state[k] for k in ("epoch", "next_batch", "pinned_epoch", "fingerprint"))
         except (KeyError, TypeError):
             raise ConfigError("load_state_dict: pass a dict made by VideoLoader.state_dict()") from None
-        if version != 1:
-            raise ConfigError(f"load_state_dict: state version {version} is not supported (expected 1)")
-        if fp != self._fingerprint or seed != self.config.seed:
+        if version != _STATE_VERSION:
             raise ConfigError(
-                "load_state_dict: the state was saved by a loader with other settings, videos or rank "
-                "(seed, sampling, batch_size, size, ...); build the loader with the same arguments"
+                f"load_state_dict: state version {version} is not supported (this ringload writes and reads "
+                f"version {_STATE_VERSION}); it was saved by another ringload version"
             )
-        self._epoch = int(epoch)
-        self._next_batch = int(nxt)
+        if fp != self._fingerprint:
+            saved = state.get("settings") or {}
+            diff = [
+                f"{k}: saved {saved.get(k)!r}, this loader {v!r}" for k, v in self._settings.items() if saved.get(k) != v
+            ]
+            raise ConfigError(
+                "load_state_dict: the state was saved by a loader with other settings or data ("
+                + ("; ".join(diff) or "unknown differences")
+                + "); build the loader with the same arguments and videos"
+            )
+        if not (_is_int(epoch) and _is_int(nxt) and 0 <= epoch <= _MAX_EPOCH and nxt >= 0):
+            raise ConfigError("load_state_dict: the state's epoch or next_batch is invalid")
+        self._epoch, self._next_batch = int(epoch), int(nxt)
+        self._pinned = int(pinned) if pinned is not None else None
+        self._passes = 1
+        # A pass that had ended resumes as the pass that follows it.
+        self._resume = self._next_batch < len(self._plan())
 
     # ------------------------------------------------------------------ reporting and teardown
 
@@ -813,6 +915,42 @@ class VideoLoader:
             f"VideoLoader({len(self._paths)} videos, sample={c.sample!r}, sampling={c.sampling!r}, "
             f"batch_size={c.batch_size}, size={self._size}, epoch={self._epoch}, rank={self._rank}/{self._world})"
         )
+
+
+_STATE_VERSION = 2
+_MAIN_GUARD_EXIT = 78  # a spawned decoder found the loader being built while it imported __main__
+_MAIN_GUARD_HELP = (
+    "Decoders are spawned processes that import your main module; a script that builds a VideoLoader "
+    "at module level builds it again in every decoder. Build the loader (and train) under "
+    "`if __name__ == \"__main__\":`, e.g.\n\n    def main():\n        loader = VideoLoader(...)\n"
+    "        for batch in loader: ...\n\n    if __name__ == \"__main__\":\n        main()"
+)
+
+
+def _refuse_in_a_spawned_import() -> None:
+    """In a process spawned by multiprocessing that is still importing the parent's main
+    module, building a loader means the script lacks its main guard: say so in one line and
+    exit with a code the parent recognises, instead of multiprocessing's long traceback."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        log.critical("ringload: a VideoLoader was built while a spawned process imported __main__ (missing main guard)")
+        os._exit(_MAIN_GUARD_EXIT)
+
+
+def _with_hint(exc: VideoError) -> VideoError:
+    """The same error, telling an ``on_error="raise"`` user how to go on."""
+    hint = "pass on_error='skip' to quarantine bad files and go on; `ringload index SOURCE` lists every bad file at once"
+    if exc.hint:
+        hint = f"{exc.hint}; {hint}"
+    try:
+        return type(exc)(exc.path, exc.reason, hint=hint)
+    except TypeError:  # a subclass with another signature
+        return exc
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _mem_available_bytes() -> int | None:

@@ -33,11 +33,16 @@ def test_resume_mid_epoch_is_bitwise_identical(engine_videos):
     assert_same_batches(e1_head + e1_tail, ref1)
 
 
-def test_iteration_continues_where_it_stopped(engine_videos):
+def test_a_new_pass_after_a_break_is_whole_and_only_load_state_dict_resumes(engine_videos):
     with ringload.VideoLoader(engine_videos, num_workers=2, **KW) as loader:
+        loader.set_epoch(0)
         ref = collect(loader)
-        first = collect(loader, limit=3)  # a new pass starts the epoch again
-        rest = collect(loader)  # the next iteration continues at batch 3
+        first = collect(loader, limit=3)
+        state = loader.state_dict()
+        again = collect(loader)  # a fresh, whole pass (DataLoader's rule), not batch 3 onwards
+        loader.load_state_dict(state)
+        rest = collect(loader)  # the saved position: batch 3 onwards
+    assert_same_batches(again, ref)
     assert_same_batches(first + rest, ref)
 
 
