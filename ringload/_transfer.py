@@ -8,7 +8,29 @@ has completed.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
+
+
+class Transfer(Protocol):
+    """What the loader needs from a transfer (CPU copy or CUDA stream)."""
+
+    device: torch.device
+
+    def register(self, slots: list[torch.Tensor]) -> None:
+        """Called once with a uint8 tensor view of each whole slot."""
+
+    def submit(self, slot: int, frames: torch.Tensor) -> torch.Tensor:
+        """The user's tensor for a completed slot; the slot comes back through reclaim()."""
+
+    def reclaim(self, timeout_s: float = 0.0) -> list[int]:
+        """Slots whose data has left shared memory and may be rewritten."""
+
+    def in_flight(self) -> int:
+        """Slots submitted and not yet reclaimable."""
+
+    def close(self) -> None: ...
 
 
 class CpuTransfer:
@@ -32,11 +54,14 @@ class CpuTransfer:
         done, self._done = self._done, []
         return done
 
+    def in_flight(self) -> int:
+        return 0  # the copy is done when submit() returns
+
     def close(self) -> None:
         self._done.clear()
 
 
-def make_transfer(device) -> CpuTransfer:
+def make_transfer(device) -> Transfer:
     dev = torch.device(device)
     if dev.type == "cpu":
         return CpuTransfer()

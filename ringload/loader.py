@@ -43,10 +43,6 @@ _MAX_SEED = 2**64 - 1
 _MAX_EPOCH = 2**32 - 1
 # Tolerance when a clip's sampling times are matched to frame timestamps (see _clip_frames).
 _TIME_EPS = 1e-6
-# Test hooks: a decoder sleeps (until killed) on the task with this number, or on every
-# task of the video with this index. Read once, when the loader is built.
-_HANG_ENV = "RINGLOAD_TEST_HANG_TASK"
-_HANG_VIDEO_ENV = "RINGLOAD_TEST_HANG_VIDEO"
 
 
 def _is_int(x) -> bool:
@@ -114,7 +110,7 @@ class LoaderConfig:
         need_int("num_segments", 1, none_ok=True)
         need_int("chunk_len", 1, none_ok=True)
         need_int("max_per_chunk", 1, none_ok=True)
-        need_int("num_workers", 1, none_ok=True)
+        need_int("num_workers", 0, none_ok=True)
         need_int("prefetch_batches", 1, none_ok=True)
         need_int("rank", 0, none_ok=True)
         need_int("world_size", 1, none_ok=True)
@@ -273,7 +269,7 @@ class _Sampler:
         self.height = np.array([i.height if i is not None else 0 for i in infos], dtype=np.int64)
         self.counts = counts
         # Consecutive batches a bounded chunk can reach (the scheduler's look-ahead unit).
-        self.spread = int(getattr(plan, "chunk_window", 1)) if cfg.sampling == "bounded" else 1
+        self.chunk_window = plan.chunk_window if cfg.sampling == "bounded" else 1
         self.eligible = np.flatnonzero(counts > 0)
         self.cum = np.cumsum(counts[self.eligible])
 
@@ -404,7 +400,8 @@ class VideoLoader:
     that would be empty is a ConfigError. ``rank``/``world_size`` default to
     torch.distributed's when it is initialised.
 
-    Resources: ``num_workers`` decoder processes (default: one per CPU); a ring of
+    Resources: ``num_workers`` decoder processes (default: one per CPU; 0 decodes in
+    this process, on the loader's thread, with the same batches: for debugging); a ring of
     ``prefetch_batches + 1`` batch slots in shared memory (default: 8, in bounded mode
     enough for a whole chunk's batches plus two per decoder, at most what fits in 1 GiB and
     at least 2). ``on_error="skip"`` quarantines bad files (``stats()``) and replaces
@@ -556,14 +553,16 @@ class VideoLoader:
         import torch
 
         from ._ring import Ring, RingLayout
-        from ._scheduler import Scheduler
+        from ._scheduler import Scheduler, SchedulerOptions
         from ._transfer import make_transfer
 
         cfg = self.config
         T = cfg.frames_per_sample
         h, w = self._size
         batch_bytes = cfg.batch_size * T * h * w * 3
-        workers = cfg.num_workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        workers = cfg.num_workers
+        if workers is None:
+            workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self._num_workers = workers
         prefetch = cfg.prefetch_batches
         if prefetch is None:
@@ -571,7 +570,7 @@ class VideoLoader:
             want = 8
             if cfg.sampling == "bounded":
                 # Room for whole chunks plus work for every decoder: each chunk decodes once.
-                want = max(want, self._plan().chunk_window + 2 * workers)
+                want = max(want, self._plan().chunk_window + 2 * max(1, workers))
             prefetch = int(min(want, fit))
         layout = RingLayout(prefetch + 1, (cfg.batch_size, T, h, w, 3))
         _check_ring_fits(layout, f"{layout.num_slots} slots of {cfg.batch_size} x {T} frames of {h}x{w}")
@@ -588,16 +587,9 @@ class VideoLoader:
             transfer = make_transfer(cfg.device)
             self._slot_tensors = [torch.from_numpy(ring.slots[i]) for i in range(layout.num_slots)]
             transfer.register(self._slot_tensors)
-            hang = os.environ.get(_HANG_ENV)
-            hang_video = os.environ.get(_HANG_VIDEO_ENV)
             sched = Scheduler(
                 ring=ring, num_workers=workers, paths=self._paths, infos=self._infos, size=(h, w),
-                on_error=cfg.on_error,
-                options={
-                    "task_timeout_s": cfg.task_timeout_s,
-                    "hang_task": int(hang) if hang else None,
-                    "hang_video": int(hang_video) if hang_video else None,
-                },
+                on_error=cfg.on_error, options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s),
             )
             sched.start()
         except BaseException:
@@ -733,12 +725,11 @@ class VideoLoader:
         if self._t_first is None:
             self._t_first = t0
         deadline = t0 + cfg.timeout_s
-        in_flight = getattr(self._transfer, "in_flight", None)
         while True:
             for slot in self._transfer.reclaim(0.0):
                 self._sched.release(slot)
             # Slots still being copied to a device come back through reclaim(): look again soon.
-            step = 0.01 if in_flight is not None and in_flight() else 0.5
+            step = 0.01 if self._transfer.in_flight() else 0.5
             try:
                 done = self._sched.wait(gen, k, min(step, max(0.0, deadline - time.perf_counter())))
                 break
@@ -870,7 +861,7 @@ class VideoLoader:
             "ready_batches": snap.get("ready_batches", 0),
             "slot_bytes": layout.slot_stride if layout else 0,
             "num_workers": self._num_workers,
-            "decoder_pids": [d["pid"] for d in snap["decoders"]],
+            "decoder_pids": snap.get("decoder_pids", []),
             "decoder_restarts": sc.get("decoder_restarts", 0),
             "hung_decoders_killed": sc.get("hung_decoders_killed", 0),
             "decoded_frames": sc.get("decoded_frames", 0),
@@ -918,7 +909,6 @@ class VideoLoader:
 
 
 _STATE_VERSION = 2
-_MAIN_GUARD_EXIT = 78  # a spawned decoder found the loader being built while it imported __main__
 _MAIN_GUARD_HELP = (
     "Decoders are spawned processes that import your main module; a script that builds a VideoLoader "
     "at module level builds it again in every decoder. Build the loader (and train) under "
@@ -935,7 +925,9 @@ def _refuse_in_a_spawned_import() -> None:
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         log.critical("ringload: a VideoLoader was built while a spawned process imported __main__ (missing main guard)")
-        os._exit(_MAIN_GUARD_EXIT)
+        from ._pool import MAIN_GUARD_EXIT
+
+        os._exit(MAIN_GUARD_EXIT)
 
 
 def _with_hint(exc: VideoError) -> VideoError:

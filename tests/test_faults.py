@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from test_engine_helpers import alive, assert_same_batches, check_exact, collect, engine_videos, ringload_shm, wait_gone  # noqa: F401
 
+from _fault_decoder import hanging
+
 import ringload
-from ringload import VideoError, VideoOpenError
+from ringload import VideoError, VideoOpenError, _pool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KW = dict(batch_size=8, size=(24, 32), crop="random_resized", hflip=True, sampling="strict", seed=7)
@@ -45,7 +47,7 @@ def test_sigkill_a_decoder_mid_epoch_gives_identical_batches(engine_videos):
 def test_hung_decoder_is_killed_replaced_and_batches_identical(engine_videos, monkeypatch):
     with ringload.VideoLoader(engine_videos, num_workers=2, **KW) as loader:
         ref = collect(loader, limit=12)
-    monkeypatch.setenv("RINGLOAD_TEST_HANG_TASK", "6")  # the decoder given task 6 sleeps on it
+    monkeypatch.setattr(_pool, "decoder_entry", hanging(tasks={6}))  # the decoder given task 6 sleeps on it
     with ringload.VideoLoader(engine_videos, num_workers=2, task_timeout_s=1.0, timeout_s=60, **KW) as loader:
         got = collect(loader, limit=12)
         stats = loader.stats()
@@ -57,7 +59,7 @@ def test_hung_decoder_is_killed_replaced_and_batches_identical(engine_videos, mo
 def test_file_that_keeps_killing_decoders_is_quarantined_not_retried_forever(engine_videos, monkeypatch):
     with ringload.VideoLoader(engine_videos, num_workers=2, **KW) as loader:
         ref = collect(loader, limit=6)
-    monkeypatch.setenv("RINGLOAD_TEST_HANG_VIDEO", "1")  # every task on video 1 hangs
+    monkeypatch.setattr(_pool, "decoder_entry", hanging(videos={1}))  # every task on video 1 hangs
     with ringload.VideoLoader(engine_videos, num_workers=2, task_timeout_s=0.5, on_error="skip", **KW) as loader:
         got = collect(loader, limit=6)
         stats = loader.stats()
@@ -82,7 +84,7 @@ def test_ring_that_does_not_fit_in_shm_is_a_clear_error(engine_videos, monkeypat
 
 
 def test_batch_wait_times_out_naming_the_setting(engine_videos, monkeypatch):
-    monkeypatch.setenv("RINGLOAD_TEST_HANG_TASK", "0")
+    monkeypatch.setattr(_pool, "decoder_entry", hanging(tasks={0}))
     with ringload.VideoLoader(engine_videos, num_workers=1, timeout_s=1.0, task_timeout_s=120, **KW) as loader:
         with pytest.raises(ringload.LoaderTimeoutError, match="timeout_s=1"):
             next(iter(loader))

@@ -1,0 +1,176 @@
+"""A decoder process: read task messages, decode, write frames straight into ring slots.
+
+A decoder is started with the ``spawn`` context and imports only numpy, PyAV and the
+decode helpers (never torch, so never CUDA). It inherits one end of a socketpair (no name
+exists that another process could connect to), receives the ring's open file descriptor
+over it (``socket.send_fds``), maps it, and then serves tasks until the socket reaches
+end-of-file, which is also how it notices that the consumer died: it exits on its own.
+Messages are ``ringload._protocol``'s. ``TaskRunner`` also runs in the consumer itself
+with ``num_workers=0``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+import numpy as np
+
+from . import _protocol as P
+
+log = logging.getLogger(__name__)
+
+
+class Channel:
+    """Blocking message channel over this process's end of the control socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.reader = P.MessageReader()
+        self.queue: collections.deque = collections.deque()
+
+    def send(self, msg) -> None:
+        self.sock.sendall(P.encode(msg))
+
+    def recv(self, *, with_fds: bool = False):
+        """Next message (and received descriptors when asked); None at end-of-file."""
+        fds: list[int] = []
+        while not self.queue:
+            if with_fds:
+                data, got, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 4)
+                fds.extend(got)
+            else:
+                data = self.sock.recv(1 << 16)
+            if not data:
+                return (None, fds) if with_fds else None
+            self.queue.extend(self.reader.feed(data))
+        msg = self.queue.popleft()
+        return (msg, fds) if with_fds else msg
+
+
+def main(sock: socket.socket, token: bytes, worker_id: int, runner=None) -> None:
+    """Entry point of a decoder process (the spawn target). ``sock`` is this decoder's end
+    of a socketpair inherited from the consumer; ``runner`` builds the TaskRunner (tests
+    hand in one that injects faults)."""
+    # Ctrl-C reaches the whole process group; the consumer decides when decoders stop,
+    # and they stop when its end of the socket closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format=f"ringload decoder {worker_id}: %(levelname)s %(message)s")
+    chan = Channel(sock)
+    try:
+        chan.send(P.Hello(worker_id, os.getpid(), token, "torch" in sys.modules))
+        msg, fds = chan.recv(with_fds=True)
+    except OSError as exc:
+        log.info("cannot reach the loader: %s", exc)  # it closed while this decoder was starting
+        return
+    if not isinstance(msg, P.Ring) or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return
+    from ._ring import AttachedRing
+
+    ring = AttachedRing(fds[0], msg.layout)
+    try:
+        serve(chan, (runner or TaskRunner)(ring.slots, msg.options))
+    finally:
+        ring.close()
+        sock.close()
+
+
+def serve(chan: Channel, runner: TaskRunner) -> None:
+    try:
+        chan.send(P.Ready("torch" in sys.modules))
+        while True:
+            t0 = time.perf_counter()
+            msg = chan.recv()
+            if msg is None:
+                return
+            if not isinstance(msg, P.Task):
+                raise P.ProtocolError(f"a decoder expects tasks, got {type(msg).__name__}")
+            chan.send(runner.run(msg, idle_s=time.perf_counter() - t0))
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the consumer closed the channel (or died): nothing left to do
+
+
+class TaskRunner:
+    """Decodes tasks into ring slots, keeping up to ``max_open`` videos open."""
+
+    def __init__(self, slots, options: P.DecoderOptions):
+        from . import _decode
+
+        self._decode = _decode
+        self.slots = slots
+        self.options = options
+        self.readers: collections.OrderedDict = collections.OrderedDict()
+        self.infos: collections.OrderedDict = collections.OrderedDict()
+
+    def _reader(self, video: int, path: str, info):
+        if info is not None:
+            self.infos[video] = info
+        self.infos.move_to_end(video)
+        while len(self.infos) > self.options.info_cache:
+            self.infos.popitem(last=False)
+        reader = self.readers.get(video)
+        if reader is None:
+            reader = self._decode.VideoReader(path, self.infos[video], threads=self.options.threads)
+            self.readers[video] = reader
+            while len(self.readers) > self.options.max_open:
+                _, old = self.readers.popitem(last=False)
+                _close(old)
+        self.readers.move_to_end(video)
+        return reader
+
+    def _drop_reader(self, video: int) -> None:
+        reader = self.readers.pop(video, None)
+        if reader is not None:
+            _close(reader)
+
+    def close(self) -> None:
+        for video in list(self.readers):
+            self._drop_reader(video)
+
+    def run(self, task: P.Task, *, idle_s: float = 0.0):
+        """Decode ``task``; returns the Done or Failed reply."""
+        t1 = time.perf_counter()
+        delivered = np.zeros(len(task.frames), dtype=bool)
+        order = np.argsort(task.req_frame, kind="stable")
+        starts = np.searchsorted(task.req_frame[order], np.arange(len(task.frames) + 1))
+        convert_into = self._decode.convert_into
+        slots, size = self.slots, task.size
+
+        def sink(p, frame):
+            for r in order[starts[p] : starts[p + 1]]:
+                out = slots[task.slot[r], task.row[r], task.t[r]]
+                c = task.crop[r]
+                convert_into(frame, out, crop=(int(c[0]), int(c[1]), int(c[2]), int(c[3])) if c[2] > 0 else None, size=size)
+                if task.flip[r]:
+                    out[...] = out[:, ::-1]
+            delivered[p] = True
+
+        reader = None
+        before = 0
+        try:
+            reader = self._reader(task.video, task.path, task.info)
+            before = reader.decoded_frames
+            reader.decode([int(i) for i in task.frames], sink)
+        except Exception as exc:  # every failure goes back to the consumer, typed
+            from .errors import DecodeError, VideoError
+
+            if not isinstance(exc, VideoError):
+                exc = DecodeError(task.path, f"{type(exc).__name__}: {exc}")
+            decoded = reader.decoded_frames - before if reader is not None else 0
+            self._drop_reader(task.video)
+            return P.Failed(task.task_id, exc, delivered, decoded, idle_s, time.perf_counter() - t1)
+        return P.Done(task.task_id, reader.decoded_frames - before, idle_s, time.perf_counter() - t1)
+
+
+def _close(reader) -> None:
+    try:
+        reader.close()
+    except Exception:  # closing a broken container must not take the decoder down
+        log.debug("closing a reader failed", exc_info=True)
