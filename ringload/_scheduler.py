@@ -201,6 +201,7 @@ class Scheduler:
         self.hang_s = float(options.get("hang_s", 3600.0))
         self.depth = int(options.get("depth", 2))
         self.max_open = int(options.get("max_open", 4))
+        self.orientation = options.get("orientation", "display")  # decoders turn frames as the loader says
         # How many video indexes a decoder keeps (it keeps twice this, see _worker): about
         # 64 MiB of timestamps at the dataset's mean length, between 8 and 128 videos.
         frames = [int(i.num_frames) for i in infos if i is not None]
@@ -438,7 +439,7 @@ class Scheduler:
                 os.kill(dec.pid, signal.SIGKILL)
                 return
             dec.torch_loaded = torch_loaded
-            options = {"max_open": self.max_open, "info_cache": 2 * self.info_mirror}
+            options = {"max_open": self.max_open, "info_cache": 2 * self.info_mirror, "orientation": self.orientation}
             socket.send_fds(conn, [_worker.pack(("ring", self.ring.layout, options))], [self.ring.fd])
             dec.sock = None  # the transport owns it from here
             transport, _ = await loop.connect_accepted_socket(lambda: _Proto(self, dec), sock=conn)

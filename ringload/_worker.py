@@ -120,6 +120,7 @@ class _Decoder:
         self.slots = ring.slots
         self.max_open = int(options.get("max_open", 4))
         self.info_cache_size = int(options.get("info_cache", 256))
+        self.orientation = options.get("orientation", "display")
         self.readers: collections.OrderedDict = collections.OrderedDict()
         self.infos: collections.OrderedDict = collections.OrderedDict()
 
@@ -174,7 +175,9 @@ class _Decoder:
             for r in order[starts[p] : starts[p + 1]]:
                 out = slots[req_slot[r], req_b[r], req_t[r]]
                 c = req_crop[r]
-                convert_into(frame, out, crop=(int(c[0]), int(c[1]), int(c[2]), int(c[3])) if c[2] > 0 else None, size=size)
+                convert_into(frame, out, crop=(int(c[0]), int(c[1]), int(c[2]), int(c[3])) if c[2] > 0 else None, size=size,
+                             orient=orient)
+                # The augmentation's flip mirrors the frame as delivered (after the orientation).
                 if req_flip[r]:
                     out[...] = out[:, ::-1]
             delivered[p] = True
@@ -182,6 +185,7 @@ class _Decoder:
         reader = None
         try:
             reader = self._reader(video, path, info)
+            orient = self.infos[video].orient(self.orientation)
             decoded_before = reader.decoded_frames
             reader.decode([int(i) for i in uidx], sink)
         except Exception as exc:  # every failure goes back to the consumer, typed
