@@ -422,8 +422,9 @@ class VideoLoader:
     one box and one flip. ``hflip`` flips half the samples.
 
     Orientation: ``orientation="display"`` (the default) delivers frames the way a video
-    player shows them: phone footage carries a display matrix (a turn by 90, 180 or 270
-    degrees, perhaps a mirror) and without it portrait clips would arrive sideways. The
+    player shows them, the pictures you looked at when choosing and labelling the footage:
+    phone footage (an iPhone ``.MOV``) carries a display matrix (a turn by 90, 180 or 270
+    degrees, perhaps a mirror), and as coded its portrait clips arrive sideways. The
     crop box is chosen on the displayed frame, ``size`` is the displayed size and ``hflip``
     mirrors the displayed frame. ``"coded"`` delivers frames as decoded, unturned.
     Either way a frame equals ``read_frames`` with the same ``orientation``.

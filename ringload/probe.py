@@ -58,10 +58,9 @@ class VideoInfo:
     ``display_matrix`` is the whole matrix (9 int32 as FFmpeg stores them, None: none) and
     ``display_rotation`` (0, 90, 180 or 270, counter-clockwise) then ``display_hflip``
     (mirror left-right) is the transform that shows a coded frame the way a player does.
-    ``timestamps`` says how frame times
-    were derived: "pts", "dts" or "count" (see docs/indexing.md). ``file_size`` and
-    ``file_mtime_ns`` identify the file the index was built from (-1: unknown); decoders
-    refuse a file that no longer matches them.
+    ``timestamps`` says how frame times were derived: "pts", "dts" or "count" (see
+    docs/indexing.md). ``file_size`` and ``file_mtime_ns`` identify the file the index was
+    built from (-1: unknown); decoders refuse a file that no longer matches them.
     """
 
     path: str
