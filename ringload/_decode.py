@@ -417,14 +417,45 @@ def _interp():
     return getattr(Interpolation, INTERPOLATION)
 
 
+def orient_view(arr: np.ndarray, rotation: int, hflip: bool) -> np.ndarray:
+    """View of the (H, W, ...) image ``arr`` turned ``rotation`` degrees counter-clockwise, then mirrored."""
+    # np.rot90 turns from the first axis towards the second: counter-clockwise on screen
+    # for rows-down images, the direction FFmpeg's angles count in.
+    out = np.rot90(arr, rotation // 90) if rotation else arr
+    return out[:, ::-1] if hflip else out
+
+
 def convert_into(frame, out: np.ndarray, *, crop: tuple[int, int, int, int] | None = None,
-                 size: tuple[int, int] | None = None) -> None:
+                 size: tuple[int, int] | None = None, orient: tuple[int, bool] = (0, False)) -> None:
     """Write ``frame`` as RGB24 (H, W, 3) uint8 into ``out``.
 
-    ``crop=(x, y, w, h)`` in source pixels is applied before the resize to ``size=(h, w)``;
-    without ``size`` the output has the crop's (or the frame's) size. With neither, the
-    pixels equal ``frame.to_ndarray(format="rgb24")``.
+    ``crop=(x, y, w, h)`` in coded pixels is applied before the resize to ``size=(h, w)``;
+    without ``size`` the output has the crop's (or the frame's) size. ``orient=(rotation,
+    hflip)`` (``VideoInfo.orient``) then turns the result counter-clockwise and mirrors it:
+    ``size`` and ``out`` are as delivered, the resize happens in coded orientation to the
+    turned size. With none of them, the pixels equal ``frame.to_ndarray(format="rgb24")``.
     """
+    rotation, hflip = int(orient[0]), bool(orient[1])
+    if rotation not in (0, 90, 180, 270):
+        raise ConfigError(f"convert_into(orient={orient!r}): the rotation must be 0, 90, 180 or 270")
+    turned = rotation in (90, 270)
+    if size is not None and turned:
+        size = (int(size[1]), int(size[0]))
+    if rotation == 0 and not hflip:
+        _convert(frame, out, crop, size)
+        return
+    fw, fh = frame.width, frame.height
+    ch, cw = size if size is not None else ((crop[3], crop[2]) if crop is not None else (fh, fw))
+    want = (int(cw), int(ch), 3) if turned else (int(ch), int(cw), 3)
+    if out.shape != want or out.dtype != np.uint8:
+        raise ConfigError(f"convert_into: out has shape {out.shape} {out.dtype}, needs {want} uint8")
+    coded = np.empty((int(ch), int(cw), 3), np.uint8)
+    _convert(frame, coded, crop, size)
+    out[...] = orient_view(coded, rotation, hflip)
+
+
+def _convert(frame, out: np.ndarray, crop, size) -> None:
+    """convert_into in coded orientation."""
     fw, fh = frame.width, frame.height
     if crop is not None:
         x, y, cw, ch = (int(v) for v in crop)

@@ -142,12 +142,16 @@ class TaskRunner:
         starts = np.searchsorted(task.req_frame[order], np.arange(len(task.frames) + 1))
         convert_into = self._decode.convert_into
         slots, size = self.slots, task.size
+        orient = None
 
         def sink(p, frame):
             for r in order[starts[p] : starts[p + 1]]:
                 out = slots[task.slot[r], task.row[r], task.t[r]]
                 c = task.crop[r]
-                convert_into(frame, out, crop=(int(c[0]), int(c[1]), int(c[2]), int(c[3])) if c[2] > 0 else None, size=size)
+                convert_into(
+                    frame, out, crop=(int(c[0]), int(c[1]), int(c[2]), int(c[3])) if c[2] > 0 else None, size=size, orient=orient
+                )
+                # The augmentation's flip mirrors the frame as delivered (after the orientation).
                 if task.flip[r]:
                     out[...] = out[:, ::-1]
             delivered[p] = True
@@ -156,6 +160,7 @@ class TaskRunner:
         before = 0
         try:
             reader = self._reader(task.video, task.path, task.info)
+            orient = self.infos[task.video].orient(self.options.orientation)
             before = reader.decoded_frames
             reader.decode([int(i) for i in task.frames], sink)
         except Exception as exc:  # every failure goes back to the consumer, typed

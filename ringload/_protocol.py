@@ -39,6 +39,7 @@ class DecoderOptions:
     max_open: int = 4
     info_cache: int = 256
     threads: int = 1
+    orientation: str = "display"  # "display": turn frames as the video's display matrix says
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,11 +36,12 @@ __all__ = ["Completed", "Scheduler", "SchedulerOptions"]
 class SchedulerOptions:
     """``task_timeout_s`` (plus a share per frame) bounds one task, and a decoder's start-up
     (at least MIN_STARTUP_TIMEOUT_S); ``depth`` tasks queued per decoder; ``max_open``
-    videos a decoder keeps open."""
+    videos a decoder keeps open; ``orientation`` how decoders turn frames ("display" or "coded")."""
 
     task_timeout_s: float = 60.0
     depth: int = 2
     max_open: int = 4
+    orientation: str = "display"
 
 
 class Scheduler:
@@ -190,7 +191,7 @@ class Scheduler:
         opts = self.options
         self._pool = DecoderPool(
             owner=self, loop=loop, ring=self.ring, num_workers=self.num_workers,
-            options=P.DecoderOptions(max_open=opts.max_open, info_cache=2 * self.info_mirror),
+            options=P.DecoderOptions(max_open=opts.max_open, info_cache=2 * self.info_mirror, orientation=opts.orientation),
             startup_timeout_s=max(MIN_STARTUP_TIMEOUT_S, opts.task_timeout_s),
         )
         try:

@@ -36,6 +36,7 @@ SAMPLES = ("frames", "clips", "segments")
 CROPS = ("random_resized", "center", "none")
 SAMPLINGS = ("bounded", "strict", "sequential")
 ON_ERROR = ("raise", "skip")
+ORIENTATIONS = ("display", "coded")
 
 # Default ring budget: prefetch as many batches as fit in this many bytes (2..8 batches).
 _RING_BUDGET_BYTES = 1 << 30
@@ -80,6 +81,7 @@ class LoaderConfig:
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = False
+    orientation: str = "display"
     sampling: str = "bounded"
     chunk_len: int | None = None
     max_per_chunk: int | None = None
@@ -114,8 +116,9 @@ class LoaderConfig:
         need_int("prefetch_batches", 1, none_ok=True)
         need_int("rank", 0, none_ok=True)
         need_int("world_size", 1, none_ok=True)
-        for name, allowed in (("sample", SAMPLES), ("crop", CROPS), ("sampling", SAMPLINGS), ("on_error", ON_ERROR)):
-            if getattr(self, name) not in allowed:
+        for name, allowed in (("sample", SAMPLES), ("crop", CROPS), ("sampling", SAMPLINGS), ("on_error", ON_ERROR),
+                              ("orientation", ORIENTATIONS)):
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: pass one of {', '.join(map(repr, allowed))}")
         if self.size is not None:
             object.__setattr__(self, "size", _pair("size", self.size, positive_ints=True))
@@ -247,6 +250,30 @@ def random_resized_boxes(width, height, u, scale, ratio) -> np.ndarray:
     return out
 
 
+def display_to_coded_boxes(boxes, width, height, rotation, hflip) -> np.ndarray:
+    """Boxes (x, y, w, h) on displayed frames -> boxes of the same pixels on the coded frames.
+
+    ``width``/``height`` are the coded sizes; a frame is displayed turned ``rotation``
+    degrees counter-clockwise, then mirrored if ``hflip`` (``VideoInfo.orient``). Scalars
+    or one value per box.
+    """
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    n = len(b)
+    W, H, rot, flip = (np.broadcast_to(np.asarray(v), (n,)) for v in (width, height, rotation, hflip))
+    W, H, rot, flip = W.astype(np.int64), H.astype(np.int64), rot.astype(np.int64), flip.astype(bool)
+    x, y, w, h = (b[:, i].copy() for i in range(4))
+    turned = (rot == 90) | (rot == 270)
+    # The mirror came last: undo it first, on the displayed width.
+    x = np.where(flip, np.where(turned, H, W) - x - w, x)
+    out = np.stack([x, y, w, h], axis=1)
+    r90, r180, r270 = rot == 90, rot == 180, rot == 270
+    # np.rot90 semantics: a quarter turn counter-clockwise shows coded column W-1-i as row i.
+    out[r90] = np.stack([W - y - h, x, h, w], axis=1)[r90]
+    out[r180] = np.stack([W - x - w, H - y - h, w, h], axis=1)[r180]
+    out[r270] = np.stack([y, H - x - w, h, w], axis=1)[r270]
+    return out
+
+
 def _snap_even(boxes: np.ndarray) -> np.ndarray:
     """Move boxes onto the 2x2 chroma grid (at most one pixel) so a crop is a plane copy."""
     b = boxes.copy()
@@ -267,6 +294,9 @@ class _Sampler:
         self.epoch = epoch
         self.width = np.array([i.width if i is not None else 0 for i in infos], dtype=np.int64)
         self.height = np.array([i.height if i is not None else 0 for i in infos], dtype=np.int64)
+        orients = [i.orient(cfg.orientation) if i is not None else (0, False) for i in infos]
+        self.turn = np.array([o[0] for o in orients], dtype=np.int64)
+        self.mirror = np.array([o[1] for o in orients], dtype=bool)
         self.counts = counts
         # Consecutive batches a bounded chunk can reach (the scheduler's look-ahead unit).
         self.chunk_window = plan.chunk_window if cfg.sampling == "bounded" else 1
@@ -303,9 +333,12 @@ class _Sampler:
         return out
 
     def crops(self, video, keys) -> np.ndarray:
+        """Boxes in coded pixels, chosen on the frames as delivered (displayed, or coded)."""
         cfg = self.cfg
         n = len(video)
-        W, H = self.width[video], self.height[video]
+        Wc, Hc, turn = self.width[video], self.height[video], self.turn[video]
+        turned = (turn == 90) | (turn == 270)
+        W, H = np.where(turned, Hc, Wc), np.where(turned, Wc, Hc)
         if cfg.crop == "none":
             return np.zeros((n, 4), dtype=np.int32)
         if cfg.crop == "center":
@@ -317,6 +350,8 @@ class _Sampler:
         else:
             u = _rng.uniforms(cfg.seed, self.epoch, keys, _rng.STREAM_CROP, 40)
             boxes = random_resized_boxes(W, H, u, cfg.scale, cfg.ratio)
+        boxes = display_to_coded_boxes(boxes, Wc, Hc, turn, self.mirror[video])
+        # Snapped in coded pixels: the chroma grid is the coded frame's.
         return _snap_even(boxes).astype(np.int32)
 
     def flips(self, keys) -> np.ndarray:
@@ -385,8 +420,17 @@ class VideoLoader:
     ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
     ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (swscale's area filter) in the
     same conversion pass. Boxes lie on even coordinates (the chroma grid). A clip shares
-    one box and one flip. Frames keep the coded orientation (``probe(path).rotation`` says
-    how a player would turn them), exactly like ``read_frames``. ``hflip`` flips half the samples. All random choices are keyed by
+    one box and one flip. ``hflip`` flips half the samples.
+
+    Orientation: ``orientation="display"`` (the default) delivers frames the way a video
+    player shows them, the pictures you looked at when choosing and labelling the footage:
+    phone footage (an iPhone ``.MOV``) carries a display matrix (a turn by 90, 180 or 270
+    degrees, perhaps a mirror), and as coded its portrait clips arrive sideways. The
+    crop box is chosen on the displayed frame, ``size`` is the displayed size and ``hflip``
+    mirrors the displayed frame. ``"coded"`` delivers frames as decoded, unturned.
+    Either way a frame equals ``read_frames`` with the same ``orientation``.
+
+    All random choices are keyed by
     (seed, epoch, sample), so batch k is the same for any ``num_workers``, timing or fault.
 
     Epochs, like ``DataLoader``: every ``iter(loader)`` starts a fresh, whole pass (so
@@ -427,6 +471,7 @@ class VideoLoader:
         scale: tuple[float, float] = (0.9, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: bool = False,
+        orientation: str = "display",
         sampling: str = "bounded",
         chunk_len: int | None = None,
         max_per_chunk: int | None = None,
@@ -444,7 +489,7 @@ class VideoLoader:
         self.config = cfg = LoaderConfig(
             batch_size=batch_size, sample=sample, clip_len=clip_len, frame_stride=frame_stride, fps=fps,
             num_segments=num_segments, size=size, crop=crop, scale=scale, ratio=ratio, hflip=hflip,
-            sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk, seed=seed,
+            orientation=orientation, sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk, seed=seed,
             num_workers=num_workers, prefetch_batches=prefetch_batches, device=str(device), drop_last=drop_last,
             rank=rank, world_size=world_size, on_error=on_error, timeout_s=timeout_s, task_timeout_s=task_timeout_s,
         )
@@ -544,7 +589,7 @@ class VideoLoader:
     def _output_size(self) -> tuple[int, int]:
         if self.config.size is not None:
             return self.config.size
-        dims = {(i.height, i.width) for i, c in zip(self._infos, self._counts) if i is not None and c > 0}
+        dims = {i.size(self.config.orientation) for i, c in zip(self._infos, self._counts) if i is not None and c > 0}
         if len(dims) != 1:
             raise ConfigError(f"size=None needs every video to have the same size; found {len(dims)} sizes: pass size=(h, w)")
         return dims.pop()
@@ -589,7 +634,8 @@ class VideoLoader:
             transfer.register(self._slot_tensors)
             sched = Scheduler(
                 ring=ring, num_workers=workers, paths=self._paths, infos=self._infos, size=(h, w),
-                on_error=cfg.on_error, options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s),
+                on_error=cfg.on_error,
+                options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s, orientation=cfg.orientation),
             )
             sched.start()
         except BaseException:

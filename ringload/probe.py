@@ -27,7 +27,12 @@ from .errors import ConfigError, DecodeError, NoVideoStreamError, VideoError, Vi
 log = logging.getLogger(__name__)
 
 # Bump when the meaning or layout of a cache entry changes: old entries are then ignored.
-CACHE_FORMAT = 2
+# 3: the display matrix and the orientation derived from it.
+CACHE_FORMAT = 3
+
+# How frames are delivered: "display" as a player shows them (the display matrix applied),
+# "coded" as the decoder outputs them.
+ORIENTATIONS = ("display", "coded")
 
 # Codecs whose demuxed packets map one to one onto shown frames (each packet carries one
 # picture, the decoder emits one frame per packet). VP8/VP9 packets are parsed for the
@@ -48,11 +53,14 @@ class VideoInfo:
 
     ``pts`` (int64, in ``time_base`` units) and ``pts_seconds`` (float64) list every frame
     that decodes, in presentation order; ``keyframes`` lists the indices of frames that
-    decode without earlier frames. ``rotation`` is the display-matrix rotation in degrees
-    (frames are returned as coded, not rotated). ``timestamps`` says how frame times
-    were derived: "pts", "dts" or "count" (see docs/indexing.md). ``file_size`` and
-    ``file_mtime_ns`` identify the file the index was built from (-1: unknown); decoders
-    refuse a file that no longer matches them.
+    decode without earlier frames. ``width``/``height`` are the coded size. ``rotation`` is
+    FFmpeg's counter-clockwise angle of the display matrix in degrees (``frame.rotation``);
+    ``display_matrix`` is the whole matrix (9 int32 as FFmpeg stores them, None: none) and
+    ``display_rotation`` (0, 90, 180 or 270, counter-clockwise) then ``display_hflip``
+    (mirror left-right) is the transform that shows a coded frame the way a player does.
+    ``timestamps`` says how frame times were derived: "pts", "dts" or "count" (see
+    docs/indexing.md). ``file_size`` and ``file_mtime_ns`` identify the file the index was
+    built from (-1: unknown); decoders refuse a file that no longer matches them.
     """
 
     path: str
@@ -71,12 +79,17 @@ class VideoInfo:
     timestamps: str = TS_PTS
     file_size: int = -1
     file_mtime_ns: int = -1
+    display_matrix: tuple[int, ...] | None = None
+    display_rotation: int = 0
+    display_hflip: bool = False
 
     def __post_init__(self):
         if self.num_frames != len(self.pts) or len(self.pts) != len(self.pts_seconds):
             raise ValueError("VideoInfo: num_frames, pts and pts_seconds disagree")
         if self.timestamps not in (TS_PTS, TS_DTS, TS_COUNT):
             raise ValueError(f"VideoInfo: unknown timestamps rule {self.timestamps!r}")
+        if self.display_rotation not in (0, 90, 180, 270):
+            raise ValueError(f"VideoInfo: display_rotation {self.display_rotation!r} is not 0, 90, 180 or 270")
         for name in ("pts", "pts_seconds", "keyframes"):
             arr = getattr(self, name)
             if arr.flags.writeable:
@@ -90,6 +103,16 @@ class VideoInfo:
             if isinstance(value, np.ndarray):
                 value.flags.writeable = False
             object.__setattr__(self, key, value)
+
+    def orient(self, orientation: str = "display") -> tuple[int, bool]:
+        """(counter-clockwise rotation, mirror) that turns a coded frame into one delivered with ``orientation``."""
+        return (self.display_rotation, bool(self.display_hflip)) if orientation == "display" else (0, False)
+
+    def size(self, orientation: str = "display") -> tuple[int, int]:
+        """(height, width) of a whole frame delivered with ``orientation``."""
+        if self.orient(orientation)[0] in (90, 270):
+            return self.width, self.height
+        return self.height, self.width
 
     @property
     def duration_seconds(self) -> float:
@@ -117,6 +140,9 @@ class VideoInfo:
             "timestamps": self.timestamps,
             "file_size": self.file_size,
             "file_mtime_ns": self.file_mtime_ns,
+            "display_matrix": list(self.display_matrix) if self.display_matrix is not None else None,
+            "display_rotation": self.display_rotation,
+            "display_hflip": bool(self.display_hflip),
         }
 
     @classmethod
@@ -142,6 +168,9 @@ class VideoInfo:
             timestamps=str(d["timestamps"]),
             file_size=int(d["file_size"]),
             file_mtime_ns=int(d["file_mtime_ns"]),
+            display_matrix=tuple(int(v) for v in d["display_matrix"]) if d["display_matrix"] is not None else None,
+            display_rotation=int(d["display_rotation"]),
+            display_hflip=bool(d["display_hflip"]),
         )
 
 
@@ -458,6 +487,7 @@ _ENTRY_KEYS = frozenset(
     {
         "format", "path", "stream", "num_frames", "pts", "keyframes", "fps", "width", "height", "rotation",
         "codec", "pix_fmt", "time_base", "timestamps", "file_size", "file_mtime_ns",
+        "display_matrix", "display_rotation", "display_hflip",
     }
 )  # fmt: skip
 _I64 = 1 << 63
@@ -506,6 +536,16 @@ def _check_entry(d, path: str, st: os.stat_result, stream: int | None) -> None:
         raise ValueError("width or height is not a positive int")
     if not _is_int(d["rotation"], -360, 360):
         raise ValueError("rotation is not an angle in degrees")
+    m = d["display_matrix"]
+    if m is not None and (type(m) is not list or len(m) != 9 or not all(_is_int(v, -(1 << 31), (1 << 31) - 1) for v in m)):
+        raise ValueError("display_matrix is not null or 9 int32")
+    if type(d["display_hflip"]) is not bool or not _is_int(d["display_rotation"]):
+        raise ValueError("display_rotation or display_hflip has the wrong type")
+    # The orientation is derived from the matrix: an entry where they disagree is forged or stale.
+    if (d["display_rotation"], d["display_hflip"]) != display_orientation(m):
+        raise ValueError("display_rotation/display_hflip disagree with display_matrix")
+    if m is None and d["rotation"] != 0:
+        raise ValueError("rotation without a display matrix")
     for name in ("codec", "pix_fmt"):
         if type(d[name]) is not str or not d[name]:
             raise ValueError(f"{name} is not a name")
@@ -654,6 +694,59 @@ def _timestamp_rule(pts: list, dts: list) -> tuple[str, np.ndarray]:
     if _increasing(arr):
         return TS_DTS, arr
     return TS_COUNT, np.arange(len(pts), dtype=np.int64)
+
+
+def _orientation_table() -> dict[tuple[int, int, int, int], tuple[int, bool]]:
+    """Signs (a, b, c, d) of a display matrix's entries 0, 1, 3, 4 -> (counter-clockwise turn, mirror)."""
+    # FFmpeg shows the coded point (x, y), y pointing down, at (a*x + c*y, b*x + d*y): the
+    # reading under which its command line picks its autorotation filters (transpose=clock
+    # for a = d = 0 and c < 0, cclock_flip for c > 0, hflip for a < 0, ...). Checked against
+    # the ffmpeg command line on real files in tests/test_orientation.py.
+    ccw = np.array([[0, 1], [-1, 0]])  # a quarter turn counter-clockwise: (x, y) -> (y, -x)
+    mirror = np.array([[-1, 0], [0, 1]])  # applied after the turn
+    table = {}
+    for k in range(4):
+        for flip in (False, True):
+            m = np.linalg.matrix_power(ccw, k)
+            if flip:
+                m = mirror @ m
+            table[(int(m[0, 0]), int(m[1, 0]), int(m[0, 1]), int(m[1, 1]))] = (90 * k, flip)
+    return table
+
+
+_ORIENTATION_TABLE = _orientation_table()
+
+
+def _exact_orientation(matrix) -> tuple[int, bool] | None:
+    """The quarter-turn transform (and mirror) ``matrix`` describes; None if it is none of the eight."""
+    if matrix is None:
+        return 0, False
+    abcd = [int(matrix[i]) for i in (0, 1, 3, 4)]
+    big = max(abs(v) for v in abcd)
+    if big == 0:
+        return None
+    # Fixed-point cos/sin of a quarter turn are not always exactly 0: near zero counts as zero.
+    signs = tuple(0 if abs(v) * 1000 < big else (1 if v > 0 else -1) for v in abcd)
+    return _ORIENTATION_TABLE.get(signs)
+
+
+def display_orientation(matrix) -> tuple[int, bool]:
+    """(counter-clockwise rotation, mirror after it) that shows a frame as FFmpeg's display
+    ``matrix`` (9 int32, or None) says; (0, False) for a matrix that is not a quarter turn."""
+    return _exact_orientation(matrix) or (0, False)
+
+
+def _display_matrix(frame) -> tuple[int, ...] | None:
+    """The display matrix FFmpeg attached to a decoded frame (from the container or the stream), or None."""
+    from av.sidedata.sidedata import Type
+
+    sd = frame.side_data.get(Type.DISPLAYMATRIX)
+    if sd is None:
+        return None
+    raw = bytes(sd)
+    if len(raw) != 36:
+        return None
+    return tuple(int(v) for v in np.frombuffer(raw, dtype="=i4"))  # FFmpeg stores native-endian int32
 
 
 def frame_timestamp(frame, rule: str):
@@ -918,6 +1011,13 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
     else:
         fps = float(avg_rate) if avg_rate else 0.0
     rotation = int(round(getattr(first, "rotation", 0) or 0))
+    matrix = _display_matrix(first)
+    if _exact_orientation(matrix) is None:
+        log.warning(
+            "%s: stream %d: the display matrix %s is not a quarter turn (rotation %d degrees); its frames are "
+            "delivered as coded", path, idx, list(matrix), rotation,
+        )
+    turn, mirror = display_orientation(matrix)
     return VideoInfo(
         path=path,
         stream=idx,
@@ -933,4 +1033,7 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
         pix_fmt=str(first.format.name),
         time_base=tb,
         timestamps=rule,
+        display_matrix=matrix,
+        display_rotation=turn,
+        display_hflip=mirror,
     )

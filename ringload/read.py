@@ -45,34 +45,41 @@ def read_frames(
     size: tuple[int, int] | None = None,
     stream: int | None = None,
     threads: int = 0,
+    orientation: str = "display",
 ) -> Frames:
     """Read frames ``indices`` (any order, repeats allowed) of ``path``, exactly.
 
     Frame i is the i-th frame of a full decode in presentation order, with the pixels of
     ``frame.to_ndarray(format="rgb24")`` (resized to ``size=(height, width)`` when given,
-    area-averaging). Each GOP is decoded at most once per call. Out-of-range indices raise
-    :class:`ringload.FrameIndexError`.
+    area-averaging). ``orientation="display"`` turns (and mirrors) them as the file's
+    display matrix says, like a video player (``size`` is then the displayed size);
+    ``"coded"`` leaves them as decoded. Each GOP is decoded at most once per call.
+    Out-of-range indices raise :class:`ringload.FrameIndexError`.
     """
     import torch
 
     from ._decode import VideoReader, as_indices, convert_into
-    from .probe import probe
+    from .probe import ORIENTATIONS, probe
 
     size = _check_size(size)
+    if not isinstance(orientation, str) or orientation not in ORIENTATIONS:
+        raise ConfigError(f"read_frames(orientation={orientation!r}): pass one of {', '.join(map(repr, ORIENTATIONS))}")
     info = probe(path, stream=stream)
     idx = as_indices(indices, path).copy()
-    h, w = size if size is not None else (info.height, info.width)
+    orient = info.orient(orientation)
+    h, w = size if size is not None else info.size(orientation)
     out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
     with VideoReader(info.path, info, threads=threads) as reader:
 
         def sink(pos, frame):
-            if size is None and (frame.height, frame.width) != (h, w):
+            if size is None and (frame.height, frame.width) != (info.height, info.width):
                 raise DecodeError(
                     info.path,
-                    f"frame {int(idx[pos])} is {frame.width}x{frame.height} but the video starts at {w}x{h}",
+                    f"frame {int(idx[pos])} is {frame.width}x{frame.height} but the video starts at "
+                    f"{info.width}x{info.height}",
                     hint="pass size=(height, width) to resize every frame to one size",
                 )
-            convert_into(frame, out[pos], size=size)
+            convert_into(frame, out[pos], size=size, orient=orient)
 
         reader.decode(idx, sink)
         decoded = reader.decoded_frames

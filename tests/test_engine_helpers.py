@@ -89,7 +89,7 @@ def ringload_shm() -> list[str]:
     return sorted(n for n in os.listdir("/dev/shm") if n.startswith("ringload-"))
 
 
-def check_exact(batches, paths, size, clip_axis=False):
+def check_exact(batches, paths, size, clip_axis=False, orientation="display"):
     """Every delivered frame equals read_frames of its (video, frame index), pixels and pts."""
     wanted = collections.defaultdict(set)
     for b in batches:
@@ -100,7 +100,7 @@ def check_exact(batches, paths, size, clip_axis=False):
     ref = {}
     for v, idx in wanted.items():
         idx = sorted(idx)
-        fr = ringload.read_frames(paths[v], idx, size=size)
+        fr = ringload.read_frames(paths[v], idx, size=size, orientation=orientation)
         for i, d, p in zip(idx, fr.data.numpy(), fr.pts_seconds.numpy()):
             ref[(v, i)] = (d, p)
     n = 0
