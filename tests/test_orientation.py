@@ -176,12 +176,12 @@ def test_center_crop_is_chosen_on_the_displayed_frame(videos_dir):
     path = videos_dir / "portrait_4k60.mp4"  # coded 3840x2160 landscape, shown 2160x3840 portrait
     info = probe(path)
     size = (64, 24)  # a tall output: the centre box is 1440 wide and 3840 tall as shown
-    cfg = LoaderConfig(size=size, crop="center")
+    cfg = LoaderConfig(size=size, crop="center", sampling="sequential")
     counts = np.array([info.num_frames])
     boxes = _Sampler(cfg, [info], counts, None, 0).crops(np.array([0]), np.zeros((1, 2), np.uint64))
     # ... which is a horizontal band of the coded frame: its full width, 1440 rows in the middle.
     assert boxes.tolist() == [[0, 360, 3840, 1440]]
-    coded_cfg = LoaderConfig(size=size, crop="center", orientation="coded")
+    coded_cfg = LoaderConfig(size=size, crop="center", sampling="sequential", orientation="coded")
     boxes = _Sampler(coded_cfg, [info], counts, None, 0).crops(np.array([0]), np.zeros((1, 2), np.uint64))
     assert boxes.tolist() == [[1514, 0, 810, 2160]]  # coded: a vertical band, as before
     with ringload.VideoLoader([path], batch_size=2, size=size, crop="center", sampling="sequential", num_workers=1) as loader:
