@@ -830,8 +830,8 @@ def short_files(infos) -> list[VideoInfo]:
 def short_files_warning(infos, *, limit: int | None = 5) -> str | None:
     """One line naming the videos that decode fewer frames than their container claims,
     each with both counts, or None when there are none. ``limit``: how many to name
-    (None: all). ``VideoLoader`` logs it at construction, whether the index came from the
-    cache or not; ``ringload index`` prints it in its summary."""
+    (None: all). Made for ``VideoLoader`` to log at construction, whether the index came
+    from the cache or not; ``ringload index`` prints it in its summary."""
     short = short_files(infos)
     if not short:
         return None
