@@ -14,8 +14,8 @@ keyframe before each chunk for a GOP of G frames, and reads at about C / (C + (G
 of sequential speed with chunks of C. Four GOPs keep that near 89 %; the output shows the
 expected share. Longer chunks also raise the statistical cost over many steps (the same
 document), hence the cap. Exit status: 0 when every
-file was read, 1 when any file failed (the other files are still shown), 2 for bad
-arguments.
+file was read, 1 when any file or source failed (the others are still shown), 2 for bad
+arguments, 141 when stdout closes before everything was written (``| head``).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class VideoInfo:
     the FFmpeg decoder that indexed it ("libdav1d"; "" when unknown). ``container_frames``
     is the number of frames the container says the stream presents (its header count less
     the packets its edit list discards; -1: it does not say); more than ``num_frames``
-    means the file decodes fewer frames than it claims (see :func:`short_files_warning`).
+    means the file decodes fewer frames than it claims (``ringload.probe.short_files_warning``).
     """
 
     path: str
