@@ -2,6 +2,9 @@
 
 Later ``probe()`` calls and loaders then cost a file stat and a small read per video.
 Exits non-zero when any file failed; the summary lists each failure with its reason.
+Files that decode fewer frames than their container claims (a damaged or cut tail) are
+indexed with the frames that decode and do not change the exit status: every summary,
+from a cold or a warm cache, lists them with both counts.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ._source import resolve_source
     from .errors import ConfigError
-    from .probe import default_cache_dir, index_paths
+    from .probe import default_cache_dir, index_paths, short_files_warning
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: pass 1 or more")
@@ -69,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         f"indexed {len(ok)} of {len(results)} videos: {frames} frames, {hours:.3f} hours of video, "
         f"in {elapsed:.1f} s; cache: {cache}\n"
     )
+    short = short_files_warning([r.info for r in ok], limit=None)
+    if short:
+        out.write(short + "\n")
     if failed:
         out.write(f"{len(failed)} failed:\n")
         for r in failed:

@@ -1,6 +1,10 @@
 """Show what ringload knows about videos: frames, timing, size, codec, GOP structure,
 and the ``chunk_len`` that suits them.
 
+Each PATH is a source as ``ringload index`` takes it: a video file, a directory (searched
+recursively), a glob pattern, or a CSV/JSONL manifest. ``fps`` is the average over the
+decoded timestamps, shown rounded with its exact fraction (``fps_rational`` in JSON).
+
 The suggested ``chunk_len`` is the one ``VideoLoader`` picks for bounded sampling when
 ``chunk_len`` is left unset at the default ``batch_size=128``
 (``ringload.plan.chunk_len_for_gop``): four median GOPs, at least 64, at most 128 (a
@@ -10,8 +14,8 @@ keyframe before each chunk for a GOP of G frames, and reads at about C / (C + (G
 of sequential speed with chunks of C. Four GOPs keep that near 89 %; the output shows the
 expected share. Longer chunks also raise the statistical cost over many steps (the same
 document), hence the cap. Exit status: 0 when every
-file was read, 1 when any file failed (the other files are still shown), 2 for bad
-arguments.
+file was read, 1 when any file or source failed (the others are still shown), 2 for bad
+arguments, 141 when stdout closes before everything was written (``| head``).
 """
 
 from __future__ import annotations
@@ -87,22 +91,11 @@ def sequential_speed_share(chunk_len: int, median_gop: float) -> float:
     return chunk_len / (chunk_len + walk) if chunk_len > 0 else 0.0
 
 
-def _header_frames(path: str, stream: int) -> int | None:
-    """The frame count the container claims (None when it does not say)."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            n = int(container.streams[stream].frames or 0)
-    except (av.FFmpegError, OSError, IndexError):
-        return None
-    return n or None
-
-
 def _describe(path: str, stream: int | None, cache: bool) -> dict:
-    from .probe import probe
+    from .probe import fps_fraction, probe
 
     info = probe(path, stream=stream, cache=cache)
+    fps = fps_fraction(info)
     n = int(info.num_frames)
     gops = gop_stats(info.keyframes, n)
     if gops.count > 1:
@@ -117,13 +110,16 @@ def _describe(path: str, stream: int | None, cache: bool) -> dict:
         "ok": True,
         "stream": int(info.stream),
         "num_frames": n,
-        "header_frames": _header_frames(path, int(info.stream)),
-        "fps": float(info.fps),
+        # What the container says it presents (the index records it; None: it does not say).
+        "container_frames": int(info.container_frames) if info.container_frames > 0 else None,
+        "fps": round(float(fps), 3),
+        "fps_rational": f"{fps.numerator}/{fps.denominator}",
         "duration_seconds": float(info.duration_seconds),
         "width": int(info.width),
         "height": int(info.height),
         "rotation": int(info.rotation or 0),
         "codec": str(info.codec),
+        "decoder": str(info.decoder),
         "pix_fmt": str(info.pix_fmt),
         "time_base": str(info.time_base),
         "timestamps": str(getattr(info, "timestamps", "pts")),
@@ -134,7 +130,10 @@ def _describe(path: str, stream: int | None, cache: bool) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="video files to inspect")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH",
+        help="a video file, a directory (searched recursively), a glob pattern, or a CSV/JSONL manifest",
+    )
     parser.add_argument("--stream", type=int, default=None, help="video stream index (default: the best video stream)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--no-cache", action="store_true", help="index the files afresh, ignoring the index cache")
@@ -143,12 +142,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _text(rec: dict) -> str:
     g = rec["gop"]
     size = f"{rec['width']}x{rec['height']}"
-    header = rec.get("header_frames")
-    note = f" (the container header says {header})" if header is not None and header != rec["num_frames"] else ""
+    claimed = rec.get("container_frames")
+    note = f" (its container claims {claimed})" if claimed is not None and claimed != rec["num_frames"] else ""
+    decoder = f" (decoder {rec['decoder']})" if rec["decoder"] and rec["decoder"] != rec["codec"] else ""
     lines = [
         f"{rec['path']}  [stream {rec['stream']}]",
-        f"  frames {rec['num_frames']}{note}  fps {rec['fps']:.3f}  duration {rec['duration_seconds']:.3f} s  "
-        f"size {size}  rotation {rec['rotation']}  codec {rec['codec']}  pix_fmt {rec['pix_fmt']}",
+        f"  frames {rec['num_frames']}{note}  fps {rec['fps']:.3f} ({rec['fps_rational']})  "
+        f"duration {rec['duration_seconds']:.3f} s  size {size}  rotation {rec['rotation']}  "
+        f"codec {rec['codec']}{decoder}  pix_fmt {rec['pix_fmt']}",
         (
             f"  keyframes {g['keyframes']}  GOP min/median/max {g['min']}/{g['median']:g}/{g['max']}"
             + ("" if g["regular"] else "  (irregular)")
@@ -165,22 +166,48 @@ def _text(rec: dict) -> str:
     return "\n".join(lines)
 
 
+def _failed(path: str, exc: RingloadError) -> dict:
+    # The error names the file (or the source); the caller goes on so it does not hide the rest.
+    log.error("%s", exc)
+    return {"path": path, "ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+
+
+def _videos(arg: str) -> list[str]:
+    """The videos of one PATH argument, resolved as ``ringload index`` resolves its source."""
+    import os
+
+    from ._source import MANIFEST_EXTENSIONS, resolve_source
+
+    if os.path.isfile(arg) and os.path.splitext(arg)[1].lower() not in MANIFEST_EXTENSIONS:
+        return [arg]  # a video named on the command line is shown as it was typed
+    return list(resolve_source(arg).paths)
+
+
+def _records(args: argparse.Namespace):
+    cache = not getattr(args, "no_cache", False)
+    for arg in args.paths:
+        try:
+            paths = _videos(arg)
+        except RingloadError as exc:
+            yield _failed(arg, exc)
+            continue
+        for path in paths:
+            try:
+                yield _describe(path, args.stream, cache)
+            except RingloadError as exc:
+                yield _failed(path, exc)
+
+
 def run(args: argparse.Namespace, *, out=None) -> int:
     out = sys.stdout if out is None else out
     records = []
-    for path in args.paths:
-        try:
-            rec = _describe(path, args.stream, not getattr(args, "no_cache", False))
-        except RingloadError as exc:
-            # The error names the file; keep going so one bad file does not hide the rest.
-            log.error("%s", exc)
-            rec = {"path": path, "ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+    for rec in _records(args):
         records.append(rec)
         if not args.json:
             if rec["ok"]:
                 out.write(_text(rec) + "\n")
             else:
-                out.write(f"{path}\n  error {rec['error']['type']}: {rec['error']['message']}\n")
+                out.write(f"{rec['path']}\n  error {rec['error']['type']}: {rec['error']['message']}\n")
             out.flush()
     good = [r for r in records if r["ok"]]
     overall = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import select
 import sys
 
 from . import __version__
@@ -21,8 +23,14 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # ran, but something the user asked for failed (bad files, missed target)
 EXIT_USAGE = 2  # bad arguments (argparse's own convention)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+# stdout closed before all was written (`ringload inspect DIR | head`): the command stops
+# quietly with 128 + SIGPIPE, the status a shell reports for tools that SIGPIPE kills.
+EXIT_BROKEN_PIPE = 141
 
-_EPILOG = "exit status: 0 ok, 1 something asked for failed (named in the log), 2 bad arguments, 130 interrupted"
+_EPILOG = (
+    "exit status: 0 ok, 1 something asked for failed (named in the log), 2 bad arguments, "
+    "141 stdout closed early (e.g. | head), 130 interrupted"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +61,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _closed_for_writing(fd: int) -> bool:
+    """Has the reader of ``fd`` gone (a pipe or socket whose other end is closed)?"""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in poller.poll(0))
+
+
+def _stdout_fd() -> int | None:
+    try:
+        return sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by something without a descriptor
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; its exit status (see ``_EPILOG``)."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # buffered output meets a closed pipe here, not at interpreter exit
+    except BrokenPipeError:
+        # Python's recipe (the signal module's docs, "Note on SIGPIPE"): point stdout at
+        # devnull so the interpreter's last flush has somewhere to go, and stop quietly.
+        # Only when stdout is the pipe that broke: any other broken pipe is a real error.
+        fd = _stdout_fd()
+        if fd is None or not _closed_for_writing(fd):
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]

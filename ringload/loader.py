@@ -29,6 +29,7 @@ import numpy as np
 
 from . import _rng
 from .errors import ConfigError, LoaderStateError, LoaderTimeoutError, VideoError
+from .probe import short_files_warning
 
 log = logging.getLogger(__name__)
 
@@ -504,6 +505,9 @@ class VideoLoader:
         self._rank, self._world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _dist_defaults()
         self._quarantined: dict[str, str] = {}
         self._infos = self._probe_all()
+        short = short_files_warning(self._infos)
+        if short is not None:
+            log.warning("%s", short)  # every time the loader is built, cached index or not
         self._counts, self._plan_lengths = self._sample_counts()
         self._chunk_len = self._default_chunk_len()
         if not self._counts.any():

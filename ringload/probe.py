@@ -27,8 +27,8 @@ from .errors import ConfigError, DecodeError, NoVideoStreamError, VideoError, Vi
 log = logging.getLogger(__name__)
 
 # Bump when the meaning or layout of a cache entry changes: old entries are then ignored.
-# 3: the display matrix and the orientation derived from it.
-CACHE_FORMAT = 3
+# 3: the display matrix and the orientation derived from it; 4: container_frames and decoder.
+CACHE_FORMAT = 4
 
 # How frames are delivered: "display" as a player shows them (the display matrix applied),
 # "coded" as the decoder outputs them.
@@ -60,7 +60,12 @@ class VideoInfo:
     (mirror left-right) is the transform that shows a coded frame the way a player does.
     ``timestamps`` says how frame times were derived: "pts", "dts" or "count" (see
     docs/indexing.md). ``file_size`` and ``file_mtime_ns`` identify the file the index was
-    built from (-1: unknown); decoders refuse a file that no longer matches them.
+    built from (-1: unknown); decoders refuse a file that no longer matches them. ``codec``
+    is the codec ("av1"), ``decoder`` the FFmpeg decoder that indexed it ("libdav1d"; ""
+    when unknown). ``container_frames`` is the number of frames the container says the
+    stream presents (its header count less the packets its edit list discards; -1: it does
+    not say); more than ``num_frames`` means the file decodes fewer frames than it claims
+    (``ringload.probe.short_files_warning``).
     """
 
     path: str
@@ -82,6 +87,8 @@ class VideoInfo:
     display_matrix: tuple[int, ...] | None = None
     display_rotation: int = 0
     display_hflip: bool = False
+    container_frames: int = -1
+    decoder: str = ""
 
     def __post_init__(self):
         if self.num_frames != len(self.pts) or len(self.pts) != len(self.pts_seconds):
@@ -143,6 +150,8 @@ class VideoInfo:
             "display_matrix": list(self.display_matrix) if self.display_matrix is not None else None,
             "display_rotation": self.display_rotation,
             "display_hflip": bool(self.display_hflip),
+            "container_frames": self.container_frames,
+            "decoder": self.decoder,
         }
 
     @classmethod
@@ -171,6 +180,8 @@ class VideoInfo:
             display_matrix=tuple(int(v) for v in d["display_matrix"]) if d["display_matrix"] is not None else None,
             display_rotation=int(d["display_rotation"]),
             display_hflip=bool(d["display_hflip"]),
+            container_frames=int(d["container_frames"]),
+            decoder=str(d["decoder"]),
         )
 
 
@@ -487,7 +498,7 @@ _ENTRY_KEYS = frozenset(
     {
         "format", "path", "stream", "num_frames", "pts", "keyframes", "fps", "width", "height", "rotation",
         "codec", "pix_fmt", "time_base", "timestamps", "file_size", "file_mtime_ns",
-        "display_matrix", "display_rotation", "display_hflip",
+        "display_matrix", "display_rotation", "display_hflip", "container_frames", "decoder",
     }
 )  # fmt: skip
 _I64 = 1 << 63
@@ -546,7 +557,9 @@ def _check_entry(d, path: str, st: os.stat_result, stream: int | None) -> None:
         raise ValueError("display_rotation/display_hflip disagree with display_matrix")
     if m is None and d["rotation"] != 0:
         raise ValueError("rotation without a display matrix")
-    for name in ("codec", "pix_fmt"):
+    if not _is_int(d["container_frames"], -1) or d["container_frames"] == 0:
+        raise ValueError("container_frames is not a frame count (> 0) or -1 (unknown)")
+    for name in ("codec", "pix_fmt", "decoder"):
         if type(d[name]) is not str or not d[name]:
             raise ValueError(f"{name} is not a name")
     tb = d["time_base"]
@@ -836,17 +849,19 @@ class _NotExact(Exception):
 
 
 def _packet_index(container, st, codec: str):
-    """(sorted pts, keyframe pts set) from demuxing only; raises _NotExact when unsure."""
+    """(sorted pts, keyframe pts set, discarded packets) from demuxing only; raises _NotExact when unsure."""
     import av
 
     shown_fn = _vp8_shown if codec == "vp8" else _vp9_shown if codec == "vp9" else None
     pts_list = []
     key_pts = []
+    discarded = 0
     try:
         for pkt in container.demux(st):
             if pkt.size == 0:
                 continue  # the end-of-stream flush packet, or an empty AVI chunk (no frame)
             if pkt.is_discard:
+                discarded += 1
                 continue  # dropped by the decoder too (e.g. before an MP4 edit list start)
             if pkt.is_corrupt or pkt.pts is None:
                 raise _NotExact("corrupt packet or packet without pts")
@@ -867,7 +882,61 @@ def _packet_index(container, st, codec: str):
     arr = np.asarray(sorted(pts_list), dtype=np.int64)
     if len(arr) > 1 and not bool(np.all(np.diff(arr) > 0)):
         raise _NotExact("duplicate packet timestamps")
-    return arr, key_pts
+    return arr, key_pts, discarded
+
+
+def _discarded_packets(path: str, stream_index: int) -> int:
+    """Packets of the stream that the container marks to be dropped (before an edit list's start)."""
+    import av
+
+    n = 0
+    try:
+        with _open(path) as c:
+            for pkt in c.demux(list(c.streams)[stream_index]):
+                if pkt.size and pkt.is_discard:
+                    n += 1
+    except (av.FFmpegError, VideoOpenError) as exc:  # a damaged file: count what demuxes
+        log.debug("%s: demuxing for discarded packets stopped: %s", path, exc)
+    return n
+
+
+def _fps_from(ts: np.ndarray, tb: Fraction, fallback: Fraction | None) -> Fraction:
+    """The average frame rate over the timestamps, exactly: (n - 1) / (last - first)."""
+    n = len(ts)
+    if n > 1 and int(ts[-1]) > int(ts[0]):
+        return Fraction(n - 1) / (Fraction(int(ts[-1]) - int(ts[0])) * tb)
+    return fallback if fallback else Fraction(0)
+
+
+def fps_fraction(info: VideoInfo) -> Fraction:
+    """``info.fps`` as the exact fraction it was computed from: (n - 1) frame periods over the
+    span of the timestamps (``Fraction(25)``, ``Fraction(30000, 1001)``). For a stream with
+    one frame, ``fps`` is the container's average rate, recovered from the float."""
+    return _fps_from(info.pts, info.time_base, Fraction(info.fps).limit_denominator(1 << 20) if info.fps > 0 else None)
+
+
+def short_files(infos) -> list[VideoInfo]:
+    """The videos of ``infos`` (None entries are skipped) that decode fewer frames than
+    their container claims (``container_frames > num_frames``), in order."""
+    return [i for i in infos if i is not None and i.container_frames > i.num_frames]
+
+
+def short_files_warning(infos, *, limit: int | None = 5) -> str | None:
+    """One line naming the videos that decode fewer frames than their container claims,
+    each with both counts, or None when there are none. ``limit``: how many to name
+    (None: all). Made for ``VideoLoader`` to log at construction, whether the index came
+    from the cache or not; ``ringload index`` prints it in its summary."""
+    short = short_files(infos)
+    if not short:
+        return None
+    n = len(short)
+    shown = short if limit is None else short[: max(0, limit)]
+    listed = ", ".join(f"{i.path} ({i.num_frames} of {i.container_frames})" for i in shown)
+    more = f" and {n - len(shown)} more" if n > len(shown) else ""
+    what = "1 video decodes fewer frames than its container claims" if n == 1 else (
+        f"{n} videos decode fewer frames than their containers claim"
+    )
+    return f"{what} (damaged or cut short; only the frames that decode are used): {listed}{more}"
 
 
 def _verify(path: str, stream_index: int, pts: np.ndarray, keyframes: np.ndarray, tb: Fraction, threads: int | None):
@@ -951,21 +1020,26 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
         st = select_stream(c, path, stream)
         idx = st.index
         cc = st.codec_context
-        codec = cc.name or "unknown"
+        decoder = cc.name or "unknown"
+        codec = cc.codec.canonical_name or decoder
+        header_frames = int(st.frames or 0)
         tb = st.time_base or Fraction(1, 1)
         tb = Fraction(tb.numerator, tb.denominator)
         avg_rate = st.average_rate or st.guessed_rate
         packet_pts = None
         key_pts = None
-        if codec in _PACKET_EXACT:
+        discarded = None
+        # The decoder's behaviour decides whether packets map onto frames: keyed by its name.
+        if decoder in _PACKET_EXACT:
             try:
-                packet_pts, key_pts = _packet_index(c, st, codec)
+                packet_pts, key_pts, discarded = _packet_index(c, st, decoder)
             except _NotExact as exc:
                 log.info("%s: stream %d indexed by full decode (%s)", path, idx, exc)
 
     first = None
     rule = TS_PTS
     ts = None
+    error = None
     if packet_pts is not None and len(packet_pts) > 0 and key_pts:
         pos = {int(p): i for i, p in enumerate(packet_pts)}
         keyframes = np.asarray(sorted(pos[p] for p in key_pts), dtype=np.int64)
@@ -976,8 +1050,6 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
         with _open(path) as c:
             st = list(c.streams)[idx]
             pts_l, dts_l, key_l, first, error = _decode_all(c, st, path, threads)
-        if error is not None:
-            log.warning("%s: stream %d stops decoding after %d frames: %s", path, idx, len(pts_l), error)
         if not pts_l:
             reason = f"no frame of video stream {idx} decodes"
             if error:
@@ -996,6 +1068,7 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
         candidate = VideoInfo(
             path=path, stream=idx, num_frames=len(ts), pts=ts, pts_seconds=_seconds(ts, tb), keyframes=keyframes,
             fps=0.0, width=0, height=0, rotation=0, codec=codec, pix_fmt="", time_base=tb, timestamps=rule,
+            decoder=decoder,
         )
         if not _seek_is_exact(path, candidate, threads):
             log.warning(
@@ -1006,10 +1079,21 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
 
     n = len(ts)
     secs = _seconds(ts, tb)
-    if n > 1 and secs[-1] > secs[0]:
-        fps = (n - 1) / float(secs[-1] - secs[0])
-    else:
-        fps = float(avg_rate) if avg_rate else 0.0
+    # Exact, then rounded once: 250 frames at 1/12800 give 25.0, not 24.999999999999996.
+    fps = float(_fps_from(ts, tb, Fraction(avg_rate) if avg_rate else None))
+    container_frames = -1
+    if header_frames > 0:
+        if header_frames > n and discarded is None:
+            discarded = _discarded_packets(path, idx)
+        container_frames = max(1, header_frames - (discarded or 0))
+    if container_frames > n:
+        log.warning(
+            "%s: stream %d decodes %d of the %d frames its container claims%s; indexed the %d that decode "
+            "(later reads and loaders see only those)", path, idx, n, container_frames,
+            f" (the decoder stops: {error})" if error else "", n,
+        )
+    elif error is not None:
+        log.warning("%s: stream %d stops decoding after %d frames: %s", path, idx, n, error)
     rotation = int(round(getattr(first, "rotation", 0) or 0))
     matrix = _display_matrix(first)
     if _exact_orientation(matrix) is None:
@@ -1036,4 +1120,6 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
         display_matrix=matrix,
         display_rotation=turn,
         display_hflip=mirror,
+        container_frames=container_frames,
+        decoder=decoder,
     )

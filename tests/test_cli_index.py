@@ -70,3 +70,22 @@ def test_index_paths_in_process_keeps_order(videos_dir, tmp_path):
     assert res[0].info.num_frames == 241 and res[2].info.num_frames == 250
     assert res[1].info is None and res[1].error_type == "VideoOpenError" and "missing.mp4" in res[1].error
     assert len(seen) == 3
+
+
+def test_short_files_are_indexed_and_listed_in_every_summary(videos_dir, tmp_path):
+    """decord_corrupted.mp4 decodes 28 of the 50 frames its header claims: it is indexed
+    (exit 0), warned about when indexed, and listed with its counts by every run, cached or not."""
+    cache = tmp_path / "cache"
+    runs = [_cli(str(videos_dir), "--workers", "2", "--cache-dir", str(cache), "--no-progress") for _ in range(2)]
+    for out in runs:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "indexed 26 of 26 videos" in out.stdout
+        short = [line for line in out.stdout.splitlines() if "fewer frames than" in line]
+        assert short == [
+            "1 video decodes fewer frames than its container claims (damaged or cut short; only the frames that "
+            f"decode are used): {videos_dir / 'decord_corrupted.mp4'} (28 of 50)"
+        ], out.stdout
+        assert "dolbyVision-hdr.MOV" not in out.stdout  # 5 in its header, one dropped by its edit list: 4 of 4
+    cold, warm = runs
+    assert "decodes 28 of the 50 frames its container claims" in cold.stderr  # the warning, once: when indexed
+    assert "frames its container claims" not in warm.stderr and "decord_corrupted" not in warm.stderr

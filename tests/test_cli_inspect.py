@@ -1,6 +1,8 @@
 import importlib.util
 import io
 import json
+import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -9,6 +11,18 @@ from types import SimpleNamespace
 import pytest
 
 from ringload import _cli_inspect, cli
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _cli(*args, timeout=120, cache=None):
+    """``ringload ARGS`` as a user runs it: a fresh interpreter on this checkout."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if cache is not None:
+        env["RINGLOAD_CACHE_DIR"] = str(cache)
+    return subprocess.run(
+        [sys.executable, "-m", "ringload.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _decoded_counts(videos_dir):
@@ -80,7 +94,7 @@ def test_inspect_every_shared_video(videos_dir, tmp_path):
     corrupted = by_name["decord_corrupted.mp4"]
     if corrupted["ok"]:  # probe reports the frames that really decode, and the header's claim
         assert corrupted["num_frames"] == counts["decord_corrupted.mp4"][None]
-        assert corrupted["header_frames"] == 50
+        assert corrupted["container_frames"] == 50
     else:  # ... or refuses the file with a typed error that names it
         assert "decord_corrupted.mp4" in corrupted["error"]["message"]
     for p in paths:
@@ -107,12 +121,7 @@ def test_inspect_text_output_and_typed_error_from_the_command_line(videos_dir, t
     garbage = tmp_path / "not_a_video.mkv"
     garbage.write_bytes(b"\x00garbage" * 500)
     good = videos_dir / "bikes.mp4"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ringload.cli", "inspect", str(good), str(garbage)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _cli("inspect", str(good), str(garbage), cache=tmp_path / "cache")
     assert proc.returncode == cli.EXIT_FAILURE
     assert str(garbage) in proc.stderr
     assert "bikes.mp4" in proc.stdout and "frames 250 " in proc.stdout and "suggested chunk_len" in proc.stdout
@@ -120,15 +129,9 @@ def test_inspect_text_output_and_typed_error_from_the_command_line(videos_dir, t
 
 
 def test_inspect_usage_error_exits_2():
-    proc = subprocess.run(
-        [sys.executable, "-m", "ringload.cli", "inspect"], capture_output=True, text=True, timeout=60
-    )
+    proc = _cli("inspect")
     assert proc.returncode == cli.EXIT_USAGE
     assert "PATH" in proc.stderr
-
-
-def _cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "ringload.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_top_level_help_lists_every_command():
@@ -150,3 +153,103 @@ def test_no_command_is_a_usage_error():
     proc = _cli()
     assert proc.returncode == cli.EXIT_USAGE
     assert "COMMAND" in proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def dataset(tmp_path, videos_dir):
+    """A folder with two good videos (one in a subfolder) and one that is not a video."""
+    d = tmp_path / "data"
+    (d / "sub").mkdir(parents=True)
+    os.symlink(videos_dir / "bikes.mp4", d / "bikes.mp4")
+    os.symlink(videos_dir / "sample_av1.mp4", d / "sub" / "sample_av1.mp4")
+    (d / "sub" / "zz_garbage.mp4").write_bytes(b"this is not a video" * 100)
+    return d
+
+
+def _blocks(stdout: str) -> dict[str, str]:
+    """Path -> its block of text output."""
+    out, cur = {}, None
+    for line in stdout.splitlines():
+        if re.match(r"\d+ of \d+ files read", line):
+            cur = None  # the summary
+        elif line and not line.startswith(" "):
+            cur = line.split("  [", 1)[0]
+            out[cur] = line
+        elif cur is not None and line:
+            out[cur] += "\n" + line
+    return out
+
+
+def test_inspect_takes_every_kind_of_source(dataset, tmp_path):
+    """A directory, a glob, a CSV and a JSONL manifest, mixed with files: the sources `index` takes."""
+    bikes, av1, garbage = dataset / "bikes.mp4", dataset / "sub" / "sample_av1.mp4", dataset / "sub" / "zz_garbage.mp4"
+    (tmp_path / "m.csv").write_text("path,label\ndata/bikes.mp4,0\ndata/sub/zz_garbage.mp4,1\n")
+    (tmp_path / "m.jsonl").write_text('{"path": "data/sub/sample_av1.mp4"}\n')
+    cache = tmp_path / "cache"
+    cases = {
+        (str(dataset),): ([bikes, av1], [garbage]),
+        (str(dataset / "**" / "*.mp4"),): ([bikes, av1], [garbage]),
+        (str(tmp_path / "m.csv"),): ([bikes], [garbage]),
+        (str(tmp_path / "m.jsonl"), str(bikes)): ([av1, bikes], []),
+        (str(dataset / "sub" / "sample_av1.mp4"),): ([av1], []),
+    }
+    for args, (good, bad) in cases.items():
+        proc = _cli("inspect", *args, cache=cache)
+        blocks = _blocks(proc.stdout)
+        assert "Traceback" not in proc.stderr and "not a regular file" not in proc.stdout + proc.stderr, proc.stderr
+        assert proc.returncode == (cli.EXIT_FAILURE if bad else cli.EXIT_OK), (args, proc.stdout, proc.stderr)
+        assert len(blocks) == len(good) + len(bad), (args, proc.stdout)
+        for p in good:
+            shown = next(b for k, b in blocks.items() if k.endswith(p.name))
+            assert "suggested chunk_len" in shown and "error" not in shown, shown
+        for p in bad:  # the typed error line, on stdout with the others and in the log
+            assert f"{p}\n  error VideoOpenError: {p}" in proc.stdout, proc.stdout
+            assert str(p) in proc.stderr
+        if len(good) + len(bad) > 1:
+            failed = f", {len(bad)} failed" if bad else ""
+            assert f"{len(good)} of {len(good) + len(bad)} files read{failed}" in proc.stdout
+
+
+def test_inspect_reports_a_source_that_resolves_to_nothing_and_goes_on(tmp_path, videos_dir):
+    missing = tmp_path / "nothing-here"
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    proc = _cli("inspect", str(missing), str(empty), str(videos_dir / "bikes.mp4"), cache=tmp_path / "cache")
+    assert proc.returncode == cli.EXIT_FAILURE
+    assert f"{missing}\n  error ConfigError: source={str(missing)!r}: no such file or directory" in proc.stdout
+    assert f"{empty}\n  error ConfigError: source={str(empty)!r}: the directory holds no video files" in proc.stdout
+    assert "frames 250 " in proc.stdout and "1 of 3 files read, 2 failed" in proc.stdout
+
+
+def test_inspect_json_exact_fps_codec_and_decoder(videos_dir, tmp_path):
+    proc = _cli(
+        "inspect", "--json", str(videos_dir / "bikes.mp4"), str(videos_dir / "carphone_pristine.mp4"),
+        str(videos_dir / "sample_av1.mp4"), cache=tmp_path / "cache",
+    )
+    assert proc.returncode == cli.EXIT_OK, proc.stderr
+    bikes, carphone, av1 = json.loads(proc.stdout)["files"]
+    assert (bikes["fps"], bikes["fps_rational"]) == (25.0, "25/1")  # was 24.999999999999996
+    assert (carphone["fps"], carphone["fps_rational"]) == (29.97, "30000/1001")
+    assert (av1["codec"], av1["decoder"]) == ("av1", "libdav1d")  # was "codec": "libdav1d"
+    assert (bikes["codec"], bikes["decoder"]) == ("h264", "h264")
+    assert bikes["container_frames"] == 250
+    text = _cli("inspect", str(videos_dir / "carphone_pristine.mp4"), str(videos_dir / "sample_av1.mp4"), cache=tmp_path / "cache")
+    assert "fps 29.970 (30000/1001)" in text.stdout
+    assert "codec av1 (decoder libdav1d)" in text.stdout
+
+
+def test_inspect_uses_the_index_for_the_container_count(videos_dir, tmp_path, monkeypatch):
+    """A warm index answers everything: inspect opens no file (it used to reopen it for the header)."""
+    import av
+
+    from ringload.probe import probe
+
+    path = videos_dir / "decord_corrupted.mp4"
+    cache = tmp_path / "cache"
+    probe(path, cache=cache)
+    monkeypatch.setenv("RINGLOAD_CACHE_DIR", str(cache))
+    monkeypatch.setattr(av, "open", lambda *a, **k: pytest.fail("inspect reopened the file"))
+    out = io.StringIO()
+    rc = _cli_inspect.run(SimpleNamespace(paths=[str(path)], stream=None, json=False, no_cache=False), out=out)
+    assert rc == 0
+    assert "frames 28 (its container claims 50)" in out.getvalue()

@@ -122,5 +122,9 @@ def test_exit_codes_are_documented():
 
     text = (DOCS / "getting-started.md").read_text()
     rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", text, flags=re.M))
-    assert set(rows) == {str(cli.EXIT_OK), str(cli.EXIT_FAILURE), str(cli.EXIT_USAGE), str(cli.EXIT_INTERRUPTED)}
+    codes = (cli.EXIT_OK, cli.EXIT_FAILURE, cli.EXIT_USAGE, cli.EXIT_BROKEN_PIPE, cli.EXIT_INTERRUPTED)
+    assert set(rows) == {str(c) for c in codes}
     assert "usage" in rows[str(cli.EXIT_USAGE)] and "Ctrl-C" in rows[str(cli.EXIT_INTERRUPTED)]
+    assert "head" in rows[str(cli.EXIT_BROKEN_PIPE)]
+    for code in codes:  # `ringload --help` says the same
+        assert f"{code} " in cli._EPILOG

@@ -24,6 +24,7 @@ FIELDS = {
     "androidx_sample.flv": (1080, 720, "h264", "yuv420p", 0, 30.30),
     "bbb_176x144_128kbps_15fps_h263.3gp": (176, 144, "h263", "yuv420p", 0, 15.0),
     "mmaction2_test.avi": (320, 240, "mpeg4", "yuv420p", 0, 25.0),
+    "sample_av1.mp4": (1080, 720, "av1", "yuv420p", 0, 29.97),
 }
 
 
@@ -37,7 +38,8 @@ def test_fields(name, videos_dir, cache):
     w, h, codec, pix_fmt, rot, fps = FIELDS[name]
     info = probe(videos_dir / name, cache=cache)
     assert (info.width, info.height, info.pix_fmt, info.rotation) == (w, h, pix_fmt, rot)
-    assert codec in info.codec  # AV1 decoders are named after the library (libdav1d)
+    assert info.codec == codec  # the codec, not the decoder (AV1 decoders are named after a library: libdav1d)
+    assert isinstance(info.decoder, str) and info.decoder
     # The average over the decoded timestamps, not the header's claim (FLV says 1000).
     assert info.fps == pytest.approx(fps, rel=0.03)
     assert isinstance(info.time_base, Fraction)
