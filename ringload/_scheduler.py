@@ -159,12 +159,17 @@ class Scheduler:
                     LoaderStateError("this pass was superseded: iter(loader) was called again; keep using the newest iterator")
                 )
                 return fut
-            fut = self._futures.get(k)
-            if fut is None:
-                fut = self._futures[k] = concurrent.futures.Future()
-                if self._fatal is not None:
-                    fut.set_exception(self._fatal)
+            fut = self._future_of(k)
+            if self._fatal is not None and not fut.done():
+                fut.set_exception(self._fatal)
             return fut
+
+    def _future_of(self, k: int) -> concurrent.futures.Future:
+        """Batch k's future in the current pass, made on first use by either side (hold the lock)."""
+        fut = self._futures.get(k)
+        if fut is None:
+            fut = self._futures[k] = concurrent.futures.Future()
+        return fut
 
     # ------------------------------------------------------------------ loop thread
 
@@ -293,21 +298,18 @@ class Scheduler:
     # ---- what the window reports (loop thread)
 
     def _complete(self, batch, done: Completed) -> None:
-        with self._lock:
-            if self._epoch_gen != self._gen:
-                return
-            fut = self._futures.get(batch.k)
-            if fut is None:
-                fut = self._futures[batch.k] = concurrent.futures.Future()
-        if not fut.done():
-            fut.set_result(done)
+        self._settle_future(batch.k, done, None)
 
     def _fail(self, batch, exc) -> None:
+        self._settle_future(batch.k, None, exc)
+
+    def _settle_future(self, k: int, result, exc) -> None:
         with self._lock:
             if self._epoch_gen != self._gen:
-                return
-            fut = self._futures.get(batch.k)
-            if fut is None:
-                fut = self._futures[batch.k] = concurrent.futures.Future()
+                return  # a batch of a pass the consumer has left
+            fut = self._future_of(k)
         if not fut.done():
-            fut.set_exception(exc)
+            if exc is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(exc)

@@ -55,6 +55,10 @@ def test_generator_documents_every_public_name():
     assert all(f"`ringload.{n}`" in headings for n in ringload.__all__)
 
 
+def test_api_page_is_the_generators_output():
+    assert (DOCS / "api.md").read_text() == gen_api.generate(), f"docs/api.md is stale: {REGENERATE}"
+
+
 def test_check_catches_a_missing_name(monkeypatch):
     # The check above must be able to fail: add a public name that the page does not know.
     monkeypatch.setattr(ringload, "__all__", [*ringload.__all__, "not_documented_anywhere"])
