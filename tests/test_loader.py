@@ -339,3 +339,15 @@ def test_bounded_default_chunk_len_follows_the_data_gop(tmp_path):
         assert loader.stats()["chunk_len"] == 5
     with ringload.VideoLoader(paths, sampling="strict", **kw) as loader:
         assert loader.stats()["chunk_len"] is None
+
+
+@pytest.mark.parametrize("sampling", ["strict", "bounded"])
+def test_num_workers_0_decodes_in_this_process_with_the_same_batches(engine_videos, sampling):
+    kw = dict(batch_size=8, size=(24, 32), crop="random_resized", hflip=True, sampling=sampling, seed=4)
+    with ringload.VideoLoader(engine_videos, num_workers=2, **kw) as loader:
+        ref = collect(loader)
+    with ringload.VideoLoader(engine_videos, num_workers=0, **kw) as loader:
+        got = collect(loader)
+        st = loader.stats()
+    assert st["num_workers"] == 0 and st["decoder_pids"] == [] and st["tasks"] > 0
+    assert_same_batches(ref, got)
