@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from .errors import ConfigError, DecodeError, FrameIndexError, VideoChangedError, VideoOpenError
-from .probe import TS_COUNT, TS_PTS, VideoInfo, frame_timestamp
+from ._videoinfo import TS_COUNT, TS_PTS, VideoInfo, frame_timestamp
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,12 @@ from . import _protocol as P
 log = logging.getLogger(__name__)
 
 MAIN_GUARD_EXIT = 78  # a decoder exited because the script lacks its main guard (loader._refuse_in_a_spawned_import)
+MAIN_GUARD_HELP = (
+    "Decoders are spawned processes that import your main module; a script that builds a VideoLoader "
+    "at module level builds it again in every decoder. Build the loader (and train) under "
+    "`if __name__ == \"__main__\":`, e.g.\n\n    def main():\n        loader = VideoLoader(...)\n"
+    "        for batch in loader: ...\n\n    if __name__ == \"__main__\":\n        main()"
+)
 MIN_STARTUP_TIMEOUT_S = 10.0  # a decoder not ready within max(this, task_timeout_s) is replaced
 _STARTUP_FAILURES = 3  # consecutive deaths before any decoder was ready, then the loader gives up
 
@@ -262,9 +268,7 @@ class DecoderPool:
         from .errors import WorkerError
 
         if exitcode == MAIN_GUARD_EXIT:
-            from .loader import _MAIN_GUARD_HELP
-
-            raise WorkerError(f"a decoder process re-ran your script's loader construction. {_MAIN_GUARD_HELP}")
+            raise WorkerError(f"a decoder process re-ran your script's loader construction. {MAIN_GUARD_HELP}")
         self._startup_failures.append(cause)
         if len(self._startup_failures) > _STARTUP_FAILURES:
             msg = (

@@ -123,7 +123,7 @@ _ALLOWED = {(m.__module__, m.__qualname__) for m in (*_MESSAGES, DecoderOptions)
     ("numpy._core.multiarray", "scalar"),
     ("fractions", "Fraction"),
     ("ringload._ring", "RingLayout"),
-    ("ringload.probe", "VideoInfo"),
+    ("ringload._videoinfo", "VideoInfo"),
     ("ringload.errors", "_rebuild_video_error"),
     ("builtins", "bytearray"),
     ("builtins", "frozenset"),

@@ -87,7 +87,7 @@ def test_unsafe_cache_directory_is_not_used(video, truth, tmp_path, caplog, how)
     os.chmod(forged.parent, 0o755)
     UNSAFE[how](cache, forged.parent)
     before = forged.read_bytes()
-    caplog.set_level(logging.WARNING, logger="ringload.probe")
+    caplog.set_level(logging.WARNING, logger="ringload._index_cache")
     for _ in range(3):
         assert _same(probe(video, cache=cache), truth)  # neither read ...
     assert forged.read_bytes() == before  # ... nor written
@@ -102,7 +102,7 @@ def test_sticky_shared_directory_is_used(video, truth, tmp_path, caplog):
     cache = tmp_path / "tmp-like"
     cache.mkdir()
     os.chmod(cache, 0o1777)
-    caplog.set_level(logging.WARNING, logger="ringload.probe")
+    caplog.set_level(logging.WARNING, logger="ringload._index_cache")
     assert _same(probe(video, cache=cache), truth)
     assert len(_entries(cache)) == 1 and not caplog.records
 
@@ -168,7 +168,7 @@ def test_bad_entry_is_rebuilt(video, truth, tmp_path, caplog, case):
     (entry,) = _entries(cache)
     good = json.loads(entry.read_text())
     entry.write_text(json.dumps(BAD_ENTRIES[case](good)))
-    caplog.set_level(logging.WARNING, logger="ringload.probe")
+    caplog.set_level(logging.WARNING, logger="ringload._index_cache")
     assert _same(probe(video, cache=cache), truth)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "ignoring unreadable index cache entry" in warnings[0], warnings
@@ -182,7 +182,7 @@ def test_unparsable_entry_is_rebuilt(video, truth, tmp_path, caplog, text):
     (entry,) = _entries(cache)
     good = entry.read_bytes()
     entry.write_bytes(text.encode("latin-1"))
-    caplog.set_level(logging.WARNING, logger="ringload.probe")
+    caplog.set_level(logging.WARNING, logger="ringload._index_cache")
     assert _same(probe(video, cache=cache), truth)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "ignoring unreadable index cache entry" in warnings[0], warnings

@@ -9,7 +9,7 @@ from test_engine_helpers import assert_same_batches, check_exact, collect, engin
 
 import ringload
 from ringload import ConfigError
-from ringload.loader import _clip_frames, _fps_starts, random_resized_boxes
+from ringload._samples import _clip_frames, _fps_starts, random_resized_boxes
 
 
 def test_exact_frames_every_sample_once(engine_videos):

@@ -13,7 +13,8 @@ from test_engine_helpers import assert_same_batches, check_exact, collect, engin
 
 import ringload
 from ringload import ConfigError
-from ringload.loader import LoaderConfig, _Sampler
+from ringload._config import LoaderConfig
+from ringload._samples import Sampler as _Sampler
 from ringload.probe import probe
 
 # The files of ../shared/videos with a display matrix: FFmpeg's angle (frame.rotation,
@@ -158,7 +159,7 @@ def test_matches_the_ffmpeg_command_line(name, videos_dir):
     data=hst.data(),
 )
 def test_display_boxes_map_onto_the_same_pixels_of_the_coded_frame(w, h, turn, mirror, data):
-    from ringload.loader import display_to_coded_boxes
+    from ringload._samples import display_to_coded_boxes
 
     coded = np.arange(h * w).reshape(h, w, 1)
     shown = _shown(coded, turn, mirror)

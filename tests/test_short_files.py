@@ -41,7 +41,7 @@ def damaged(tmp_path_factory, videos_dir):
 
 
 def _warnings(caplog):
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "ringload.probe"]
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "ringload._index_build"]
 
 
 @pytest.mark.parametrize("which", ["damaged", "decord"])
@@ -52,7 +52,7 @@ def test_short_file_is_indexed_warned_once_and_recorded(which, damaged, videos_d
     else:
         path, n, claimed = videos_dir / "decord_corrupted.mp4", 28, 50
     cache = tmp_path / "cache"
-    caplog.set_level(logging.INFO, logger="ringload.probe")
+    caplog.set_level(logging.INFO, logger="ringload._index_build")
     cold = probe(path, cache=cache)
     assert (cold.num_frames, cold.container_frames) == (n, claimed)
     (warning,) = _warnings(caplog)
@@ -139,5 +139,5 @@ def test_the_loader_reports_short_files_every_time_it_is_built(videos_dir, tmp_p
         with caplog.at_level(logging.WARNING, logger="ringload"):
             with ringload.VideoLoader(paths, batch_size=4, size=(16, 16), num_workers=1):
                 pass
-        lines = [r.getMessage() for r in caplog.records if r.name == "ringload.loader"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "ringload._dataset"]
         assert any("decord_corrupted.mp4 (28 of 50)" in m for m in lines), lines

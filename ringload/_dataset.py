@@ -1,0 +1,152 @@
+"""The dataset a loader reads: its videos' indexes and how many samples each one holds.
+
+``load_dataset`` resolves nothing itself (the source is already resolved): it indexes every
+video (in parallel when there are many; bad files raise or are quarantined), logs the
+files that decode fewer frames than they claim, and derives what the plan needs: the
+valid starts per video, the bounded chunk length from the data's GOPs, the output size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+
+import numpy as np
+
+from ._config import LoaderConfig
+from ._samples import _fps_starts
+from .errors import ConfigError, VideoError
+from .probe import short_files_warning
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """``infos[i]`` is None for a quarantined video; ``counts`` are its valid starts and
+    ``plan_lengths`` what ``plan_epoch`` is given; ``chunk_len`` the bounded chunk length
+    in use (None outside bounded mode when unset); ``size`` the output (h, w)."""
+
+    paths: list[str]
+    infos: list
+    quarantined: dict[str, str]
+    counts: np.ndarray
+    plan_lengths: np.ndarray
+    chunk_len: int | None
+    size: tuple[int, int]
+
+
+def load_dataset(cfg: LoaderConfig, paths: list[str]) -> Dataset:
+    quarantined: dict[str, str] = {}
+    infos = _index(cfg, paths, quarantined)
+    short = short_files_warning(infos)
+    if short is not None:
+        log.warning("%s", short)  # every time a loader is built, cached index or not
+    counts, lengths = _sample_counts(cfg, infos)
+    if not counts.any():
+        raise ConfigError(
+            f"no video in source has a full sample (sample={cfg.sample!r}, clip_len={cfg.clip_len}, "
+            f"frame_stride={cfg.frame_stride}, fps={cfg.fps}); {len(quarantined)} files are unusable"
+        )
+    return Dataset(paths, infos, quarantined, counts, lengths, _chunk_len(cfg, infos), _output_size(cfg, infos, counts))
+
+
+def with_skip_hint(exc: VideoError) -> VideoError:
+    """The same error, telling an ``on_error="raise"`` user how to go on."""
+    hint = "pass on_error='skip' to quarantine bad files and go on; `ringload index SOURCE` lists every bad file at once"
+    if exc.hint:
+        hint = f"{exc.hint}; {hint}"
+    try:
+        return type(exc)(exc.path, exc.reason, hint=hint)
+    except TypeError:  # a subclass with another signature
+        return exc
+
+
+def _index(cfg: LoaderConfig, paths: list[str], quarantined: dict[str, str]) -> list:
+    from .probe import index_paths, probe
+
+    if len(paths) > 8:
+        index_paths(paths)  # fills the on-disk index in parallel; errors come below
+    infos = []
+    for p in paths:
+        try:
+            infos.append(probe(p))
+        except VideoError as exc:
+            if cfg.on_error == "raise":
+                raise with_skip_hint(exc) from None
+            log.warning("quarantined %s", exc)
+            quarantined[exc.path] = exc.reason
+            infos.append(None)
+    return infos
+
+
+def _sample_counts(cfg: LoaderConfig, infos):
+    """(valid starts per video, the lengths handed to plan_epoch)."""
+    n = np.array([i.num_frames if i is not None else 0 for i in infos], dtype=np.int64)
+    if cfg.sample == "frames":
+        return n.copy(), n
+    if cfg.sample == "segments":
+        ones = (n > 0).astype(np.int64)
+        return ones, ones
+    if cfg.fps is None:
+        return np.maximum(n - (cfg.clip_len - 1) * cfg.frame_stride, 0), n
+    m = np.array([_fps_starts(i.pts_seconds, cfg.clip_len, cfg.fps) if i is not None else 0 for i in infos], dtype=np.int64)
+    return m, m
+
+
+def _chunk_len(cfg: LoaderConfig, infos) -> int | None:
+    # Bounded chunks sized from the data's GOPs (plan.chunk_len_for_gop) unless set.
+    if cfg.sampling != "bounded" or cfg.chunk_len is not None:
+        return cfg.chunk_len
+    from .plan import chunk_len_for_gop, default_max_per_chunk
+
+    gaps = [np.diff(i.keyframes) for i in infos if i is not None and len(i.keyframes) > 1]
+    if not gaps:
+        return None
+    m = cfg.max_per_chunk or default_max_per_chunk(cfg.batch_size)
+    return chunk_len_for_gop(float(np.median(np.concatenate(gaps))), max_per_chunk=m)
+
+
+def _output_size(cfg: LoaderConfig, infos, counts) -> tuple[int, int]:
+    if cfg.size is not None:
+        return cfg.size
+    dims = {i.size(cfg.orientation) for i, c in zip(infos, counts) if i is not None and c > 0}
+    if len(dims) != 1:
+        raise ConfigError(f"size=None needs every video to have the same size; found {len(dims)} sizes: pass size=(h, w)")
+    return dims.pop()
+
+
+def check_epoch(plan, cfg, rank: int, world: int) -> None:
+    """No silent empty epoch; a warning where ranks' last batches are empty."""
+    if len(plan) == 0:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is larger than the {int(plan.total_samples)} samples of an epoch"
+            + (f" shared by {world} ranks" if world > 1 else "")
+            + " and drop_last=True drops them all: lower batch_size, or pass drop_last=False"
+        )
+    if len(np.asarray(plan[len(plan) - 1])) == 0:
+        # Ranks keep equal batch counts and nothing is padded (a padded sample would be seen twice).
+        log.warning(
+            "rank %d of %d: the last batch of each epoch is empty (the samples do not fill a last round "
+            "across ranks); pass drop_last=True to drop short last batches", rank, world,
+        )
+
+
+def settings(cfg, data, rank: int, world: int) -> dict:
+    """What decides the batches (the resume check): every setting but the resources, plus the data."""
+    keep = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.name not in ("num_workers", "prefetch_batches", "device", "timeout_s", "task_timeout_s", "rank", "world_size")
+    }
+    keep.update(
+        rank=rank, world_size=world, size=data.size, num_videos=len(data.paths),
+        paths=digest(data.paths), lengths=digest(data.plan_lengths.tolist()),
+    )
+    return json.loads(json.dumps(keep, default=str))
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]

@@ -1,0 +1,213 @@
+"""What each sample of a batch holds: its frames, crop box and flip, keyed by the sample.
+
+``Sampler`` turns the plan's (video, start) samples into frame indices (frames, clips at a
+stride or a target fps, TSN segments), crop boxes (torchvision's RandomResizedCrop drawn
+on the displayed frame, or a centre box) and flips, all from ``ringload._rng`` keyed by
+(seed, epoch, sample), so batch k is the same whatever decodes it, and redraws replacement
+samples for bad files deterministically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from . import _rng
+from ._config import LoaderConfig
+from .errors import VideoError
+
+# Tolerance when a clip's sampling times are matched to frame timestamps (see _clip_frames).
+_TIME_EPS = 1e-6
+
+
+
+@dataclasses.dataclass(frozen=True)
+class _Content:
+    video: np.ndarray
+    start: np.ndarray
+    frames: np.ndarray
+    crop: np.ndarray
+    flip: np.ndarray
+
+
+def random_resized_boxes(width, height, u, scale, ratio) -> np.ndarray:
+    """Crop boxes (x, y, w, h) drawn like torchvision's RandomResizedCrop.get_params.
+
+    Up to 10 attempts per sample (4 uniforms each: area scale, log aspect ratio, top, left),
+    then the centre-crop fallback, vectorised over samples. ``u`` is (n, 40) in [0, 1).
+    """
+    W = np.asarray(width, dtype=np.float64)
+    H = np.asarray(height, dtype=np.float64)
+    n = len(W)
+    area = W * H
+    lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
+    out = np.zeros((n, 4), dtype=np.int64)
+    done = np.zeros(n, dtype=bool)
+    for a in range(10):
+        target = area * (scale[0] + u[:, 4 * a] * (scale[1] - scale[0]))
+        aspect = np.exp(lr0 + u[:, 4 * a + 1] * (lr1 - lr0))
+        w = np.round(np.sqrt(target * aspect))
+        h = np.round(np.sqrt(target / aspect))
+        ok = ~done & (w > 0) & (w <= W) & (h > 0) & (h <= H)
+        if ok.any():
+            top = np.floor(u[:, 4 * a + 2] * (H - h + 1))
+            left = np.floor(u[:, 4 * a + 3] * (W - w + 1))
+            out[ok] = np.stack([left, top, w, h], axis=1)[ok].astype(np.int64)
+            done |= ok
+        if done.all():
+            break
+    if not done.all():
+        rest = ~done
+        Wr, Hr = W[rest], H[rest]
+        in_ratio = Wr / Hr
+        w = Wr.copy()
+        h = Hr.copy()
+        lo = in_ratio < ratio[0]
+        hi = in_ratio > ratio[1]
+        h[lo] = np.round(Wr[lo] / ratio[0])
+        w[hi] = np.round(Hr[hi] * ratio[1])
+        out[rest] = np.stack([(Wr - w) // 2, (Hr - h) // 2, w, h], axis=1).astype(np.int64)
+    return out
+
+
+def display_to_coded_boxes(boxes, width, height, rotation, hflip) -> np.ndarray:
+    """Boxes (x, y, w, h) on displayed frames -> boxes of the same pixels on the coded frames.
+
+    ``width``/``height`` are the coded sizes; a frame is displayed turned ``rotation``
+    degrees counter-clockwise, then mirrored if ``hflip`` (``VideoInfo.orient``). Scalars
+    or one value per box.
+    """
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    n = len(b)
+    W, H, rot, flip = (np.broadcast_to(np.asarray(v), (n,)) for v in (width, height, rotation, hflip))
+    W, H, rot, flip = W.astype(np.int64), H.astype(np.int64), rot.astype(np.int64), flip.astype(bool)
+    x, y, w, h = (b[:, i].copy() for i in range(4))
+    turned = (rot == 90) | (rot == 270)
+    # The mirror came last: undo it first, on the displayed width.
+    x = np.where(flip, np.where(turned, H, W) - x - w, x)
+    out = np.stack([x, y, w, h], axis=1)
+    r90, r180, r270 = rot == 90, rot == 180, rot == 270
+    # np.rot90 semantics: a quarter turn counter-clockwise shows coded column W-1-i as row i.
+    out[r90] = np.stack([W - y - h, x, h, w], axis=1)[r90]
+    out[r180] = np.stack([W - x - w, H - y - h, w, h], axis=1)[r180]
+    out[r270] = np.stack([y, H - x - w, h, w], axis=1)[r270]
+    return out
+
+
+def _snap_even(boxes: np.ndarray) -> np.ndarray:
+    """Move boxes onto the 2x2 chroma grid (at most one pixel) so a crop is a plane copy."""
+    b = boxes.copy()
+    b[:, 0] -= b[:, 0] % 2
+    b[:, 1] -= b[:, 1] % 2
+    b[:, 2] = np.where(b[:, 2] >= 2, b[:, 2] - b[:, 2] % 2, b[:, 2])
+    b[:, 3] = np.where(b[:, 3] >= 2, b[:, 3] - b[:, 3] % 2, b[:, 3])
+    return b
+
+
+class Sampler:
+    """What batch k holds: samples from the plan, their frames, crop boxes and flips."""
+
+    def __init__(self, cfg: LoaderConfig, infos, counts: np.ndarray, plan, epoch: int):
+        self.cfg = cfg
+        self.infos = infos
+        self.plan = plan
+        self.epoch = epoch
+        self.width = np.array([i.width if i is not None else 0 for i in infos], dtype=np.int64)
+        self.height = np.array([i.height if i is not None else 0 for i in infos], dtype=np.int64)
+        orients = [i.orient(cfg.orientation) if i is not None else (0, False) for i in infos]
+        self.turn = np.array([o[0] for o in orients], dtype=np.int64)
+        self.mirror = np.array([o[1] for o in orients], dtype=bool)
+        self.counts = counts
+        # Consecutive batches a bounded chunk can reach (the scheduler's look-ahead unit).
+        self.chunk_window = plan.chunk_window if cfg.sampling == "bounded" else 1
+        self.eligible = np.flatnonzero(counts > 0)
+        self.cum = np.cumsum(counts[self.eligible])
+
+    def batch(self, k: int) -> _Content:
+        vs = np.asarray(self.plan[k], dtype=np.int64)
+        return self.content(vs[:, 0], vs[:, 1])
+
+    def content(self, video: np.ndarray, start: np.ndarray) -> _Content:
+        keys = _rng.sample_keys(video, start)
+        return _Content(video, start, self.frames(video, start, keys), self.crops(video, keys), self.flips(keys))
+
+    def frames(self, video, start, keys) -> np.ndarray:
+        cfg = self.cfg
+        T = cfg.frames_per_sample
+        if cfg.sample == "frames":
+            return start[:, None].copy()
+        if cfg.sample == "clips":
+            if cfg.fps is None:
+                return start[:, None] + np.arange(T, dtype=np.int64)[None, :] * cfg.frame_stride
+            out = np.empty((len(video), T), dtype=np.int64)
+            for i, (v, s) in enumerate(zip(video.tolist(), start.tolist())):
+                out[i] = _clip_frames(self.infos[v].pts_seconds, s, T, cfg.fps)
+            return out
+        mode = "center" if cfg.sampling == "sequential" else "random"
+        seeds = (_rng.uniforms(cfg.seed, self.epoch, keys, _rng.STREAM_SEGMENTS, 1)[:, 0] * (1 << 53)).astype(np.int64)
+        from .plan import segment_indices
+
+        out = np.empty((len(video), T), dtype=np.int64)
+        for i, v in enumerate(video.tolist()):
+            out[i] = segment_indices(self.infos[v].num_frames, T, seed=int(seeds[i]), mode=mode)
+        return out
+
+    def crops(self, video, keys) -> np.ndarray:
+        """Boxes in coded pixels, chosen on the frames as delivered (displayed, or coded)."""
+        cfg = self.cfg
+        n = len(video)
+        Wc, Hc, turn = self.width[video], self.height[video], self.turn[video]
+        turned = (turn == 90) | (turn == 270)
+        W, H = np.where(turned, Hc, Wc), np.where(turned, Wc, Hc)
+        if cfg.crop == "none":
+            return np.zeros((n, 4), dtype=np.int32)
+        if cfg.crop == "center":
+            oh, ow = cfg.size
+            wide = W * oh > H * ow
+            w = np.where(wide, np.round(H * ow / oh), W).astype(np.int64)
+            h = np.where(wide, H, np.round(W * oh / ow)).astype(np.int64)
+            boxes = np.stack([(W - w) // 2, (H - h) // 2, w, h], axis=1)
+        else:
+            u = _rng.uniforms(cfg.seed, self.epoch, keys, _rng.STREAM_CROP, 40)
+            boxes = random_resized_boxes(W, H, u, cfg.scale, cfg.ratio)
+        boxes = display_to_coded_boxes(boxes, Wc, Hc, turn, self.mirror[video])
+        # Snapped in coded pixels: the chroma grid is the coded frame's.
+        return _snap_even(boxes).astype(np.int32)
+
+    def flips(self, keys) -> np.ndarray:
+        if not self.cfg.hflip:
+            return np.zeros(len(keys), dtype=bool)
+        return _rng.uniforms(self.cfg.seed, self.epoch, keys, _rng.STREAM_FLIP, 1)[:, 0] < 0.5
+
+    def replacement(self, key_video: int, key_start: int, attempt: int):
+        """Redraw ``attempt`` (1, 2, ...) for the plan's sample (key_video, key_start):
+        a uniform sample over all samples, keyed by the original sample only."""
+        if len(self.eligible) == 0:
+            raise VideoError("<dataset>", "no usable video is left to draw a replacement sample from")
+        u = _rng.uniforms(self.cfg.seed, self.epoch, _rng.sample_keys([key_video], [key_start]), _rng.STREAM_SKIP, 2 * attempt)
+        u0, u1 = u[0, 2 * attempt - 2], u[0, 2 * attempt - 1]
+        j = int(np.searchsorted(self.cum, u0 * self.cum[-1], side="right"))
+        v = int(self.eligible[min(j, len(self.eligible) - 1)])
+        s = min(int(u1 * self.counts[v]), int(self.counts[v]) - 1)
+        if self.cfg.sample == "segments":
+            s = 0
+        c = self.content(np.array([v], np.int64), np.array([s], np.int64))
+        return v, s, c.frames[0], c.crop[0], bool(c.flip[0])
+
+
+def _clip_frames(pts_seconds: np.ndarray, start: int, clip_len: int, fps: float) -> np.ndarray:
+    """Frames of a clip sampled at ``fps`` from frame ``start``: for j < clip_len, the frame on
+    screen at time pts[start] + j / fps (the last frame whose pts <= that time)."""
+    t = pts_seconds[start] + np.arange(clip_len) / fps + _TIME_EPS
+    return np.searchsorted(pts_seconds, t, side="right").astype(np.int64) - 1
+
+
+def _fps_starts(pts_seconds: np.ndarray, clip_len: int, fps: float) -> int:
+    """Number of starts whose clip at ``fps`` ends at or before the last frame's timestamp."""
+    if len(pts_seconds) == 0:
+        return 0
+    last = pts_seconds[-1] - (clip_len - 1) / fps + _TIME_EPS
+    return int(np.searchsorted(pts_seconds, last, side="right"))
+
