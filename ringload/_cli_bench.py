@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> "BenchConfig":  # noqa: F821
-    from .bench import BenchConfig, DatasetSpec, quick_config
+    from .bench import BenchConfig, quick_config
 
     ds_over = {}
     if args.resolution:
@@ -134,7 +134,7 @@ def run(args) -> int:
 
     def checkpoint(doc):
         doc["system"]["argv"] = sys.argv
-        doc["cli_args"] = bench._jsonable(cli_args)
+        doc["cli_args"] = bench.jsonable(cli_args)
         doc["complete"] = False
         bench.write_json(doc, out)
 

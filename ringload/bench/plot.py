@@ -1,6 +1,6 @@
 """Turn a ``ringload bench`` JSON result file into PNG plots.
 
-    python bench/plot.py bench/results/RUN.json --out docs/img
+    python -m ringload.bench.plot bench/results/RUN.json --out docs/img
 
 Writes ``bench_throughput.png`` (images/s per contender, ceiling marked),
 ``bench_max_per_chunk.png`` (bounded images/s against max_per_chunk, when the run swept it),
