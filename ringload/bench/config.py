@@ -57,9 +57,10 @@ class DatasetSpec:
 class BenchConfig:
     """Everything one ``ringload bench`` run does; validated on construction.
 
-    Each contender runs once, in a fresh process tree: a warm-up, then ``repeats`` timed
-    windows of at least ``window_s`` seconds (or of ``batches`` batches), within
-    ``budget_s`` seconds (warm-up included).
+    The run measures every contender once per round, in the same order each round
+    (A B C, A B C, ...), each time in a fresh process tree. In one round a contender gets
+    a warm-up and ``repeats`` timed windows of at least ``window_s`` seconds (or of
+    ``batches`` batches), within ``budget_s`` seconds from its first batch.
     """
 
     dataset: DatasetSpec = DatasetSpec()
@@ -71,11 +72,12 @@ class BenchConfig:
     workers: int = 0  # 0: os.cpu_count()
     clip_len: int = 1
     frame_stride: int = 1
+    rounds: int = 3
     warmup_batches: int = 2
-    repeats: int = 3
+    repeats: int = 1  # timed windows per contender per round
     window_s: float = 6.0
     batches: int | None = None  # fixed batches per timed window (else time-based windows)
-    budget_s: float = 150.0  # per contender, warm-up included
+    budget_s: float = 60.0  # per contender per round, from its first batch
     chunk_lens: tuple[int, ...] = ()
     max_per_chunks: tuple[int, ...] = ()
     sweep: str = "none"
@@ -88,7 +90,7 @@ class BenchConfig:
             raise ConfigError(f"--contenders: unknown {unknown}; choose from {', '.join(ALL_CONTENDERS)}")
         if self.sweep not in SWEEPS:
             raise ConfigError(f"--sweep={self.sweep!r}: choose one of {', '.join(SWEEPS)}")
-        for name in ("batch_size", "size", "repeats", "clip_len", "frame_stride"):
+        for name in ("batch_size", "size", "rounds", "repeats", "clip_len", "frame_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)}: must be >= 1")
         if self.warmup_batches < 1:
@@ -106,14 +108,34 @@ class BenchConfig:
 
 
 def quick_config(**overrides) -> BenchConfig:
-    """The ``--quick`` settings: small data, short windows; finishes in under 3 minutes."""
+    """The ``--quick`` settings: 480p data, 3 rounds of one 2 s window per contender."""
     base = dict(
         # 20 s like the default run: with 8 s videos most bounded chunks are cut short by
         # the video's ends, which the default data does not show.
         dataset=DatasetSpec(width=854, height=480, seconds=20.0),
         warmup_batches=1,
-        repeats=2,
+        rounds=3,
+        repeats=1,
         window_s=2.0,
+        budget_s=20.0,
+    )
+    base.update(overrides)
+    return BenchConfig(**base)
+
+
+def smoke_config(**overrides) -> BenchConfig:
+    """The ``--smoke`` settings: tiny data, 2 rounds of 2 batches of 16 per contender.
+
+    It checks that every contender runs and that the result file and plots are written
+    (a CI test does so from a fresh install); its numbers say nothing about speed.
+    """
+    base = dict(
+        dataset=DatasetSpec(width=320, height=240, seconds=3.0, names=12),
+        batch_size=16,
+        warmup_batches=1,
+        rounds=2,
+        repeats=1,
+        batches=2,
         budget_s=30.0,
     )
     base.update(overrides)

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from .contenders import FACTORIES, Skip
-from .procfs import MemorySampler, tree_cpu_seconds, tree_memory
+from .procfs import MemorySampler, tree_cpu_seconds
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None) -> dict:
                 windows.append(n * b.shape[0] / elapsed)
                 images += n * b.shape[0]
             result.update(contender.info())
-            result["peak_rss_bytes_at_end"] = tree_memory(me)[0]
+            mem.sample()  # the peak at the end, while the loader is still open
         finally:
             it.close()  # drops the loader's iterator (a DataLoader shuts its workers down)
             contender.close()
@@ -116,14 +116,15 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None) -> dict:
         images_per_s=percentile(windows_sorted, 50),
         images_per_s_windows=windows,
         images_measured=images,
+        cpu_s=cpu,
         cpu_s_per_image=cpu / images if images else None,
         wait_ms={f"p{q}": 1000 * percentile(waits, q) for q in (50, 95, 99)},
+        wait_ms_batches=[round(1000 * w, 3) for w in waits],
         batches_measured=len(waits),
         peak_rss_bytes=mem.peak_rss,
         peak_pss_bytes=mem.peak_pss,
         wall_s=time.perf_counter() - t_start,
     )
-    result.pop("peak_rss_bytes_at_end", None)
     stats = result.get("loader_stats") or {}
     if result.get("shm_bytes") is None and isinstance(stats, dict):
         for key in ("shm_bytes", "ring_bytes", "shared_memory_bytes"):

@@ -1,5 +1,5 @@
-"""What a run reports: the result document's system metadata, the ratios and targets,
-the table, the JSON file and the plots."""
+"""What a run reports: the result document's system metadata, the table, the JSON file
+and the plots (the ratios and targets are computed in :mod:`ringload.bench.rounds`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import os
 import pathlib
 import platform
 import subprocess
+import textwrap
 from typing import Any
 
 from ._json import write_json  # noqa: F401  (part of this module's interface)
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "ringload-bench/1"
+SCHEMA = "ringload-bench/2"
 #: The folder of the ``ringload`` package this harness belongs to.
 _PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -107,121 +108,24 @@ def _git_state() -> tuple[str | None, bool | None]:
         return None, None
 
 
-# --- ratios, table, plots -------------------------------------------------------------------
+# --- the table -------------------------------------------------------------------------------
+
+WIDTH = 100  # the table and its notes fit this many columns
 
 
-def ratios(results: list[dict]) -> dict:
-    """Ratios against the starter and the ceiling, for the issue's targets.
-
-    ``x_*`` compare images/s. ``cpu_x_*`` compare images per CPU-second (the inverse of
-    CPU s/img): on a machine shared with other work, a contender's images/s depends on how
-    much CPU it was given while it ran, its CPU cost per image much less, so both are kept.
-    """
-
-    def get(name, key):
-        for r in results:
-            if r["name"] == name and r.get("status") == "ok":
-                return r.get(key)
-        return None
-
-    def ips(name):
-        return get(name, "images_per_s")
-
-    def eff(name):
-        c = get(name, "cpu_s_per_image")
-        return 1.0 / c if c else None
-
-    out: dict[str, Any] = {}
-    ceiling_name = "sequential" if ips("sequential") else ("ceiling" if ips("ceiling") else None)
-    out["ceiling_used"] = ceiling_name
-    base, ceiling = ips("starter"), ips(ceiling_name) if ceiling_name else None
-    base_e, ceiling_e = eff("starter"), eff(ceiling_name) if ceiling_name else None
-    for r in results:
-        if r.get("status") != "ok" or not r.get("images_per_s"):
-            continue
-        v, e = r["images_per_s"], eff(r["name"])
-        row = {}
-        if base:
-            row["x_starter"] = v / base
-        if ceiling:
-            row["x_ceiling"] = v / ceiling
-        if ips("ceiling"):
-            row["x_plain_ceiling"] = v / ips("ceiling")
-        if e and base_e:
-            row["cpu_x_starter"] = e / base_e
-        if e and ceiling_e:
-            row["cpu_x_ceiling"] = e / ceiling_e
-        out[r["name"]] = row
-    targets = {}
-    for label, num, den, need in (
-        ("bounded >= 0.85 x ceiling", "bounded", ceiling_name, 0.85),
-        ("bounded >= 10 x starter", "bounded", "starter", 10.0),
-        ("strict >= 1.5 x starter", "strict", "starter", 1.5),
-        ("strict >= torchcodec exact", "strict", "torchcodec-exact", 1.0),
-    ):
-        if den and ips(num) and ips(den):
-            targets[label] = ips(num) / ips(den) >= need
-            if eff(num) and eff(den):
-                targets[label + " (per CPU-second)"] = eff(num) / eff(den) >= need
-    out["targets"] = targets
-    return out
+def _ratio(s) -> str:
+    """``median min-max`` of a spread (one number for one round)."""
+    if not s:
+        return "-"
+    digits = 2 if s["max"] < 10 else 1
+    text = f"{s['median']:.{digits}f}"
+    if len(s["rounds"]) > 1:
+        text += f" {s['min']:.{digits}f}-{s['max']:.{digits}f}"
+    return text
 
 
-def format_table(doc: dict) -> str:
-    """The human-readable result table."""
-    rat = doc.get("ratios", {})
-    head = ["contender", "img/s", "x starter", "x ceiling", "CPU s/img", "x st/ceil per CPU", "wait p50/p95/p99 ms",
-            "1st batch s",
-            "peak RSS MB", "PSS MB", "shm MB", "bound"]
-    rows = [head]
-    notes = []
-    for r in doc["results"]:
-        if r.get("status") != "ok":
-            rows.append([r["name"], r.get("status", "?")] + [""] * (len(head) - 2))
-            notes.append(f"{r['name']}: {r.get('status')}: {r.get('note')}")
-            continue
-        rr = rat.get(r["name"], {})
-        w = r.get("wait_ms") or {}
-        bound = ""
-        if r.get("design_effect_bound") is not None:
-            bound = f"c={r.get('chunk_len')} m={r.get('max_per_chunk')} deff<={r['design_effect_bound']:.2f}"
-        elif r["kind"] == "bounded":
-            bound = f"c={r.get('chunk_len')} m={r.get('max_per_chunk')}"
-        rows.append(
-            [
-                r["name"],
-                _fmt(r.get("images_per_s"), 1),
-                _fmt(rr.get("x_starter"), 2),
-                _fmt(rr.get("x_ceiling"), 2),
-                _fmt(r.get("cpu_s_per_image"), 4),
-                f"{_fmt(rr.get('cpu_x_starter'), 2)}/{_fmt(rr.get('cpu_x_ceiling'), 2)}",
-                "/".join(_fmt(w.get(k), 0) for k in ("p50", "p95", "p99")),
-                _fmt(r.get("first_batch_s"), 1),
-                _fmt((r.get("peak_rss_bytes") or 0) / 2**20, 0),
-                _fmt((r.get("peak_pss_bytes") or 0) / 2**20, 0),
-                _fmt(r["shm_bytes"] / 2**20, 0) if r.get("shm_bytes") else "-",
-                bound,
-            ]
-        )
-        if r.get("note"):
-            notes.append(f"{r['name']}: {r['note']}")
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    sysinfo = doc.get("system", {})
-    lines.append("")
-    lines.append(
-        f"machine: {sysinfo.get('cpu_model')}, {sysinfo.get('cpu_count')} cores, "
-        f"{(sysinfo.get('ram_bytes') or 0) / 2**30:.0f} GiB RAM, GPU: {sysinfo.get('gpu') or 'none'}; "
-        f"load average at start {_fmt((sysinfo.get('loadavg_start') or [None])[0], 2)}, "
-        f"end {_fmt((sysinfo.get('loadavg_end') or [None])[0], 2)}"
-    )
-    if rat.get("ceiling_used"):
-        lines.append(f"ceiling for ratios: {rat['ceiling_used']}")
-    for k, v in (rat.get("targets") or {}).items():
-        lines.append(f"target {k}: {'met' if v else 'MISSED'}")
-    lines += [f"note: {n}" for n in notes]
-    return "\n".join(lines)
+def _short(name: str) -> str:
+    return name.replace("chunk_len=", "c=").replace("max_per_chunk=", "m=")
 
 
 def _fmt(v, digits):
@@ -231,66 +135,74 @@ def _fmt(v, digits):
 
 
 def format_table(doc: dict) -> str:
-    """The human-readable result table."""
-    rat = doc.get("ratios", {})
-    head = ["contender", "img/s", "x starter", "x ceiling", "CPU s/img", "x st/ceil per CPU", "wait p50/p95/p99 ms",
-            "1st batch s",
-            "peak RSS MB", "PSS MB", "shm MB", "bound"]
-    rows = [head]
-    notes = []
+    """The human-readable result: a table of at most ``WIDTH`` columns, then what the
+    columns mean, the machine, the targets and notes. Everything else is in the JSON."""
+    rat = doc.get("ratios") or {}
+    ref = rat.get("reference") or "reference"
+    per = rat.get("contenders") or {}
+    head = ["contender", "img/s", "x starter", f"x {ref}", "CPU ms", "wait ms", "start s", "PSS MB"]
+    rows, notes, bounds = [head], [], []
     for r in doc["results"]:
-        if r.get("status") != "ok":
-            rows.append([r["name"], r.get("status", "?")] + [""] * (len(head) - 2))
+        name = _short(r["name"])
+        if r.get("status") not in ("ok", "failed") or not r.get("images_per_s"):
+            rows.append([name, r.get("status", "?")] + [""] * (len(head) - 2))
             notes.append(f"{r['name']}: {r.get('status')}: {r.get('note')}")
             continue
-        rr = rat.get(r["name"], {})
+        rr = per.get(r["name"], {})
         w = r.get("wait_ms") or {}
-        bound = ""
+        cpu = r.get("cpu_s_per_image")
+        rows.append([
+            name + (" (failed)" if r.get("status") == "failed" else ""),
+            _fmt(r.get("images_per_s"), 1),
+            _ratio(rr.get("x_starter")),
+            _ratio(rr.get("x_reference")),
+            _fmt(cpu * 1000 if cpu else None, 1),
+            _fmt(w.get("p95"), 0),
+            _fmt(r.get("first_batch_s"), 1),
+            _fmt((r.get("peak_pss_bytes") or 0) / 2**20, 0),
+        ])  # fmt: skip
         if r.get("design_effect_bound") is not None:
-            bound = f"c={r.get('chunk_len')} m={r.get('max_per_chunk')} deff<={r['design_effect_bound']:.2f}"
-        elif r["kind"] == "bounded":
-            bound = f"c={r.get('chunk_len')} m={r.get('max_per_chunk')}"
-        rows.append(
-            [
-                r["name"],
-                _fmt(r.get("images_per_s"), 1),
-                _fmt(rr.get("x_starter"), 2),
-                _fmt(rr.get("x_ceiling"), 2),
-                _fmt(r.get("cpu_s_per_image"), 4),
-                f"{_fmt(rr.get('cpu_x_starter'), 2)}/{_fmt(rr.get('cpu_x_ceiling'), 2)}",
-                "/".join(_fmt(w.get(k), 0) for k in ("p50", "p95", "p99")),
-                _fmt(r.get("first_batch_s"), 1),
-                _fmt((r.get("peak_rss_bytes") or 0) / 2**20, 0),
-                _fmt((r.get("peak_pss_bytes") or 0) / 2**20, 0),
-                _fmt(r["shm_bytes"] / 2**20, 0) if r.get("shm_bytes") else "-",
-                bound,
-            ]
-        )
+            bounds.append(f"{name}: chunk_len {r.get('chunk_len')}, max_per_chunk {r.get('max_per_chunk')}, "
+                          f"design-effect bound {r['design_effect_bound']:.2f} (rho {r.get('rho')})")  # fmt: skip
         if r.get("note"):
             notes.append(f"{r['name']}: {r['note']}")
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    sysinfo = doc.get("system", {})
+    right = {1, 4, 5, 6, 7}
+
+    def line(row):
+        return "  ".join(str(c).rjust(widths[i]) if i in right else str(c).ljust(widths[i]) for i, c in enumerate(row))
+
+    lines = []
+    if doc.get("preset") == "smoke":
+        lines.append("smoke run: tiny data and windows, the numbers say nothing about speed")
+    lines += [line(rows[0]).rstrip(), "  ".join("-" * w for w in widths)] + [line(row).rstrip() for row in rows[1:]]
+    n = doc.get("rounds") or 1
     lines.append("")
-    lines.append(
-        f"machine: {sysinfo.get('cpu_model')}, {sysinfo.get('cpu_count')} cores, "
-        f"{(sysinfo.get('ram_bytes') or 0) / 2**30:.0f} GiB RAM, GPU: {sysinfo.get('gpu') or 'none'}; "
-        f"load average at start {_fmt((sysinfo.get('loadavg_start') or [None])[0], 2)}, "
-        f"end {_fmt((sysinfo.get('loadavg_end') or [None])[0], 2)}"
+    text = [
+        f"{n} round{'s' if n != 1 else ''}, contenders interleaved (A B C, A B C, ...), each run in a fresh "
+        "process tree. img/s: median over rounds. x starter, x " + ref + ": img/s over the starter's "
+        f"({ref}'s) in the same round" + (", median and min-max over rounds." if n > 1 else "."),
+        "CPU ms: CPU milliseconds per image, all its processes. wait ms: 95th percentile of the wait "
+        "for a batch. start s: to the first batch (median). PSS MB: peak, summed over its processes.",
+    ]
+    if any(_short(r["name"]) != r["name"] for r in doc["results"]):
+        text.append("c = chunk_len, m = max_per_chunk.")
+    s = doc.get("system", {})
+    text.append(
+        f"machine: {s.get('cpu_model')}, {s.get('cpu_count')} cores, {(s.get('ram_bytes') or 0) / 2**30:.0f} GiB "
+        f"RAM, GPU: {s.get('gpu') or 'none'}; 1-minute load average {_fmt((s.get('loadavg_start') or [None])[0], 2)} "
+        f"at the start, {_fmt((s.get('loadavg_end') or [None])[0], 2)} at the end (before each run in the JSON)."
     )
-    if rat.get("ceiling_used"):
-        lines.append(f"ceiling for ratios: {rat['ceiling_used']}")
-    for k, v in (rat.get("targets") or {}).items():
-        lines.append(f"target {k}: {'met' if v else 'MISSED'}")
-    lines += [f"note: {n}" for n in notes]
+    for t in rat.get("targets") or ():
+        k, m = t["rounds_met"], len(t["rounds"])
+        verdict = {"met": "met", "missed": "MISSED", "unclear": "UNCLEAR: the rounds disagree"}[t["verdict"]]
+        spread = f"median {t['median']:.2f}" + (f", {t['min']:.2f} to {t['max']:.2f}" if m > 1 else "")
+        text.append(f"target {t['target']}: {verdict}; met in {k} of {m} rounds ({spread})")
+    text += bounds
+    text += [f"note: {x}" for x in (rat.get("notes") or []) + notes]
+    for item in text:
+        lines += textwrap.wrap(item, WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [""]
     return "\n".join(lines)
-
-
-def _fmt(v, digits):
-    if v is None:
-        return "-"
-    return f"{v:.{digits}f}"
 
 
 def make_plots(json_path, out_dir) -> list[str]:

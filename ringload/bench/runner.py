@@ -1,7 +1,8 @@
 """Orchestration: which contender runs on which data with which settings (``plan_runs``),
-and the run itself (``run``): each contender in a fresh process tree
-(``python -m ringload.bench.measure``) under a time limit, results collected into the
-result document (``report.SCHEMA``)."""
+and the run itself (``run``): interleaved rounds, each contender in each round in a fresh
+process tree (``python -m ringload.bench.measure``) under a time limit (``budget_s`` from
+its first batch, plus 300 s for start-up and shut-down), results collected into the result
+document (``report.SCHEMA``, summarised by ``rounds``)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from .config import BenchConfig
 from .contenders import RINGLOAD_KINDS
 from .data import file_size, list_source, prepare_dataset, warm_index
 from .measure import PROTO
-from .report import _PACKAGE_ROOT, SCHEMA, ratios, system_info
+from .report import _PACKAGE_ROOT, SCHEMA, system_info
+from .rounds import ratios, summarize
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +163,14 @@ def plan_runs(cfg: BenchConfig) -> list[dict]:
 def run(cfg: BenchConfig, *, progress: bool = True, checkpoint=None) -> dict:
     """Run the benchmark described by ``cfg``; return the result document (see SCHEMA).
 
-    ``checkpoint(doc)``, when given, is called after every contender with the document so
-    far, so that a long run that is interrupted still leaves its results.
+    Data are generated and indexed first. Then ``cfg.rounds`` rounds each run every
+    contender once, in the same order (A B C, A B C, ...), each in a fresh process tree
+    with seed ``cfg.seed + round``, so that a change of outside load hits all contenders
+    of a round alike and each ratio can be taken within a round. A contender skipped in
+    the first round (not installed) is not tried again.
+
+    ``checkpoint(doc)``, when given, is called after every contender run with the document
+    so far, so that a long run that is interrupted still leaves its results.
     """
     from tqdm import tqdm
 
@@ -171,69 +179,77 @@ def run(cfg: BenchConfig, *, progress: bool = True, checkpoint=None) -> dict:
         "schema": SCHEMA,
         "system": system_info(),
         "config": jsonable(dataclasses.asdict(cfg)),
+        "rounds": cfg.rounds,
+        "order": [spec["name"] for spec in runs],
         "datasets": {},
         "results": [],
     }
-    paths_by_key: dict[str, list[str]] = {}
     expected = cfg.warmup_batches + cfg.repeats * (cfg.batches or 4)
-    bar = tqdm(total=len(runs) * expected, unit="batch", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=len(runs) * cfg.rounds * expected, unit="batch", disable=not progress, dynamic_ncols=True,
+               file=sys.stderr)  # fmt: skip
+    t_run = time.perf_counter()
     try:
+        paths = _prepare(cfg, runs, doc, bar)
         for spec in runs:
-            ds = spec.pop("dataset")
-            key = "source" if cfg.source else ds.key()
-            if key not in paths_by_key:
-                if cfg.source:
-                    paths_by_key[key] = list_source(cfg.source)
-                    doc["datasets"][key] = {"source": cfg.source, "files": len(paths_by_key[key])}
-                else:
-                    t0 = time.perf_counter()
-                    paths_by_key[key] = prepare_dataset(
-                        ds, data_dir=cfg.data_dir, seed=cfg.seed, progress=bar.set_description
-                    )
-                    doc["datasets"][key] = {
-                        **dataclasses.asdict(ds),
-                        "files": len(paths_by_key[key]),
-                        "bytes_per_video": file_size(paths_by_key[key][0]),
-                        "prepare_s": time.perf_counter() - t0,
-                        "root": str(pathlib.Path(paths_by_key[key][0]).parent.parent),
-                    }
-            spec["paths"] = paths_by_key[key]
-            if spec["kind"] in RINGLOAD_KINDS and "ringload_index_s" not in doc["datasets"][key]:
-                bar.set_description(f"ringload index ({len(spec['paths'])} files)")
-                doc["datasets"][key]["ringload_index_s"] = warm_index(spec["paths"], cfg.num_workers)
-            bar.set_description(spec["name"])
-            base_n = bar.n
-
-            def on_progress(done, base_n=base_n):
-                bar.n = min(base_n + done, bar.total)
-                bar.refresh()
-
-            result = run_child(spec, timeout_s=cfg.budget_s + 300, on_progress=on_progress)
-            bar.n = base_n + expected
-            bar.refresh()
-            entry = {
-                "name": spec["name"],
-                "kind": spec["kind"],
-                "dataset": key,
-                "workers": spec["workers"],
-                "batch_size": spec["batch_size"],
-                **{k: spec[k] for k in ("sweep",) if k in spec},
-                **result,
-            }
-            if spec["kind"] == "bounded" and entry.get("status") == "ok":
-                entry.setdefault("chunk_len", spec.get("chunk_len"))
-                entry.setdefault("max_per_chunk", spec.get("max_per_chunk"))
-                m = entry.get("max_per_chunk")
-                entry["rho"] = cfg.rho
-                entry["design_effect_bound"] = 1 + (m - 1) * cfg.rho if isinstance(m, int) else None
+            entry = {k: spec[k] for k in ("name", "kind", "workers", "batch_size", "sweep") if k in spec}
+            entry.update(dataset=spec["dataset_key"], status="pending", rounds=[])
+            if spec["kind"] == "bounded":
+                entry.update(chunk_len=spec.get("chunk_len"), max_per_chunk=spec.get("max_per_chunk"), rho=cfg.rho)
             doc["results"].append(entry)
-            if checkpoint is not None:
-                doc["ratios"] = ratios(doc["results"])
-                checkpoint(doc)
-            if entry.get("status") != "ok":
-                log.info("%s: %s (%s)", spec["name"], entry.get("status"), entry.get("note"))
+        for r in range(cfg.rounds):
+            for spec, entry in zip(runs, doc["results"]):
+                if entry["status"] == "skipped":
+                    continue
+                bar.set_description(f"round {r + 1}/{cfg.rounds}: {spec['name']}")
+                base_n = bar.n
+
+                def on_progress(done, base_n=base_n):
+                    bar.n = min(base_n + done, bar.total)
+                    bar.refresh()
+
+                child = {**spec, "seed": cfg.seed + r, "paths": paths[spec["dataset_key"]]}
+                load = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                result = run_child(child, timeout_s=cfg.budget_s + 300, on_progress=on_progress)
+                result.update(round=r, started_s=t0 - t_run, process_s=time.perf_counter() - t0, loadavg_1m_before=load)
+                bar.n = base_n + expected
+                bar.refresh()
+                entry["rounds"].append(result)
+                summarize(entry)
+                if result.get("status") != "ok":
+                    log.info("%s, round %d: %s (%s)", spec["name"], r + 1, result.get("status"), result.get("note"))
+                if checkpoint is not None:
+                    doc["ratios"] = ratios(doc["results"])
+                    checkpoint(doc)
     finally:
         bar.close()
     doc["system"]["loadavg_end"] = list(os.getloadavg())
     doc["ratios"] = ratios(doc["results"])
     return doc
+
+
+def _prepare(cfg: BenchConfig, runs: list[dict], doc: dict, bar) -> dict[str, list[str]]:
+    """Generate or list every dataset the runs read and index it for ringload, before any
+    contender runs; returns paths by dataset key (and sets each spec's ``dataset_key``)."""
+    paths: dict[str, list[str]] = {}
+    for spec in runs:
+        ds = spec.pop("dataset")
+        key = spec["dataset_key"] = "source" if cfg.source else ds.key()
+        if key not in paths:
+            t0 = time.perf_counter()
+            if cfg.source:
+                paths[key] = list_source(cfg.source)
+                doc["datasets"][key] = {"source": cfg.source, "files": len(paths[key])}
+            else:
+                paths[key] = prepare_dataset(ds, data_dir=cfg.data_dir, seed=cfg.seed, progress=bar.set_description)
+                doc["datasets"][key] = {
+                    **dataclasses.asdict(ds),
+                    "files": len(paths[key]),
+                    "bytes_per_video": file_size(paths[key][0]),
+                    "prepare_s": time.perf_counter() - t0,
+                    "root": str(pathlib.Path(paths[key][0]).parent.parent),
+                }
+        if spec["kind"] in RINGLOAD_KINDS and "ringload_index_s" not in doc["datasets"][key]:
+            bar.set_description(f"ringload index ({len(paths[key])} files)")
+            doc["datasets"][key]["ringload_index_s"] = warm_index(paths[key], cfg.num_workers)
+    return paths
