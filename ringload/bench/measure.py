@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -21,19 +20,11 @@ from typing import Any
 
 from .contenders import FACTORIES, Skip
 from .procfs import MemorySampler, tree_cpu_seconds
+from .rounds import percentile
 
 log = logging.getLogger(__name__)
 
 PROTO = "@@ringload-bench "
-
-
-def percentile(values, q):
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def measure(spec: dict, paths: list[str], emit=lambda msg: None) -> dict:

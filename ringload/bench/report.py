@@ -195,9 +195,12 @@ def format_table(doc: dict) -> str:
     )
     for t in rat.get("targets") or ():
         k, m = t["rounds_met"], len(t["rounds"])
-        verdict = {"met": "met", "missed": "MISSED", "unclear": "UNCLEAR: the rounds disagree"}[t["verdict"]]
-        spread = f"median {t['median']:.2f}" + (f", {t['min']:.2f} to {t['max']:.2f}" if m > 1 else "")
-        text.append(f"target {t['target']}: {verdict}; met in {k} of {m} rounds ({spread})")
+        every = "in every round" if m > 1 else "in its one round"
+        verdict = {"met": f"met {every}", "missed": f"MISSED {every}",
+                   "unclear": f"UNCLEAR, met in {k} of {m} rounds"}[t["verdict"]]  # fmt: skip
+        d = 2 if t["max"] < 10 else 1
+        spread = f"median {t['median']:.{d}f}" + (f", {t['min']:.{d}f} to {t['max']:.{d}f}" if m > 1 else "")
+        text.append(f"target {t['target']}: {verdict} ({spread})")
     text += bounds
     text += [f"note: {x}" for x in (rat.get("notes") or []) + notes]
     for item in text:

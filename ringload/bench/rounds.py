@@ -37,7 +37,10 @@ def spread(values: list[float]) -> dict | None:
     return {"rounds": list(values), "median": median(values), "min": min(values), "max": max(values)}
 
 
-def _percentile(values, q):
+def percentile(values, q):
+    """The ``q``-th percentile (0 to 100) with linear interpolation; None without values."""
+    if not values:
+        return None
     s = sorted(values)
     k = (len(s) - 1) * q / 100.0
     lo, hi = math.floor(k), math.ceil(k)
@@ -82,7 +85,7 @@ def summarize(entry: dict) -> dict:
     entry["images_measured"] = images
     entry["cpu_s_per_image"] = cpu / images if images and cpu else None
     waits = [w for r in ok for w in r.get("wait_ms_batches") or ()]
-    entry["wait_ms"] = {f"p{q}": _percentile(waits, q) for q in (50, 95, 99)} if waits else None
+    entry["wait_ms"] = {f"p{q}": percentile(waits, q) for q in (50, 95, 99)} if waits else None
     entry["batches_measured"] = len(waits)
     starts = [r["first_batch_s"] for r in ok if r.get("first_batch_s") is not None]
     entry["first_batch_s"] = median(starts)
