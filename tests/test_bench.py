@@ -235,3 +235,36 @@ def test_process_tree_accounting():
     assert bench.tree_cpu_seconds(pid) > 0
     rss, pss = bench.tree_memory(pid)
     assert rss > 10 * 2**20 and pss > 0
+
+
+def test_starter_crop_follows_torchvision_rule_with_torch_seed():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("PIL")
+    from ringload.bench.starter import RandomResizedCrop
+
+    crop = RandomResizedCrop(224, scale=(0.9, 1.0))
+    torch.manual_seed(3)
+    first = [crop.get_params(400, 360) for _ in range(50)]
+    torch.manual_seed(3)
+    assert [crop.get_params(400, 360) for _ in range(50)] == first  # torch's seed fixes it, as torchvision's
+    assert len(set(first)) > 10
+    for top, left, h, w in first:
+        assert 0 <= top <= 360 - h and 0 <= left <= 400 - w
+        assert 0.9 * 400 * 360 * 0.99 <= w * h <= 400 * 360 and 3 / 4 * 0.98 <= w / h <= 4 / 3 * 1.02
+    # 16:9 at scale >= 0.9 cannot have an aspect ratio <= 4/3: torchvision's centre-crop fallback.
+    assert {crop.get_params(640, 360) for _ in range(20)} == {(0, 80, 360, 480)}
+
+
+def test_list_source_reads_like_the_loader(tmp_path):
+    (tmp_path / "v").mkdir()
+    for name in ("b.mp4", "a.mkv", "notes.txt"):
+        (tmp_path / "v" / name).write_bytes(b"x")
+    (tmp_path / "v" / "link.mp4").symlink_to(tmp_path / "v" / "b.mp4")  # the same real file: listed once
+    found = bench.list_source(str(tmp_path / "v"))
+    assert [os.path.basename(p) for p in found] == ["a.mkv", "b.mp4"]
+    listing = tmp_path / "files.txt"
+    listing.write_text("/data/one.mp4\n\n/data/two.mp4\n")
+    assert bench.list_source(str(listing)) == ["/data/one.mp4", "/data/two.mp4"]
+    assert [os.path.basename(p) for p in bench.list_source(str(tmp_path / "v" / "*.mkv"))] == ["a.mkv"]
+    with pytest.raises(ConfigError):
+        bench.list_source(str(tmp_path / "nothing-here"))
