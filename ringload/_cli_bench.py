@@ -1,5 +1,8 @@
-"""Benchmark ringload against the exercise's starter loader, the sequential decode ceiling and
-peer libraries, on the same files, and write a table, a JSON result file and PNG plots.
+"""Benchmark ringload against the exercise's starter loader, plain-PyAV decoding in file order
+(the ceiling) and peer libraries, on the same files, in interleaved rounds (every contender
+once per round, each time in a fresh process tree), and write a table with each ratio's
+median and min-max over the rounds, a JSON result file (docs/benchmarks.md, "The result
+file") and PNG plots.
 
 Without SOURCE it generates the default dataset: one camera-like 1080p30 H.264 video
 (GOP 30, 2 B-frames, 20 s) visible under 200 file names (links), batch 128, output 224x224.
@@ -40,7 +43,11 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", metavar="SOURCE", help="existing videos: directory, glob or list file")
-    p.add_argument("--quick", action="store_true", help="small data and short windows (< 3 minutes)")
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true",
+                        help="480p data, 3 rounds of one 2 s window (docs/benchmarks.md gives measured times)")
+    preset.add_argument("--smoke", action="store_true",
+                        help="tiny data, 2 rounds of 2 batches: checks that every contender runs; not for numbers")
     p.add_argument("--contenders", default=None, help="comma-separated subset (default: all that can run)")
     g = p.add_argument_group("generated dataset")
     g.add_argument("--data-dir", default=None, help="cache folder for generated videos (default: /tmp/ringload-bench)")
@@ -53,16 +60,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--codec", choices=("h264", "hevc", "vp9", "av1"), default=None)
     g.add_argument("--seconds", type=float, default=None, help="duration of each video (default 20)")
     m = p.add_argument_group("measurement")
-    m.add_argument("--batch-size", type=int, default=128)
+    m.add_argument("--batch-size", type=int, default=None, help="default 128 (16 with --smoke)")
     m.add_argument("--size", type=int, default=224, help="output side in pixels")
     m.add_argument("--workers", type=int, default=0, help="decoder processes per contender (default: cores)")
     m.add_argument("--clip-len", type=int, default=1, help="frames per sample (>1: clips)")
     m.add_argument("--frame-stride", type=int, default=1)
+    m.add_argument("--rounds", type=int, default=None,
+                   help="rounds; each runs every contender once, in the same order (default 3)")
     m.add_argument("--warmup", type=int, default=None, help="warm-up batches, the first included")
-    m.add_argument("--repeats", type=int, default=None, help="timed windows; images/s is their median")
+    m.add_argument("--repeats", type=int, default=None, help="timed windows per contender per round (default 1)")
     m.add_argument("--window-s", type=float, default=None, help="minimum seconds per timed window")
     m.add_argument("--batches", type=int, default=None, help="fixed batches per timed window")
-    m.add_argument("--budget-s", type=float, default=None, help="time limit per contender, warm-up included")
+    m.add_argument("--budget-s", type=float, default=None,
+                   help="time limit per contender per round, from its first batch (warm-up included)")
     m.add_argument("--chunk-len", type=_ints, default=(), help="bounded chunk_len values to sweep, e.g. 30,60")
     m.add_argument("--max-per-chunk", type=_ints, default=(), help="bounded max_per_chunk values, e.g. 1,4,16")
     m.add_argument("--sweep", choices=("none", "chunks", "gop", "resolution"), default=None,
@@ -77,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> "BenchConfig":  # noqa: F821
-    from .bench import BenchConfig, DatasetSpec, quick_config
+    from .bench.config import BenchConfig, quick_config, smoke_config
 
     ds_over = {}
     if args.resolution:
@@ -92,7 +102,6 @@ def config_from_args(args) -> "BenchConfig":  # noqa: F821
     over = dict(
         source=args.source,
         data_dir=args.data_dir,
-        batch_size=args.batch_size,
         size=args.size,
         workers=args.workers,
         clip_len=args.clip_len,
@@ -101,16 +110,16 @@ def config_from_args(args) -> "BenchConfig":  # noqa: F821
         max_per_chunks=args.max_per_chunk,
         rho=args.rho,
         seed=args.seed,
-        batches=args.batches,
     )
     for arg, field in (("warmup", "warmup_batches"), ("repeats", "repeats"), ("window_s", "window_s"),
-                       ("budget_s", "budget_s")):
+                       ("budget_s", "budget_s"), ("rounds", "rounds"), ("batch_size", "batch_size"),
+                       ("batches", "batches")):
         if getattr(args, arg) is not None:
             over[field] = getattr(args, arg)
     if args.contenders:
         over["contenders"] = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
-    over["sweep"] = args.sweep or ("none" if args.quick else "chunks")
-    base = quick_config() if args.quick else BenchConfig()
+    over["sweep"] = args.sweep or ("none" if args.quick or args.smoke else "chunks")
+    base = quick_config() if args.quick else smoke_config() if args.smoke else BenchConfig()
     over["dataset"] = dataclasses.replace(base.dataset, **ds_over)
     return dataclasses.replace(base, **over)
 
@@ -134,7 +143,8 @@ def run(args) -> int:
 
     def checkpoint(doc):
         doc["system"]["argv"] = sys.argv
-        doc["cli_args"] = bench._jsonable(cli_args)
+        doc["cli_args"] = bench.jsonable(cli_args)
+        doc["preset"] = "quick" if args.quick else "smoke" if args.smoke else None
         doc["complete"] = False
         bench.write_json(doc, out)
 

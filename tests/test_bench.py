@@ -1,4 +1,6 @@
-"""`ringload bench`: a tiny end-to-end run (schema and sanity of the numbers), run planning, ratios."""
+"""`ringload bench`: a tiny end-to-end run in interleaved rounds (schema, sanity of the numbers,
+ratios taken within a round), run planning, summaries over rounds, ratios and targets, the
+table's width, the peers' batches, process-tree accounting."""
 
 from __future__ import annotations
 
@@ -8,54 +10,81 @@ import os
 import pytest
 
 from ringload import bench, cli
+from ringload.bench import report, rounds
 from ringload.errors import ConfigError
+
+SMOKE = ["--resolution", "320x240", "--seconds", "3", "--names", "12", "--batch-size", "16", "--warmup", "1",
+         "--rounds", "2", "--repeats", "1", "--batches", "2", "--budget-s", "40", "--sweep", "none",
+         "--no-progress"]  # fmt: skip
 
 
 def test_smoke_run_writes_schema(tmp_path, capsys):
     out = tmp_path / "run.json"
+    contenders = ["starter", "ceiling", "sequential", "strict", "bounded", "decord"]
     rc = cli.main(
-        [
-            "bench", "--data-dir", str(tmp_path / "data"), "--resolution", "320x240", "--seconds", "3",
-            "--names", "12", "--batch-size", "16", "--warmup", "1", "--repeats", "2", "--batches", "2",
-            "--budget-s", "40", "--contenders", "starter,ceiling,sequential,strict,bounded,decord",
-            "--sweep", "none", "--out", str(out), "--plots", str(tmp_path / "img"), "--no-progress",
-        ]
+        ["bench", "--data-dir", str(tmp_path / "data"), *SMOKE, "--contenders", ",".join(contenders),
+         "--out", str(out), "--plots", str(tmp_path / "img")]
     )  # fmt: skip
     assert rc == 0
     doc = json.loads(out.read_text())
-    assert doc["schema"] == bench.SCHEMA
+    assert doc["schema"] == bench.SCHEMA == "ringload-bench/2"
+    assert doc["complete"] is True
     for key in ("cpu_model", "cpu_count", "ram_bytes", "python", "torch_version", "av_version", "numpy_version",
                 "git_commit", "loadavg_start", "loadavg_end"):
         assert key in doc["system"], key
     assert doc["system"]["cpu_count"] >= 1 and doc["system"]["ram_bytes"] > 0
-    assert doc["config"]["batch_size"] == 16
+    assert doc["config"]["batch_size"] == 16 and doc["config"]["rounds"] == 2 and doc["rounds"] == 2
     (ds,) = doc["datasets"].values()
-    assert ds["files"] == 12 and ds["bytes_per_video"] > 10_000
+    assert ds["files"] == 12 and ds["bytes_per_video"] > 10_000 and ds["ringload_index_s"] > 0
     by_name = {r["name"]: r for r in doc["results"]}
-    assert set(by_name) == {"starter", "ceiling", "sequential", "strict", "bounded", "decord"}
+    assert list(by_name) == contenders == doc["order"]
     ok = [r for r in doc["results"] if r["status"] == "ok"]
-    assert {"starter", "ceiling"} <= {r["name"] for r in ok}
+    # Everything but the peer (not installed here) runs, in both rounds.
+    assert {r["name"] for r in ok} >= {"starter", "ceiling", "sequential", "strict", "bounded"}
     for r in ok:
-        assert r["images_per_s"] > 0 and all(v > 0 for v in r["images_per_s_windows"])
-        assert len(r["images_per_s_windows"]) == 2
-        assert r["images_measured"] == 2 * 2 * 16
+        assert [x["round"] for x in r["rounds"]] == [0, 1] and r["rounds_ok"] == 2
+        for x in r["rounds"]:
+            assert x["status"] == "ok" and len(x["images_per_s_windows"]) == 1
+            assert x["images_measured"] == 2 * 16 and x["images_per_s"] > 0 and x["cpu_s"] >= 0
+            assert len(x["wait_ms_batches"]) == 2 and x["loadavg_1m_before"] >= 0
+        assert r["images_per_s_rounds"] == [x["images_per_s"] for x in r["rounds"]]
+        lo, hi = r["images_per_s_range"]
+        assert lo <= r["images_per_s"] <= hi and r["images_per_s"] == pytest.approx((lo + hi) / 2)
+        assert r["images_measured"] == 2 * 2 * 16 and r["batches_measured"] == 4
         assert r["cpu_s_per_image"] > 0
         assert 0 <= r["wait_ms"]["p50"] <= r["wait_ms"]["p95"] <= r["wait_ms"]["p99"]
         assert r["first_batch_s"] > 0
         assert r["peak_rss_bytes"] > 50 * 2**20 and r["peak_pss_bytes"] > 0
         assert r["output"]["shape"] == [16, 3, 224, 224]
     assert by_name["ceiling"]["output"]["dtype"] == "uint8"
+    assert by_name["starter"]["output"]["dtype"] == "float32"
     assert by_name["ceiling"]["shm_bytes"] > 0
-    # A contender that cannot run here is reported, not silently dropped.
-    for r in doc["results"]:
-        if r["status"] == "skipped":
-            assert r["note"]
-    if by_name["bounded"]["status"] == "ok":
-        assert by_name["bounded"]["design_effect_bound"] >= 1
-    assert doc["ratios"]["starter"]["x_starter"] == pytest.approx(1.0)
+    # Interleaved: every contender once per round, round after round, in the same order.
+    started = sorted((x["started_s"], r["name"], x["round"]) for r in doc["results"] for x in r["rounds"])
+    want = [(n, 0) for n in contenders] + [(n, 1) for n in contenders if n != "decord"]  # skipped: not retried
+    assert [(n, k) for _, n, k in started] == want
+    # A contender that cannot run here is reported once, not silently dropped.
+    assert by_name["decord"]["status"] == "skipped" and by_name["decord"]["note"]
+    assert len(by_name["decord"]["rounds"]) == 1
+    assert by_name["bounded"]["design_effect_bound"] >= 1 and by_name["bounded"]["max_per_chunk"] >= 1
+    # Ratios are taken within each round, from that round's images/s.
+    rat = doc["ratios"]
+    assert rat["reference"] == "sequential"
+    assert rat["contenders"]["starter"]["x_starter"]["rounds"] == [1.0, 1.0]
+    for name in ("bounded", "strict", "ceiling"):
+        s = rat["contenders"][name]["x_reference"]
+        want = [a["images_per_s"] / b["images_per_s"] for a, b in zip(by_name[name]["rounds"],
+                                                                       by_name["sequential"]["rounds"])]
+        assert s["rounds"] == pytest.approx(want)
+        assert s["min"] <= s["median"] <= s["max"]
+    assert {t["target"] for t in rat["targets"]} >= {"bounded >= 0.85 x sequential", "strict >= 1.5 x starter"}
+    for t in rat["targets"]:
+        assert t["verdict"] in ("met", "missed", "unclear") and 0 <= t["rounds_met"] <= 2
     table = capsys.readouterr().out
-    assert "starter" in table and "ceiling" in table and str(out) in table
-    assert (tmp_path / "img" / "bench_throughput.png").stat().st_size > 1000
+    assert "starter" in table and "x sequential" in table and str(out) in table
+    assert max(len(line) for line in table.splitlines() if not line.startswith(("results:", "plot:"))) <= 100
+    for png in ("bench_throughput.png", "bench_ratios.png"):
+        assert (tmp_path / "img" / png).stat().st_size > 1000
     # Generated data is reused, not regenerated, by the next run.
     video = next((tmp_path / "data").rglob("cam_0000.mp4"))
     mtime = video.stat().st_mtime_ns
@@ -85,31 +114,119 @@ def test_config_validation():
         bench.DatasetSpec(width=321)
     with pytest.raises(ConfigError, match="rho"):
         bench.BenchConfig(rho=2.0)
+    with pytest.raises(ConfigError, match="rounds"):
+        bench.BenchConfig(rounds=0)
 
 
-def test_ratios_and_targets():
+def _entry(name, per_round, cpu=None, kind=None):
+    """A contender entry as the runner builds it, from images/s (None: failed) per round."""
+    rs = []
+    for k, v in enumerate(per_round):
+        if v is None:
+            rs.append({"round": k, "status": "failed", "note": "timed out after 60 s"})
+            continue
+        c = cpu[k] if cpu else 0.01
+        rs.append({"round": k, "status": "ok", "images_per_s": v, "images_measured": 100, "cpu_s": 100 * c,
+                   "cpu_s_per_image": c, "wait_ms_batches": [1.0, 2.0], "first_batch_s": 1.0 + k,
+                   "peak_rss_bytes": 100 + k, "peak_pss_bytes": 50 + k})  # fmt: skip
+    return rounds.summarize({"name": name, "kind": kind or name.split()[0], "rounds": rs, "rho": 0.5})
+
+
+def test_ratios_are_taken_within_a_round():
+    # The machine's load halves every contender's speed in round 2 and doubles it in round 3:
+    # taken within a round the ratios do not move; a cross-round comparison would swing 4x.
+    load = (1.0, 0.5, 2.0)
     results = [
-        {"name": "starter", "status": "ok", "images_per_s": 10.0},
-        {"name": "sequential", "status": "ok", "images_per_s": 200.0},
-        {"name": "bounded", "status": "ok", "images_per_s": 180.0},
-        {"name": "strict", "status": "ok", "images_per_s": 12.0},
+        _entry("starter", [10.0 * f for f in load]),
+        _entry("sequential", [200.0 * f for f in load]),
+        _entry("bounded", [180.0 * f for f in load]),
+        _entry("strict", [12.0 * f for f in load]),
     ]
     r = bench.ratios(results)
-    assert r["ceiling_used"] == "sequential"
-    assert r["bounded"]["x_starter"] == pytest.approx(18.0)
-    assert r["bounded"]["x_ceiling"] == pytest.approx(0.9)
-    assert r["targets"] == {
-        "bounded >= 0.85 x ceiling": True,
-        "bounded >= 10 x starter": True,
-        "strict >= 1.5 x starter": False,
-    }
-    for row, cpu in zip(results, (0.1, 0.004, 0.005, 0.05)):
-        row["cpu_s_per_image"] = cpu
+    assert r["reference"] == "sequential"
+    b = r["contenders"]["bounded"]
+    assert b["x_starter"]["rounds"] == pytest.approx([18.0] * 3)
+    assert b["x_reference"]["median"] == pytest.approx(0.9)
+    assert b["x_reference"]["min"] == pytest.approx(0.9) == b["x_reference"]["max"]
+    targets = {t["target"]: t for t in r["targets"]}
+    assert targets["bounded >= 0.85 x sequential"]["verdict"] == "met"
+    assert targets["bounded >= 10 x starter"]["rounds_met"] == 3
+    assert targets["strict >= 1.5 x starter"]["verdict"] == "missed"
+    assert "strict >= 1 x torchcodec-exact" not in targets  # the peer did not run
+    assert not r["notes"]
+
+
+def test_targets_say_when_rounds_disagree_and_a_reference_was_exceeded():
+    results = [
+        _entry("starter", [10.0, 10.0, 10.0], cpu=[0.1, 0.1, 0.1]),
+        _entry("sequential", [200.0, 150.0, 200.0], cpu=[0.004] * 3),
+        _entry("bounded", [160.0, 170.0, 180.0], cpu=[0.005] * 3),
+    ]
     r = bench.ratios(results)
-    assert r["strict"]["cpu_x_starter"] == pytest.approx(2.0)
-    assert r["bounded"]["cpu_x_ceiling"] == pytest.approx(0.8)
-    assert r["targets"]["strict >= 1.5 x starter (per CPU-second)"] is True
-    assert r["targets"]["bounded >= 0.85 x ceiling (per CPU-second)"] is False
+    t = {t["target"]: t for t in r["targets"]}["bounded >= 0.85 x sequential"]
+    assert t["rounds"] == pytest.approx([0.8, 170 / 150, 0.9])
+    assert (t["rounds_met"], t["verdict"]) == (2, "unclear")
+    assert t["median"] == pytest.approx(0.9) and t["max"] == pytest.approx(170 / 150)
+    cpu_t = {t["target"]: t for t in r["targets"]}["bounded >= 0.85 x sequential per CPU-second"]
+    assert cpu_t["median"] == pytest.approx(0.8) and cpu_t["verdict"] == "missed"
+    (note,) = r["notes"]
+    assert "bounded read faster than sequential in 1 of 3 rounds (up to 1.13x)" in note and "not a bound" in note
+    text = report.format_table({"results": results, "ratios": r, "rounds": 3, "system": {}})
+    assert "UNCLEAR" in text and "met in 2 of 3 rounds" in text and "not a bound" in text
+
+
+def test_summarize_over_rounds():
+    e = _entry("bounded", [100.0, None, 300.0])
+    assert e["status"] == "failed" and e["rounds_ok"] == 2
+    assert e["note"] == "round 2: timed out after 60 s"
+    assert e["images_per_s"] == 200.0 and e["images_per_s_range"] == [100.0, 300.0]
+    assert e["images_measured"] == 200 and e["cpu_s_per_image"] == pytest.approx(0.01)
+    assert e["first_batch_s"] == 2.0 and e["peak_rss_bytes"] == 102 and e["batches_measured"] == 4
+    # Rounds where both ran still give ratios; the failed round is left out.
+    r = bench.ratios([_entry("sequential", [200.0, 200.0, 200.0]), e])
+    assert r["contenders"]["bounded"]["x_reference"]["rounds"] == [0.5, 1.5]
+    skipped = rounds.summarize({"name": "decord", "rounds": [{"status": "skipped", "note": "not installed"}]})
+    assert skipped["status"] == "skipped" and skipped["note"] == "not installed"
+    assert bench.ratios([skipped])["contenders"] == {}
+
+
+def test_table_fits_100_columns():
+    names = ["starter", "ceiling", "sequential", "strict", "bounded", "bounded chunk_len=120 max_per_chunk=16",
+             "bounded [gop300]"]  # fmt: skip
+    results = [_entry(n, [12345.6 * (i + 1), 23456.7, 9999.9], cpu=[0.17, 0.2, 0.3]) for i, n in enumerate(names)]
+    results.append(rounds.summarize({"name": "torchcodec-approx", "rounds": [
+        {"status": "skipped", "note": "torchcodec is not installed (ModuleNotFoundError); pip install torchcodec"}]}))
+    doc = {"results": results, "ratios": bench.ratios(results), "rounds": 3,
+           "system": {"cpu_model": "Intel(R) Xeon(R) Platinum 8480+ with a long model name", "cpu_count": 224,
+                      "ram_bytes": 2**41, "loadavg_start": [12.5], "loadavg_end": [3.25]}}  # fmt: skip
+    text = report.format_table(doc)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100, text
+    head = lines[0].split()
+    assert head[:2] == ["contender", "img/s"] and "ceil" not in lines[0] and "/" not in lines[0].replace("img/s", "")
+    assert any(line.startswith("bounded c=120 m=16") for line in lines)
+    assert "c = chunk_len, m = max_per_chunk." in text
+
+
+def test_peer_batches_crop_with_the_library_rule(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from ringload.bench.contenders import PeerBatches
+
+    calls = []
+
+    class Fake(PeerBatches):
+        def _decoder(self, cache, path):
+            return path
+
+        def _read(self, dec, idx):
+            calls.append((dec, list(idx)))
+            return torch.full((len(idx), 3, 48, 64), 7, dtype=torch.uint8)
+
+    ds = Fake(["a", "b"], [10, 5], library="fake", seek_mode=None, batch_size=8, size=16, seed=0)
+    batch = next(iter(ds))
+    assert batch.shape == (8, 3, 16, 16) and batch.dtype == torch.uint8 and (batch == 7).all()
+    assert sum(len(i) for _, i in calls) == 8
+    assert all(0 <= f < {"a": 10, "b": 5}[v] for v, idx in calls for f in idx)
 
 
 def test_process_tree_accounting():
@@ -118,3 +235,36 @@ def test_process_tree_accounting():
     assert bench.tree_cpu_seconds(pid) > 0
     rss, pss = bench.tree_memory(pid)
     assert rss > 10 * 2**20 and pss > 0
+
+
+def test_starter_crop_follows_torchvision_rule_with_torch_seed():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("PIL")
+    from ringload.bench.starter import RandomResizedCrop
+
+    crop = RandomResizedCrop(224, scale=(0.9, 1.0))
+    torch.manual_seed(3)
+    first = [crop.get_params(400, 360) for _ in range(50)]
+    torch.manual_seed(3)
+    assert [crop.get_params(400, 360) for _ in range(50)] == first  # torch's seed fixes it, as torchvision's
+    assert len(set(first)) > 10
+    for top, left, h, w in first:
+        assert 0 <= top <= 360 - h and 0 <= left <= 400 - w
+        assert 0.9 * 400 * 360 * 0.99 <= w * h <= 400 * 360 and 3 / 4 * 0.98 <= w / h <= 4 / 3 * 1.02
+    # 16:9 at scale >= 0.9 cannot have an aspect ratio <= 4/3: torchvision's centre-crop fallback.
+    assert {crop.get_params(640, 360) for _ in range(20)} == {(0, 80, 360, 480)}
+
+
+def test_list_source_reads_like_the_loader(tmp_path):
+    (tmp_path / "v").mkdir()
+    for name in ("b.mp4", "a.mkv", "notes.txt"):
+        (tmp_path / "v" / name).write_bytes(b"x")
+    (tmp_path / "v" / "link.mp4").symlink_to(tmp_path / "v" / "b.mp4")  # the same real file: listed once
+    found = bench.list_source(str(tmp_path / "v"))
+    assert [os.path.basename(p) for p in found] == ["a.mkv", "b.mp4"]
+    listing = tmp_path / "files.txt"
+    listing.write_text("/data/one.mp4\n\n/data/two.mp4\n")
+    assert bench.list_source(str(listing)) == ["/data/one.mp4", "/data/two.mp4"]
+    assert [os.path.basename(p) for p in bench.list_source(str(tmp_path / "v" / "*.mkv"))] == ["a.mkv"]
+    with pytest.raises(ConfigError):
+        bench.list_source(str(tmp_path / "nothing-here"))

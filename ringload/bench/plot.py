@@ -1,8 +1,9 @@
 """Turn a ``ringload bench`` JSON result file into PNG plots.
 
-    python bench/plot.py bench/results/RUN.json --out docs/img
+    python -m ringload.bench.plot bench/results/RUN.json --out docs/img
 
-Writes ``bench_throughput.png`` (images/s per contender, ceiling marked),
+Writes ``bench_throughput.png`` (images/s per contender, the reference marked),
+``bench_ratios.png`` (each contender's ratios to the reference and the starter, per round),
 ``bench_max_per_chunk.png`` (bounded images/s against max_per_chunk, when the run swept it),
 ``bench_chunk_len.png`` (against chunk_len) and ``bench_sweep.png`` (GOP or resolution sweep).
 """
@@ -19,12 +20,23 @@ def _ok(results):
     return [r for r in results if r.get("status") == "ok" and r.get("images_per_s")]
 
 
-def _ceiling(results):
-    for name in ("sequential", "ceiling"):
-        for r in results:
+def _reference(doc):
+    """(name, images/s) of the contender the ratios divide by (sequential, else ceiling)."""
+    names = [(doc.get("ratios") or {}).get("reference") or (doc.get("ratios") or {}).get("ceiling_used")]
+    for name in [n for n in names if n] + ["sequential", "ceiling"]:
+        for r in doc["results"]:
             if r["name"] == name and r.get("status") == "ok":
                 return name, r["images_per_s"]
     return None, None
+
+
+def _err(rows):
+    """Error bars from each row's min-max over rounds (schema 2); None for one-pass files."""
+    if not any(r.get("images_per_s_range") for r in rows):
+        return None
+    lo = [r["images_per_s"] - (r.get("images_per_s_range") or [r["images_per_s"]] * 2)[0] for r in rows]
+    hi = [(r.get("images_per_s_range") or [r["images_per_s"]] * 2)[1] - r["images_per_s"] for r in rows]
+    return [lo, hi]
 
 
 def _figure():
@@ -43,7 +55,8 @@ def _subtitle(doc):
 
 
 def plot_throughput(doc, out: pathlib.Path) -> pathlib.Path | None:
-    """Images/s and images per CPU-second per contender, the ceiling marked on both."""
+    """Images/s (median, with min-max over rounds) and images per CPU-second per contender,
+    the reference marked on both."""
     plt = _figure()
     rows = [r for r in _ok(doc["results"]) if "sweep" not in r]
     if not rows:
@@ -51,27 +64,70 @@ def plot_throughput(doc, out: pathlib.Path) -> pathlib.Path | None:
     names = [r["name"] for r in rows][::-1]
     colors = ["#888888" if n in ("starter", "ceiling") else "#1f77b4" for n in names]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.9), sharey=True)
-    cname, _ = _ceiling(doc["results"])
+    cname, _ = _reference(doc)
+    rounds = doc.get("rounds")
     panels = (
-        ("images/s (median of timed windows)", lambda r: r["images_per_s"]),
+        (f"images/s (median{f' and min-max over {rounds} rounds' if rounds and rounds > 1 else ''})",
+         lambda r: r["images_per_s"], _err(rows)),
         ("images per CPU-second (all its processes)",
-         lambda r: 1.0 / r["cpu_s_per_image"] if r.get("cpu_s_per_image") else 0.0),
+         lambda r: 1.0 / r["cpu_s_per_image"] if r.get("cpu_s_per_image") else 0.0, None),
     )
-    for ax, (label, fn) in zip(axes, panels):
+    for ax, (label, fn, err) in zip(axes, panels):
         vals = [fn(r) for r in rows][::-1]
-        ax.barh(names, vals, color=colors)
-        for y, v in enumerate(vals):
-            ax.text(v, y, f" {v:.1f}" if v < 10 else f" {v:.0f}", va="center", fontsize=8)
+        ax.barh(names, vals, color=colors, xerr=[e[::-1] for e in err] if err else None, capsize=2)
+        ends = [v + e for v, e in zip(vals, err[1][::-1])] if err else vals
+        for y, (v, end) in enumerate(zip(vals, ends)):
+            ax.text(end, y, f" {v:.1f}" if v < 10 else f" {v:.0f}", va="center", fontsize=8)
         cval = next((fn(r) for r in rows if r["name"] == cname), None)
-        ax.set_xlim(0, max(vals + [cval or 0]) * 1.18)
+        top = max(ends + [cval or 0])
+        ax.set_xlim(0, top * 1.18)
         if cval:
-            ax.axvline(cval, color="#d62728", linestyle="--", label=f"ceiling ({cname})")
-            ax.axvline(0.85 * cval, color="#d62728", linestyle=":", label="0.85 x ceiling")
+            ax.axvline(cval, color="#d62728", linestyle="--", label=cname)
+            ax.axvline(0.85 * cval, color="#d62728", linestyle=":", label=f"0.85 x {cname}")
             ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
         ax.set_xlabel(label, fontsize=9)
     fig.suptitle(f"Batch {rows[0].get('batch_size')}, {rows[0].get('workers')} workers; {_subtitle(doc)}", fontsize=9)
     fig.tight_layout()
     path = out / "bench_throughput.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ratios(doc, out: pathlib.Path) -> pathlib.Path | None:
+    """Each contender's ratio to the reference (left) and to the starter (right), one dot
+    per round and a bar at the median: the spread over rounds is the run's noise."""
+    rat = doc.get("ratios") or {}
+    per = rat.get("contenders")
+    ref = rat.get("reference")
+    if not per or not ref or (doc.get("rounds") or 1) < 2:
+        return None
+    names = [r["name"] for r in doc["results"] if r["name"] in per and "sweep" not in r][::-1]
+    if not names:
+        return None
+    plt = _figure()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.9), sharey=True)
+    for ax, key, label, lines in (
+        (axes[0], "x_reference", f"images/s over {ref}'s in the same round", (1.0, 0.85)),
+        (axes[1], "x_starter", "images/s over the starter's in the same round", (1.0,)),
+    ):
+        for y, name in enumerate(names):
+            s = per[name].get(key)
+            if not s:
+                continue
+            ax.plot(s["rounds"], [y] * len(s["rounds"]), "o", color="#1f77b4", alpha=0.6, markersize=4)
+            ax.plot([s["median"]] * 2, [y - 0.3, y + 0.3], color="#d62728")
+            ax.text(s["max"], y, f"  {s['median']:.2f}", va="center", fontsize=8)
+        for x in lines:
+            ax.axvline(x, color="#888888", linestyle="--" if x == 1.0 else ":", linewidth=1)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names)
+        ax.set_xlabel(label, fontsize=9)
+        if key == "x_starter":
+            ax.set_xscale("log")
+    fig.suptitle(f"Ratios per round (dots), median (bar), {doc.get('rounds')} rounds; {_subtitle(doc)}", fontsize=9)
+    fig.tight_layout()
+    path = out / "bench_ratios.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -89,9 +145,9 @@ def plot_bounded(doc, out: pathlib.Path, key: str) -> pathlib.Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = [p[0] for p in pts]
     ax.plot(xs, [p[1] for p in pts], "o-", label="bounded")
-    cname, cval = _ceiling(doc["results"])
+    cname, cval = _reference(doc)
     if cval:
-        ax.axhline(cval, color="#d62728", linestyle="--", label=f"ceiling ({cname})")
+        ax.axhline(cval, color="#d62728", linestyle="--", label=cname)
     for r in _ok(doc["results"]):
         if r["name"] in ("strict", "starter"):
             ax.axhline(r["images_per_s"], color="#888888", linestyle=":", label=r["name"])
@@ -145,7 +201,7 @@ def plot(json_path, out_dir) -> list[pathlib.Path]:
     doc = json.loads(pathlib.Path(json_path).read_text())
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    made = [plot_throughput(doc, out), plot_bounded(doc, out, "max_per_chunk"), plot_bounded(doc, out, "chunk_len"),
+    made = [plot_throughput(doc, out), plot_ratios(doc, out), plot_bounded(doc, out, "max_per_chunk"), plot_bounded(doc, out, "chunk_len"),
             plot_sweep(doc, out)]
     return [p for p in made if p]
 

@@ -10,19 +10,19 @@ num_workers=W)`` batches it.
 
 torchvision is used when it imports. When it does not (this project's torch build has no
 matching torchvision), the same three transforms are implemented below with PIL and torch
-operations that do the same work the same way as torchvision's (PIL crop + bilinear resize;
+operations that do the same work the same way as torchvision's (the crop box drawn by the
+rule ringload shares with torchvision, PIL crop + bilinear resize;
 uint8 HWC -> float CHW; brightness/contrast/saturation blends and the RGB->HSV->RGB hue
 shift, in a random order per sample), so the cost per image is the same.
 
 Run it on its own like the exercise script::
 
-    python bench/starter.py VIDEO [VIDEO ...] --batches 5 --workers 2
+    python -m ringload.bench.starter VIDEO [VIDEO ...] --batches 5 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import time
@@ -31,6 +31,8 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+
+from ..loader import random_resized_boxes
 
 try:  # pragma: no cover - depends on the environment
     from torchvision import transforms as _tv
@@ -53,25 +55,15 @@ class RandomResizedCrop:
         self.ratio = ratio
 
     def get_params(self, width: int, height: int):
-        area = width * height
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
-            aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
-            if 0 < w <= width and 0 < h <= height:
-                i = torch.randint(0, height - h + 1, size=(1,)).item()
-                j = torch.randint(0, width - w + 1, size=(1,)).item()
-                return i, j, h, w
-        in_ratio = width / height
-        if in_ratio < min(self.ratio):
-            w, h = width, int(round(width / min(self.ratio)))
-        elif in_ratio > max(self.ratio):
-            h, w = height, int(round(height * max(self.ratio)))
-        else:
-            w, h = width, height
-        return (height - h) // 2, (width - w) // 2, h, w
+        """(top, left, h, w) as torchvision draws them: up to 10 tries, then a centre crop.
+
+        The draw is :func:`ringload.loader.random_resized_boxes` (the same rule, the one
+        ringload's decoders use) fed with torch's generator, so ``torch.manual_seed``
+        fixes it as it fixes torchvision's.
+        """
+        u = torch.rand(1, 40, dtype=torch.float64).numpy()
+        x, y, w, h = random_resized_boxes([width], [height], u, self.scale, self.ratio)[0].tolist()
+        return y, x, h, w
 
     def __call__(self, img: Image.Image) -> Image.Image:
         i, j, h, w = self.get_params(*img.size)

@@ -1,0 +1,142 @@
+"""What one ``ringload bench`` run does: the dataset it generates and the measurement settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from ..errors import ConfigError
+
+#: Contenders in the order they run in each round by default.
+DEFAULT_CONTENDERS = (
+    "starter",
+    "ceiling",
+    "sequential",
+    "strict",
+    "bounded",
+    "torchcodec-exact",
+    "torchcodec-approx",
+    "decord",
+)
+ALL_CONTENDERS = DEFAULT_CONTENDERS
+SWEEPS = ("none", "chunks", "gop", "resolution")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A generated dataset: ``distinct`` synthetic videos visible under ``names`` file names."""
+
+    width: int = 1920
+    height: int = 1080
+    fps: int = 30
+    seconds: float = 20.0
+    gop: int = 30
+    bframes: int = 2
+    codec: str = "h264"
+    distinct: int = 1
+    names: int = 200
+
+    def __post_init__(self):
+        # 20 and 20.0 are the same dataset (the cache key is built from these fields).
+        object.__setattr__(self, "seconds", float(self.seconds))
+        if self.distinct < 1:
+            raise ConfigError(f"--videos={self.distinct}: need at least one distinct video")
+        if self.names < self.distinct:
+            raise ConfigError(f"--names={self.names} must be >= --videos={self.distinct}")
+        if self.width % 2 or self.height % 2:
+            raise ConfigError(f"--resolution {self.width}x{self.height}: width and height must be even")
+
+    def key(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Everything one ``ringload bench`` run does; validated on construction.
+
+    The run measures every contender once per round, in the same order each round
+    (A B C, A B C, ...), each time in a fresh process tree. In one round a contender gets
+    a warm-up and ``repeats`` timed windows of at least ``window_s`` seconds (or of
+    ``batches`` batches), within ``budget_s`` seconds from its first batch.
+    """
+
+    dataset: DatasetSpec = DatasetSpec()
+    source: str | None = None
+    data_dir: str | None = None
+    contenders: tuple[str, ...] = DEFAULT_CONTENDERS
+    batch_size: int = 128
+    size: int = 224
+    workers: int = 0  # 0: os.cpu_count()
+    clip_len: int = 1
+    frame_stride: int = 1
+    rounds: int = 3
+    warmup_batches: int = 2
+    repeats: int = 1  # timed windows per contender per round
+    window_s: float = 6.0
+    batches: int | None = None  # fixed batches per timed window (else time-based windows)
+    budget_s: float = 60.0  # per contender per round, from its first batch
+    chunk_lens: tuple[int, ...] = ()
+    max_per_chunks: tuple[int, ...] = ()
+    sweep: str = "none"
+    rho: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [c for c in self.contenders if c not in ALL_CONTENDERS]
+        if unknown:
+            raise ConfigError(f"--contenders: unknown {unknown}; choose from {', '.join(ALL_CONTENDERS)}")
+        if self.sweep not in SWEEPS:
+            raise ConfigError(f"--sweep={self.sweep!r}: choose one of {', '.join(SWEEPS)}")
+        for name in ("batch_size", "size", "rounds", "repeats", "clip_len", "frame_stride"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)}: must be >= 1")
+        if self.warmup_batches < 1:
+            raise ConfigError("--warmup: must be >= 1 (the first batch is always warm-up)")
+        if self.batches is not None and self.batches < 1:
+            raise ConfigError(f"--batches={self.batches}: must be >= 1")
+        if not self.budget_s > 0:
+            raise ConfigError(f"--budget-s={self.budget_s}: must be > 0")
+        if not 0.0 <= self.rho <= 1.0:
+            raise ConfigError(f"--rho={self.rho}: a correlation in [0, 1]")
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+def quick_config(**overrides) -> BenchConfig:
+    """The ``--quick`` settings: 480p data, 3 rounds of one 2 s window per contender."""
+    base = dict(
+        # 20 s like the default run: with 8 s videos most bounded chunks are cut short by
+        # the video's ends, which the default data does not show.
+        dataset=DatasetSpec(width=854, height=480, seconds=20.0),
+        warmup_batches=1,
+        rounds=3,
+        repeats=1,
+        window_s=2.0,
+        budget_s=20.0,
+    )
+    base.update(overrides)
+    return BenchConfig(**base)
+
+
+def smoke_config(**overrides) -> BenchConfig:
+    """The ``--smoke`` settings: tiny data, 2 rounds of 2 batches of 16 per contender.
+
+    It checks that every contender runs and that the result file and plots are written
+    (a CI test does so from a fresh install); its numbers say nothing about speed.
+    """
+    base = dict(
+        dataset=DatasetSpec(width=320, height=240, seconds=3.0, names=12),
+        batch_size=16,
+        warmup_batches=1,
+        rounds=2,
+        repeats=1,
+        batches=2,
+        budget_s=30.0,
+    )
+    base.update(overrides)
+    return BenchConfig(**base)
