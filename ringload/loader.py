@@ -24,18 +24,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._config import CROPS, ON_ERROR, ORIENTATIONS, SAMPLES, SAMPLINGS, LoaderConfig, _is_int, _MAX_EPOCH
+from ._config import _MAX_EPOCH, LoaderConfig, _is_int
 from ._dataset import check_epoch, digest, load_dataset, settings, with_skip_hint
 from ._engine import release as _release
 from ._engine import start_engine
-from ._samples import Sampler, display_to_coded_boxes, random_resized_boxes
+from ._samples import Sampler
 from .errors import ConfigError, LoaderStateError, LoaderTimeoutError, VideoError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Batch", "LoaderConfig", "VideoLoader"]
-# Re-exported: the settings' allowed values and the crop-box functions live with the config and the samples.
-_REEXPORTED = (CROPS, ON_ERROR, ORIENTATIONS, SAMPLES, SAMPLINGS, display_to_coded_boxes, random_resized_boxes)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -372,7 +370,8 @@ class VideoLoader:
         and ``images_per_s``/``samples_per_s`` over it; ``wait_s`` the consumer spent waiting;
         ``ring_bytes`` = ``num_slots`` x ``slot_bytes`` (all the shared memory there is);
         ``ready_batches`` decoded and waiting in the ring;
-        ``num_workers``, ``decoder_pids``; ``decoded_frames`` (frames the decoders produced,
+        ``num_workers``, ``decoder_pids``, ``decoders`` (id, pid, ready, whether torch was
+        imported in it: never); ``decoded_frames`` (frames the decoders produced,
         including those walked from a keyframe) and ``tasks``; ``decoder_busy_s`` and
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
         and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
@@ -459,6 +458,7 @@ def _stats(loader) -> dict:
         "slot_bytes": layout.slot_stride if layout else 0,
         "num_workers": loader._engine.num_workers,
         "decoder_pids": snap.get("decoder_pids", []),
+        "decoders": snap.get("decoders", []),
         "decoder_restarts": sc.get("decoder_restarts", 0),
         "hung_decoders_killed": sc.get("hung_decoders_killed", 0),
         "decoded_frames": sc.get("decoded_frames", 0),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -62,3 +63,18 @@ def second_user():
         yield pw.pw_uid, pw.pw_gid
     finally:
         subprocess.run(["userdel", name], capture_output=True)
+
+
+def console_script() -> list[str]:
+    """The installed ``ringload`` command, as a user runs it (``make test`` installs it)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "ringload")
+    if not os.access(exe, os.X_OK):
+        pytest.fail(f"the console script {exe} is missing: install the package (make test does: pip install -e .)")
+    return [exe]
+
+
+def cli_env(**extra) -> dict:
+    """The environment for a CLI run of this checkout's code (also from a worktree)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env

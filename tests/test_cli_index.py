@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import console_script
+
 from ringload.probe import index_paths, probe
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -16,7 +18,7 @@ def _cli(*args, env_extra=None):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.update(env_extra or {})
     return subprocess.run(
-        [sys.executable, "-m", "ringload.cli", "index", *args], capture_output=True, text=True, timeout=300, env=env
+        [*console_script(), "index", *args], capture_output=True, text=True, timeout=300, env=env
     )
 
 

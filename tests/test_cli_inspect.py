@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import console_script
+
 from ringload import _cli_inspect, cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -21,7 +23,7 @@ def _cli(*args, timeout=120, cache=None):
     if cache is not None:
         env["RINGLOAD_CACHE_DIR"] = str(cache)
     return subprocess.run(
-        [sys.executable, "-m", "ringload.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+        [*console_script(), *args], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from conftest import console_script
+
 from ringload import cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -44,7 +46,7 @@ def _assert_quiet(err: bytes):
 
 @pytest.mark.parametrize("fmt", [[], ["--json"]], ids=["text", "json"])
 def test_inspect_into_a_reader_that_leaves_after_one_line(fmt, videos_dir, tmp_path):
-    cmd = [sys.executable, "-m", "ringload.cli", "inspect", *fmt, str(videos_dir)]
+    cmd = [*console_script(), "inspect", *fmt, str(videos_dir)]
     env = _env(tmp_path / "cache")
     full = subprocess.run(cmd, capture_output=True, timeout=300, env=env)  # also fills the cache
     assert full.returncode == cli.EXIT_OK, full.stderr
@@ -68,7 +70,7 @@ def test_index_into_a_closed_pipe(videos_dir, tmp_path):
     r, w = os.pipe()
     os.close(r)  # nobody reads: the summary cannot be written
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ringload.cli", "index", str(videos_dir), "--workers", "2", "--no-progress"],
+        [*console_script(), "index", str(videos_dir), "--workers", "2", "--no-progress"],
         stdout=w, stderr=subprocess.PIPE, env=_env(tmp_path / "cache"),
     )
     os.close(w)

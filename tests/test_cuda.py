@@ -840,7 +840,7 @@ def test_loader_on_cuda_survives_a_decoder_respawned_after_cuda_init(engine_vide
             if k == 2:
                 os.kill(loader.stats()["decoder_pids"][0], signal.SIGKILL)
         stats = loader.stats()
-        decs = loader._sched.snapshot()["decoders"]
+        decs = loader.stats()["decoders"]
     assert stats["decoder_restarts"] >= 1
     assert all(d["torch_loaded"] is False for d in decs)  # the replacement, spawned after CUDA init, too
     assert len(got) == len(ref)

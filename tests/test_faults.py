@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -249,7 +250,7 @@ def test_exception_in_training_loop_and_break_then_gc(engine_videos):
 
     loader = ringload.VideoLoader(engine_videos, num_workers=2, **KW)
     pids = loader.stats()["decoder_pids"]
-    thread = loader._sched._thread
+    (thread,) = [t for t in threading.enumerate() if t.name == "ringload-scheduler"]
     for _ in loader:
         break
     del loader, _

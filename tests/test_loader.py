@@ -166,7 +166,7 @@ def test_fps_clips_in_loader(engine_videos):
 def test_decoders_are_spawned_without_torch(engine_videos):
     with ringload.VideoLoader(engine_videos, batch_size=4, size=(16, 16), num_workers=2) as loader:
         next(iter(loader))
-        decs = loader._sched.snapshot()["decoders"]
+        decs = loader.stats()["decoders"]
         pids = loader.stats()["decoder_pids"]
         assert len(decs) == 2 and all(d["ready"] for d in decs)
         assert all(d["torch_loaded"] is False for d in decs)

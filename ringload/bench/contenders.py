@@ -195,7 +195,7 @@ class PeerBatches:
         import torch
         import torch.nn.functional as F
 
-        from ..loader import random_resized_boxes
+        from .._samples import random_resized_boxes
 
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0])

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..loader import random_resized_boxes
+from .._samples import random_resized_boxes
 
 try:  # pragma: no cover - depends on the environment
     from torchvision import transforms as _tv
