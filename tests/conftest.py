@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -36,6 +35,14 @@ def pytest_runtest_setup(item):
 
 
 @pytest.fixture(scope="session")
+def engine_videos(tmp_path_factory) -> list[str]:
+    """Four small synthetic videos (helpers.SPECS), made once per session."""
+    from helpers import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("engine_videos"))
+
+
+@pytest.fixture(scope="session")
 def videos_dir() -> pathlib.Path:
     if not VIDEOS.is_dir():
         pytest.fail(f"test videos not found at {VIDEOS}; set RINGLOAD_TEST_VIDEOS")
@@ -63,18 +70,3 @@ def second_user():
         yield pw.pw_uid, pw.pw_gid
     finally:
         subprocess.run(["userdel", name], capture_output=True)
-
-
-def console_script() -> list[str]:
-    """The installed ``ringload`` command, as a user runs it (``make test`` installs it)."""
-    exe = os.path.join(os.path.dirname(sys.executable), "ringload")
-    if not os.access(exe, os.X_OK):
-        pytest.fail(f"the console script {exe} is missing: install the package (make test does: pip install -e .)")
-    return [exe]
-
-
-def cli_env(**extra) -> dict:
-    """The environment for a CLI run of this checkout's code (also from a worktree)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(extra)
-    return env

@@ -1,11 +1,13 @@
-"""Shared helpers for the engine tests (no tests here): a small synthetic dataset,
-collecting batches, and polling for processes and shared memory to go away."""
+"""Helpers shared by the tests (no tests, no fixtures: those are in conftest.py): a small
+synthetic dataset, collecting batches, polling for processes and shared memory to go away,
+running the CLI as a user does."""
 
 from __future__ import annotations
 
 import collections
 import os
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -32,10 +34,6 @@ def make_dataset(folder: pathlib.Path) -> list[str]:
         paths.append(str(p))
     return paths
 
-
-@pytest.fixture(scope="session")
-def engine_videos(tmp_path_factory) -> list[str]:
-    return make_dataset(tmp_path_factory.mktemp("engine_videos"))
 
 
 def collect(loader, limit: int | None = None) -> list[dict]:
@@ -115,3 +113,14 @@ def check_exact(batches, paths, size, clip_axis=False, orientation="display"):
                 assert pts[r, t] == p
                 n += 1
     return n
+
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def console_script() -> list[str]:
+    """The installed ``ringload`` command, as a user runs it (``make test`` installs it)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "ringload")
+    if not os.access(exe, os.X_OK):
+        pytest.fail(f"the console script {exe} is missing: install the package (make test does: pip install -e .)")
+    return [exe]

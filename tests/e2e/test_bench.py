@@ -18,6 +18,7 @@ SMOKE = ["--resolution", "320x240", "--seconds", "3", "--names", "12", "--batch-
          "--no-progress"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_schema(tmp_path, capsys):
     out = tmp_path / "run.json"
     contenders = ["starter", "ceiling", "sequential", "strict", "bounded", "decord"]

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 
-from test_engine_helpers import collect, engine_videos  # noqa: F401
+from helpers import collect
 
 import ringload
 

@@ -11,7 +11,7 @@ import signal
 import time
 
 import pytest
-from test_engine_helpers import assert_same_batches, collect, engine_videos  # noqa: F401
+from helpers import assert_same_batches, collect
 
 import ringload
 

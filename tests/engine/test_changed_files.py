@@ -6,8 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_engine_helpers import ringload_shm
-
+from helpers import ringload_shm
 import ringload
 from ringload import VideoChangedError, VideoOpenError
 from ringload._decode import VideoReader

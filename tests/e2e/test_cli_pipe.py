@@ -3,17 +3,15 @@
 
 import fcntl
 import os
-import pathlib
 import subprocess
-import sys
 
 import pytest
 
-from conftest import console_script
+from helpers import console_script
 
 from ringload import cli
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
 PIPE_SIZE = 4096  # the smallest pipe Linux makes: the output below is longer, so a write must fail
 
 
@@ -44,6 +42,7 @@ def _assert_quiet(err: bytes):
     assert "Traceback" not in text and "BrokenPipeError" not in text and "Exception ignored" not in text, text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [[], ["--json"]], ids=["text", "json"])
 def test_inspect_into_a_reader_that_leaves_after_one_line(fmt, videos_dir, tmp_path):
     cmd = [*console_script(), "inspect", *fmt, str(videos_dir)]

@@ -2,13 +2,14 @@
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # each example runs end to end in a subprocess
 EXAMPLES = REPO / "examples"
 TIMEOUT_S = 240
 

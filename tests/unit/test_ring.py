@@ -3,7 +3,6 @@ import os
 import socket
 import stat
 
-import numpy as np
 import pytest
 
 from ringload import _ring

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
 PEERS = ("torchcodec-exact", "torchcodec-approx", "decord")
 # What a wheel does not need; a stale build/ or egg-info folder must not leak into it either.
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",

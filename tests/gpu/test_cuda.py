@@ -21,7 +21,9 @@ from ringload._transfer import CpuTransfer, make_transfer
 from ringload.errors import ConfigError
 
 PAGE = 4096
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO as _REPO
+
+REPO = str(_REPO)
 
 
 def _env() -> dict:
@@ -774,7 +776,6 @@ def test_bench_nvdec_check_reports_cpu_decoding_and_what_the_build_has(videos_di
 
 # ---------------------------------------------------------------- GPU: the VideoLoader on device="cuda"
 
-from test_engine_helpers import engine_videos  # noqa: E402,F401  (fixture: small synthetic dataset)
 
 LOADER_KW = dict(batch_size=8, size=(24, 32), crop="random_resized", hflip=True, sampling="strict", seed=7,
                  num_workers=2)

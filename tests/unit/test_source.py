@@ -1,6 +1,5 @@
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 from ringload._source import Source, resolve_source
 from ringload.errors import ConfigError
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def _touch(path):

@@ -9,7 +9,7 @@ import pytest
 from av.sidedata.sidedata import Type
 from hypothesis import given
 from hypothesis import strategies as hst
-from test_engine_helpers import assert_same_batches, check_exact, collect, engine_videos  # noqa: F401
+from helpers import assert_same_batches, check_exact, collect
 
 import ringload
 from ringload import ConfigError

@@ -10,7 +10,7 @@ import pytest
 
 import ringload
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
 DOCS = REPO / "docs"
 _spec = importlib.util.spec_from_file_location("gen_api", DOCS / "gen_api.py")
 gen_api = importlib.util.module_from_spec(_spec)

@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-from test_engine_helpers import engine_videos  # noqa: F401
 
 import ringload
 from ringload import ConfigError, LoaderStateError, WorkerError, plan_epoch
@@ -70,6 +69,7 @@ def _blocked_in_wait(thread: threading.Thread) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_close_from_another_thread_while_iterating_says_so(engine_videos):
     loader = ringload.VideoLoader(engine_videos, num_workers=1, timeout_s=60, **KW)
     pid = loader.stats()["decoder_pids"][0]
@@ -92,6 +92,7 @@ def test_close_from_another_thread_while_iterating_says_so(engine_videos):
         loader.close()  # idempotent; the stopped decoder is killed by the teardown
 
 
+@pytest.mark.slow
 def test_a_decoder_stopped_during_start_up_is_replaced_within_the_settings(engine_videos, caplog):
     caplog.set_level(logging.WARNING, logger="ringload")
     with ringload.VideoLoader(engine_videos, num_workers=1, task_timeout_s=1.0, timeout_s=40, **KW) as loader:

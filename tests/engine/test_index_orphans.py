@@ -1,7 +1,6 @@
 """Indexing processes: none outlives a killed parent, a dead one costs one file, errors stop them all."""
 
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from ringload.probe import index_paths
 from ringload.synth import make_video
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 # on_result holds the parent once the first file is done: the other files are then queued
 # or being indexed when the test kills it.

@@ -10,14 +10,16 @@ import threading
 
 import numpy as np
 import pytest
-from test_engine_helpers import alive, assert_same_batches, check_exact, collect, engine_videos, ringload_shm, wait_gone  # noqa: F401
+from helpers import alive, assert_same_batches, check_exact, collect, ringload_shm, wait_gone
 
 from _fault_decoder import hanging
 
 import ringload
 from ringload import VideoError, VideoOpenError, _pool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO as _REPO
+
+REPO = str(_REPO)
 KW = dict(batch_size=8, size=(24, 32), crop="random_resized", hflip=True, sampling="strict", seed=7)
 
 
@@ -271,6 +273,7 @@ def test_close_is_idempotent_and_closed_loader_refuses(engine_videos):
         iter(loader)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
 def test_decoder_deaths_spread_over_epochs_do_not_condemn_a_healthy_file(engine_videos, on_error):
     # One video, one decoder: whatever the decoder works on when it dies is this file. An

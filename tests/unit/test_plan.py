@@ -294,6 +294,7 @@ def pair_together_rate(config, pair, seeds=3000, lengths=(8, 8), batch_size=4):
     return hits
 
 
+@pytest.mark.slow
 def test_neighbours_meet_as_often_as_in_strict_when_chunk_len_is_1():
     # Under a uniform permutation of 16 samples into batches of 4, two given samples share
     # a batch with p = 3/15. Two-sided binomial z-test, alpha = 1e-3 / 3 per test.

@@ -15,14 +15,13 @@ import ast
 import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
 CUDA_ERROR_NOT_INITIALIZED = 3
 
 # Modules that run inside decoder processes.

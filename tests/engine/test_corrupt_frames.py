@@ -5,8 +5,7 @@ import pathlib
 import av
 import numpy as np
 import pytest
-from test_engine_helpers import ringload_shm
-
+from helpers import ringload_shm
 import ringload
 from ringload import DecodeError
 from ringload.probe import probe

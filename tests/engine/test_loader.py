@@ -1,11 +1,10 @@
 import json
 import math
 import os
-import random
 
 import numpy as np
 import pytest
-from test_engine_helpers import assert_same_batches, check_exact, collect, engine_videos, wait_gone  # noqa: F401
+from helpers import assert_same_batches, check_exact, collect, wait_gone
 
 import ringload
 from ringload import ConfigError
@@ -255,8 +254,7 @@ def test_rss_flat_over_20_epochs(engine_videos):
 
 
 def test_sequential_decodes_each_frame_about_once(engine_videos):
-    from test_engine_helpers import SPECS
-
+    from helpers import SPECS
     from ringload.probe import probe
 
     total = sum(probe(p).num_frames for p in engine_videos)

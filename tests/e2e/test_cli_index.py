@@ -1,17 +1,16 @@
 """`ringload index SOURCE`: parallel indexing into the cache, summary, exit status."""
 
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from conftest import console_script
+from helpers import console_script
 
 from ringload.probe import index_paths, probe
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def _cli(*args, env_extra=None):

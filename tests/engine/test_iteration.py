@@ -10,12 +10,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_engine_helpers import assert_same_batches, collect, engine_videos  # noqa: F401
+from helpers import assert_same_batches, collect
 
 import ringload
 from ringload import ConfigError, LoaderStateError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO as _REPO
+
+REPO = str(_REPO)
 KW = dict(batch_size=8, size=(24, 32), crop="random_resized", hflip=True, sampling="strict", seed=5, prefetch_batches=2)
 
 

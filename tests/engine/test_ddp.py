@@ -1,7 +1,6 @@
 import json
 import multiprocessing
 
-from test_engine_helpers import engine_videos  # noqa: F401
 
 
 def _rank_main(rank, world, init_file, paths, out):

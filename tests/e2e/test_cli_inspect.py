@@ -2,19 +2,17 @@ import importlib.util
 import io
 import json
 import os
-import pathlib
 import re
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import console_script
+from helpers import console_script
 
 from ringload import _cli_inspect, cli
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def _cli(*args, timeout=120, cache=None):

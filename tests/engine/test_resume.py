@@ -1,5 +1,5 @@
 import pytest
-from test_engine_helpers import assert_same_batches, collect, engine_videos  # noqa: F401
+from helpers import assert_same_batches, collect
 
 import ringload
 from ringload import ConfigError
