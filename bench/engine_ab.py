@@ -25,7 +25,13 @@ paths, mode, batches, batch_size, workers = json.loads(sys.argv[1])
 if __name__ == "__main__":
     kw = dict(batch_size=batch_size, sampling=mode, num_workers=workers, seed=0, drop_last=True, size=(224, 224))
     with ringload.VideoLoader(paths, **kw) as loader:
-        it = iter(loader)
+        def endless():
+            e = 0
+            while True:
+                loader.set_epoch(e)
+                yield from loader
+                e += 1
+        it = endless()
         next(it)
         for _ in range(loader.stats()["num_slots"]):  # drain what the ring filled during start-up
             next(it)

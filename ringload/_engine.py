@@ -68,6 +68,7 @@ def start_engine(cfg: LoaderConfig, data, chunk_window: int) -> Engine:
         sched = Scheduler(
             ring=ring, num_workers=workers, paths=data.paths, infos=data.infos, size=(h, w), on_error=cfg.on_error,
             options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s, orientation=cfg.orientation),
+            quarantined=data.quarantined,
         )
         sched.start()
     except BaseException:

@@ -133,7 +133,6 @@ class DecoderPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._token = secrets.token_bytes(16)
         self._startup_failures: list[str] = []  # causes of consecutive deaths before a decoder was ready
-        self.started_count = 0
         _LIVE.add(self)
 
     def start(self) -> None:
@@ -183,7 +182,6 @@ class DecoderPool:
         dec = DecoderHandle(wid, proc, proc.pid)
         dec.sock = ours
         self.decoders[wid] = dec
-        self.started_count += 1
         self.loop.add_reader(proc.sentinel, self._on_sentinel, dec)
         dec.handshake = self.loop.create_task(self._handshake(dec))
 

@@ -86,10 +86,6 @@ class Ring:
         self.slots = _views(self._mmap, layout)
         log.debug("ring %s: %d slots x %d bytes", self.name, layout.num_slots, layout.slot_stride)
 
-    @property
-    def nbytes(self) -> int:
-        return self.layout.nbytes
-
     def unlink(self) -> None:
         """Remove the name from /dev/shm (idempotent); mappings and descriptors stay valid."""
         if self._unlinked:

@@ -47,7 +47,7 @@ class SchedulerOptions:
 class Scheduler:
     """Runs decoders and fills ring slots; the consumer talks to it through thread-safe calls."""
 
-    def __init__(self, *, ring, num_workers: int, paths, infos, size, on_error: str, options: SchedulerOptions):
+    def __init__(self, *, ring, num_workers: int, paths, infos, size, on_error: str, options: SchedulerOptions, quarantined=None):
         self.ring = ring
         self.num_workers = num_workers
         self.paths = list(paths)
@@ -74,7 +74,7 @@ class Scheduler:
         self.window = Window(
             num_slots=ring.layout.num_slots, paths=self.paths, infos=infos, on_error=on_error,
             task_timeout_s=options.task_timeout_s, counters=self.counters,
-            on_complete=self._complete, on_fail=self._fail,
+            on_complete=self._complete, on_fail=self._fail, quarantined=quarantined,
         )
 
     # ------------------------------------------------------------------ consumer side

@@ -225,7 +225,8 @@ class Window:
     requests, and what failures do to them. ``on_complete(batch, Completed)`` and
     ``on_fail(batch, error)`` tell the consumer side."""
 
-    def __init__(self, *, num_slots: int, paths, infos, on_error: str, task_timeout_s: float, counters, on_complete, on_fail):
+    def __init__(self, *, num_slots: int, paths, infos, on_error: str, task_timeout_s: float, counters, on_complete, on_fail,
+                 quarantined: dict[str, str] | None = None):
         self.paths = paths
         self.infos = infos
         self.on_error = on_error
@@ -241,7 +242,7 @@ class Window:
         self.chunk_window = 1
         self.next_k = self.end_k = 0
         self.dead_videos: dict[int, str] = {}
-        self.quarantined: dict[str, str] = {}
+        self.quarantined: dict[str, str] = dict(quarantined or {})  # path -> reason, from indexing on
         self._crashes: dict[int, list[str]] = {}  # video -> causes of consecutive decoder deaths on it
         self._task_seq = 0
         self._keyframes: dict[int, np.ndarray] = {}
@@ -400,7 +401,6 @@ class Window:
             touched.append(r.sample)
             if r.fresh():
                 self._requeue(r)
-                self.counters["requeued_requests"] += 1
         self._settle(touched)
 
     def decoder_died(self, work: Work, cause: str) -> None:

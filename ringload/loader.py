@@ -439,12 +439,10 @@ def _make_batch(loader, done) -> Batch:
 
 
 def _stats(loader) -> dict:
-    snap = loader._sched.snapshot() if not loader._closed else {"counters": {}, "quarantined": {}, "decoders": []}
+    snap = loader._sched.snapshot()  # also after close(): the counters stay
     sc = snap["counters"]
     c = dict(loader._counters)
     busy = c.pop("busy_s")
-    q = dict(loader._data.quarantined)
-    q.update(snap["quarantined"])
     layout = loader._engine.ring.layout if not loader._closed else None
     plan = loader._plan() if not loader._closed else None
     return {
@@ -467,7 +465,7 @@ def _stats(loader) -> dict:
         "tasks": sc.get("tasks", 0),
         "failed_samples": sc.get("failed_samples", 0),
         "replaced_samples": sc.get("replaced_samples", 0),
-        "quarantined": q,
+        "quarantined": snap["quarantined"],
         "sampling": loader.config.sampling,
         "chunk_len": plan.chunk_len if plan is not None and loader.config.sampling == "bounded" else None,
         "max_per_chunk": plan.max_per_chunk if plan is not None and loader.config.sampling == "bounded" else None,

@@ -310,7 +310,9 @@ def test_neighbours_meet_as_often_as_in_strict_when_chunk_len_is_1():
 
 
 def test_large_domains_use_a_feistel_permutation_that_is_uniform(monkeypatch):
-    monkeypatch.setattr(plan_mod, "_EXPLICIT_MAX", 0)
+    from ringload import _perm
+
+    monkeypatch.setattr(_perm, "_EXPLICIT_MAX", 0)
     perm = plan_mod._Perm(5000, 11)
     x = np.arange(5000)
     y = perm.fwd(x)
