@@ -34,6 +34,16 @@ def pytest_runtest_setup(item):
         pytest.skip("needs a CUDA GPU (set RINGLOAD_REQUIRE_CUDA=1 to make this a failure)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_index_cache(tmp_path_factory):
+    """Every test (and every process it starts) indexes into a cache of this session, never
+    the user's ~/.cache/ringload; tests of the cache itself set their own."""
+    path = tmp_path_factory.mktemp("index-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RINGLOAD_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def engine_videos(tmp_path_factory) -> list[str]:
     """Four small synthetic videos (helpers.SPECS), made once per session."""

@@ -34,14 +34,6 @@ DISPLAYED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """A private cache: read_frames and the loader probe with the default cache."""
-    path = tmp_path_factory.mktemp("index-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RINGLOAD_CACHE_DIR", str(path))
-        yield path
-
 
 def _pyav_matrix(path):
     """The first frame's display matrix as PyAV gives it (9 int32), or None."""

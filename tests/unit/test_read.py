@@ -49,14 +49,6 @@ OTHER_STREAMS = {("nasa_13013.mp4", 0): 325, ("mv_with_2_top_shots.mp4", 1): 2}
 DEFAULT_STREAM = {"nasa_13013.mp4": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """A private cache: read_frames probes with the default cache, which must not be the user's."""
-    path = tmp_path_factory.mktemp("index-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RINGLOAD_CACHE_DIR", str(path))
-        yield path
-
 
 def test_every_video_is_listed(videos_dir):
     present = sorted(p.name for p in videos_dir.iterdir() if p.suffix != ".md")
@@ -92,8 +84,8 @@ def _reference(path, stream, checked):
     return len(pts), use, frames, tb
 
 
-def _assert_reads_match(path, stream, cache_dir, seed=0):
-    info = probe(path, stream=stream, cache=cache_dir)
+def _assert_reads_match(path, stream, private_index_cache, seed=0):
+    info = probe(path, stream=stream, cache=private_index_cache)
     n = info.num_frames
     assert n > 0
     checked = _check_indices(n, info.keyframes, seed)
@@ -132,16 +124,16 @@ def _assert_reads_match(path, stream, cache_dir, seed=0):
 
 
 @pytest.mark.parametrize("name", sorted(DECODED))
-def test_probe_and_read_match_sequential_decode(name, cache_dir, videos_dir):
+def test_probe_and_read_match_sequential_decode(name, private_index_cache, videos_dir):
     path = videos_dir / name
-    info = _assert_reads_match(path, None, cache_dir)
+    info = _assert_reads_match(path, None, private_index_cache)
     assert info.num_frames == DECODED[name]
     assert info.stream == DEFAULT_STREAM.get(name, 0)
 
 
 @pytest.mark.parametrize("name,stream", sorted(OTHER_STREAMS))
-def test_other_video_streams_can_be_chosen(name, stream, cache_dir, videos_dir):
-    info = _assert_reads_match(videos_dir / name, stream, cache_dir, seed=5)
+def test_other_video_streams_can_be_chosen(name, stream, private_index_cache, videos_dir):
+    info = _assert_reads_match(videos_dir / name, stream, private_index_cache, seed=5)
     assert info.stream == stream
     assert info.num_frames == OTHER_STREAMS[(name, stream)]
 
@@ -184,8 +176,8 @@ def gop_video(tmp_path_factory):
     return path
 
 
-def test_each_gop_decoded_at_most_once(gop_video, cache_dir):
-    info = probe(gop_video, cache=cache_dir)
+def test_each_gop_decoded_at_most_once(gop_video, private_index_cache):
+    info = probe(gop_video, cache=private_index_cache)
     assert info.num_frames == 60 and info.keyframes.tolist() == [0, 10, 20, 30, 40, 50]
     # Two frames far apart: a seek to each one's keyframe, not a decode through the gap.
     got = ringload.read_frames(gop_video, [45, 3])
@@ -210,7 +202,7 @@ def torch_equal(a, b):
     return bool((a == b).all())
 
 
-def test_open_gop_leading_frames(tmp_path, cache_dir):
+def test_open_gop_leading_frames(tmp_path, private_index_cache):
     """Open GOPs: B-frames after a keyframe in decode order that show before it and
     reference the previous GOP. Every frame, alone or all at once, equals the sequential decode."""
     path = tmp_path / "open_gop.mp4"
@@ -223,7 +215,7 @@ def test_open_gop_leading_frames(tmp_path, cache_dir):
     key_pts = [pts for pts, key in packets if key]
     after_key = [packets[i + 1][0] for i, (pts, key) in enumerate(packets[:-1]) if key and i > 0]
     assert any(a < k for a, k in zip(after_key, key_pts[1:])), "the encoder made no leading frames"
-    info = probe(path, cache=cache_dir)
+    info = probe(path, cache=private_index_cache)
     assert info.num_frames == 60 and len(info.keyframes) == 6
     order = list(range(60))
     random.Random(0).shuffle(order)
@@ -236,10 +228,10 @@ def test_open_gop_leading_frames(tmp_path, cache_dir):
         assert np.array_equal(got.data[k].permute(1, 2, 0).numpy(), ref[i]), i
 
 
-def test_reader_stays_warm_for_sequential_runs(gop_video, cache_dir):
+def test_reader_stays_warm_for_sequential_runs(gop_video, private_index_cache):
     from ringload._decode import VideoReader
 
-    info = probe(gop_video, cache=cache_dir)
+    info = probe(gop_video, cache=private_index_cache)
     seen = []
     with VideoReader(gop_video, info) as reader:
         reader.decode(range(12, 16), lambda pos, f: seen.append(f.pts))
@@ -268,12 +260,12 @@ def gop_reference(gop_video):
 
 @settings(max_examples=30)
 @given(calls=hst.lists(hst.lists(hst.integers(0, 59), min_size=1, max_size=12), min_size=1, max_size=4))
-def test_reader_any_call_sequence_is_exact(calls, gop_video, gop_reference, cache_dir):
+def test_reader_any_call_sequence_is_exact(calls, gop_video, gop_reference, private_index_cache):
     """One warm reader, any sequence of calls (unsorted, repeated, backwards): exact frames,
     each position once, and no call decodes more frames than the file has."""
     from ringload._decode import VideoReader
 
-    info = probe(gop_video, cache=cache_dir)
+    info = probe(gop_video, cache=private_index_cache)
     with VideoReader(gop_video, info) as reader:
         for indices in calls:
             got = {}
@@ -302,13 +294,13 @@ def test_index_types(gop_video):
         ringload.read_frames(gop_video, ["3"])
 
 
-def test_count_rule_reads_by_position_from_the_start(gop_video, cache_dir):
+def test_count_rule_reads_by_position_from_the_start(gop_video, private_index_cache):
     """Streams without usable timestamps are read by counting frames from the start."""
     import dataclasses
 
     from ringload._decode import VideoReader
 
-    info = probe(gop_video, cache=cache_dir)
+    info = probe(gop_video, cache=private_index_cache)
     counted = dataclasses.replace(info, timestamps="count", keyframes=np.array([0]))
     with av.open(str(gop_video)) as c:
         ref = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
