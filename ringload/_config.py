@@ -61,7 +61,9 @@ class LoaderConfig:
     max_per_chunk: int | None = None
     seed: int = 0
     num_workers: int | None = None
+    decoder_threads: int | None = None
     prefetch_batches: int | None = None
+    ring_bytes: int | None = None
     device: str = "cpu"
     drop_last: bool = False
     rank: int | None = None
@@ -88,6 +90,12 @@ class LoaderConfig:
         need_int("max_per_chunk", 1, none_ok=True)
         need_int("num_workers", 0, none_ok=True)
         need_int("prefetch_batches", 1, none_ok=True)
+        need_int("decoder_threads", 1, none_ok=True)
+        need_int("ring_bytes", 1, none_ok=True)
+        if self.prefetch_batches is not None and self.ring_bytes is not None:
+            raise ConfigError(
+                f"prefetch_batches={self.prefetch_batches} and ring_bytes={self.ring_bytes} both size the ring: pass one"
+            )
         need_int("rank", 0, none_ok=True)
         need_int("world_size", 1, none_ok=True)
         for name, allowed in (("sample", SAMPLES), ("crop", CROPS), ("sampling", SAMPLINGS), ("on_error", ON_ERROR),

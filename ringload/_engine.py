@@ -6,27 +6,88 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import weakref
 
 from ._config import LoaderConfig
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Default ring budget: prefetch as many batches as fit in this many bytes (2..8 batches).
-RING_BUDGET_BYTES = 1 << 30
+# The ring's default budget (ring_bytes): what the look-ahead may hold. Batches are the
+# same for any ring size; only when and where frames are decoded changes.
+DEFAULT_RING_BYTES = 1 << 30
+# Batches in the window by mode, within the budget: strict shares a GOP's decode between the
+# samples of all batches in the window, so deeper is faster (docs/benchmarks.md has the
+# curve); bounded needs a chunk's batches plus work for every decoder; sequential reads in
+# order and needs little.
+MAX_STRICT_DEPTH = 256
+SEQUENTIAL_DEPTH = 8
+MIN_DEPTH = 2
+
+# Engines alive in this process: a second loader (validation beside training) takes the
+# cores the first left, so two loaders do not oversubscribe the machine unnoticed.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Engine:
     ring: object
     sched: object
     transfer: object
     slot_tensors: list
     num_workers: int
+    decoder_threads: int
+    depth: int  # batches the window may hold (ring slots - 1)
+
+
+def usable_cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """One decoder per core, less the decoders of the loaders already alive in this process."""
+    cores = usable_cores()
+    taken = sum(e.num_workers for e in list(_LIVE) if not e.sched.closed)
+    workers = max(1, cores - taken)
+    if taken:
+        log.warning(
+            "%d decoder processes of other loaders are alive on %d cores: this loader takes %d (pass num_workers to choose)",
+            taken, cores, workers,
+        )
+    return workers
+
+
+def default_threads(workers: int) -> int:
+    """FFmpeg threads per decoder: the cores left to each decoder, never more in total than the cores."""
+    return max(1, usable_cores() // max(1, workers))
+
+
+def window_depth(cfg: LoaderConfig, slot_bytes: int, chunk_window: int, workers: int) -> int:
+    """Batches the ring holds beside the one the consumer reads (``prefetch_batches``), from
+    the settings and the slot size alone, never from the machine."""
+    if cfg.prefetch_batches is not None:
+        return cfg.prefetch_batches
+    budget = cfg.ring_bytes if cfg.ring_bytes is not None else DEFAULT_RING_BYTES
+    fit = budget // slot_bytes - 1
+    if fit < MIN_DEPTH:
+        if cfg.ring_bytes is not None:
+            raise ConfigError(
+                f"ring_bytes={cfg.ring_bytes} holds {max(0, fit + 1)} batches of {slot_bytes / 2**20:.1f} MiB; "
+                f"the loader needs at least {MIN_DEPTH + 1}: raise ring_bytes or lower batch_size"
+            )
+        fit = MIN_DEPTH  # the default budget is too small for such batches: take the minimum
+    if cfg.sampling == "strict":
+        return min(fit, MAX_STRICT_DEPTH)
+    if cfg.sampling == "sequential":
+        return min(fit, SEQUENTIAL_DEPTH)
+    want = max(SEQUENTIAL_DEPTH, chunk_window + 2 * max(1, workers))
+    if fit < want:
+        log.warning(
+            "bounded sampling reads each chunk once when the window holds its %d batches plus 2 per decoder (%d); "
+            "the ring holds %d: raise ring_bytes to %d for full speed",
+            chunk_window, want, fit, (want + 1) * slot_bytes,
+        )
+    return min(fit, want)
 
 
 def start_engine(cfg: LoaderConfig, data, chunk_window: int) -> Engine:
@@ -40,17 +101,11 @@ def start_engine(cfg: LoaderConfig, data, chunk_window: int) -> Engine:
 
     T = cfg.frames_per_sample
     h, w = data.size
-    batch_bytes = cfg.batch_size * T * h * w * 3
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
-    prefetch = cfg.prefetch_batches
-    if prefetch is None:
-        fit = max(2, RING_BUDGET_BYTES // batch_bytes)
-        want = 8
-        if cfg.sampling == "bounded":
-            # Room for whole chunks plus work for every decoder: each chunk decodes once.
-            want = max(want, chunk_window + 2 * max(1, workers))
-        prefetch = int(min(want, fit))
-    layout = RingLayout(prefetch + 1, (cfg.batch_size, T, h, w, 3))
+    threads = cfg.decoder_threads if cfg.decoder_threads is not None else default_threads(workers)
+    slot_bytes = RingLayout(1, (cfg.batch_size, T, h, w, 3)).slot_stride
+    depth = window_depth(cfg, slot_bytes, chunk_window, workers)
+    layout = RingLayout(depth + 1, (cfg.batch_size, T, h, w, 3))
     what = f"{layout.num_slots} slots of {cfg.batch_size} x {T} frames of {h}x{w}"
     check_ring_fits(layout, what)
     ring = sched = transfer = None
@@ -67,14 +122,16 @@ def start_engine(cfg: LoaderConfig, data, chunk_window: int) -> Engine:
         transfer.register(slot_tensors)
         sched = Scheduler(
             ring=ring, num_workers=workers, paths=data.paths, infos=data.infos, size=(h, w), on_error=cfg.on_error,
-            options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s, orientation=cfg.orientation),
+            options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s, orientation=cfg.orientation, decoder_threads=threads),
             quarantined=data.quarantined,
         )
         sched.start()
     except BaseException:
         release(sched, transfer, ring, os.getpid())
         raise
-    return Engine(ring, sched, transfer, slot_tensors, workers)
+    engine = Engine(ring, sched, transfer, slot_tensors, workers, threads, depth)
+    _LIVE.add(engine)
+    return engine
 
 
 def release(sched, transfer, ring, owner_pid: int) -> None:

@@ -42,6 +42,7 @@ class SchedulerOptions:
     depth: int = 2
     max_open: int = 4
     orientation: str = "display"
+    decoder_threads: int = 1
 
 
 class Scheduler:
@@ -121,6 +122,10 @@ class Scheduler:
             "decoder_pids": self._pool.pids() if self._pool is not None else [],
         }
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop decoders (join, terminate, kill, each with a timeout) and the loop thread."""
         if self._closed:
@@ -196,7 +201,9 @@ class Scheduler:
         opts = self.options
         self._pool = DecoderPool(
             owner=self, loop=loop, ring=self.ring, num_workers=self.num_workers,
-            options=P.DecoderOptions(max_open=opts.max_open, info_cache=2 * self.info_mirror, orientation=opts.orientation),
+            options=P.DecoderOptions(
+                max_open=opts.max_open, info_cache=2 * self.info_mirror, orientation=opts.orientation, threads=opts.decoder_threads
+            ),
             startup_timeout_s=max(MIN_STARTUP_TIMEOUT_S, opts.task_timeout_s),
         )
         try:

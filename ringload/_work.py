@@ -429,8 +429,7 @@ class Window:
         video = work.video
         whole_file = isinstance(exc, (VideoOpenError, NoVideoStreamError))
         if whole_file and video not in self.dead_videos:
-            self.dead_videos[video] = exc.reason
-            log.warning("%s", exc)
+            self.dead_videos[video] = exc.reason  # logged where its samples fail or are quarantined
         if whole_file or len(work.frames) == 1:
             for r in failed:
                 if r.fresh():

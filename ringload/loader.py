@@ -115,14 +115,18 @@ class VideoLoader:
     that would be empty is a ConfigError. ``rank``/``world_size`` default to
     torch.distributed's when it is initialised.
 
-    Resources: ``num_workers`` decoder processes (default: one per CPU; 0 decodes in
-    this process, on the loader's thread, with the same batches: for debugging); a ring of
-    ``prefetch_batches + 1`` batch slots in shared memory (default: 8, in bounded mode
-    enough for a whole chunk's batches plus two per decoder, at most what fits in 1 GiB and
-    at least 2). ``on_error="skip"`` quarantines bad files (``stats()``) and replaces
-    their samples deterministically; ``"raise"`` raises a :class:`ringload.VideoError`
-    (from the constructor for files that cannot be indexed, from ``__next__`` at the first
-    batch that needs a file that fails to decode).
+    Resources: ``num_workers`` decoder processes (default: one per usable core, less the
+    decoders of other loaders alive in this process; 0 decodes in this process, on the
+    loader's thread, with the same batches: for debugging), ``decoder_threads`` FFmpeg
+    threads each (default: the cores left per decoder, at least 1). The ring holds
+    ``prefetch_batches + 1`` batch slots in shared memory, or as many as fit in
+    ``ring_bytes`` (default 1 GiB): up to 256 batches in strict mode (a deeper window lets
+    more samples share one GOP's decode), a chunk's batches plus two per decoder in bounded
+    mode, 8 in sequential mode, at least 3. The ring size changes only when and where frames
+    are decoded, never what a batch holds. ``on_error="skip"`` quarantines bad files
+    (``stats()``) and replaces their samples deterministically; ``"raise"`` raises a
+    :class:`ringload.VideoError` (from the constructor for files that cannot be indexed,
+    from ``__next__`` at the first batch that needs a file that fails to decode).
     ``timeout_s`` bounds the wait for one batch, ``task_timeout_s`` (plus a share per frame)
     the time a decoder may spend on one task before it is killed and replaced.
     """
@@ -149,7 +153,9 @@ class VideoLoader:
         max_per_chunk: int | None = None,
         seed: int = 0,
         num_workers: int | None = None,
+        decoder_threads: int | None = None,
         prefetch_batches: int | None = None,
+        ring_bytes: int | None = None,
         device="cpu",
         drop_last: bool = False,
         rank: int | None = None,
@@ -162,7 +168,8 @@ class VideoLoader:
             batch_size=batch_size, sample=sample, clip_len=clip_len, frame_stride=frame_stride, fps=fps,
             num_segments=num_segments, size=size, crop=crop, scale=scale, ratio=ratio, hflip=hflip,
             orientation=orientation, sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk, seed=seed,
-            num_workers=num_workers, prefetch_batches=prefetch_batches, device=str(device), drop_last=drop_last,
+            num_workers=num_workers, decoder_threads=decoder_threads, prefetch_batches=prefetch_batches,
+            ring_bytes=ring_bytes, device=str(device), drop_last=drop_last,
             rank=rank, world_size=world_size, on_error=on_error, timeout_s=timeout_s, task_timeout_s=task_timeout_s,
         )
         from ._source import resolve_source
@@ -370,7 +377,8 @@ class VideoLoader:
         and ``images_per_s``/``samples_per_s`` over it; ``wait_s`` the consumer spent waiting;
         ``ring_bytes`` = ``num_slots`` x ``slot_bytes`` (all the shared memory there is);
         ``ready_batches`` decoded and waiting in the ring;
-        ``num_workers``, ``decoder_pids``, ``decoders`` (id, pid, ready, whether torch was
+        ``window_batches`` the look-ahead in batches; ``num_workers``, ``decoder_threads``,
+        ``decoder_pids``, ``decoders`` (id, pid, ready, whether torch was
         imported in it: never); ``decoded_frames`` (frames the decoders produced,
         including those walked from a keyframe) and ``tasks``; ``decoder_busy_s`` and
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
@@ -455,6 +463,8 @@ def _stats(loader) -> dict:
         "ready_batches": snap.get("ready_batches", 0),
         "slot_bytes": layout.slot_stride if layout else 0,
         "num_workers": loader._engine.num_workers,
+        "decoder_threads": loader._engine.decoder_threads,
+        "window_batches": loader._engine.depth,
         "decoder_pids": snap.get("decoder_pids", []),
         "decoders": snap.get("decoders", []),
         "decoder_restarts": sc.get("decoder_restarts", 0),

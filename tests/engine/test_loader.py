@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 import os
 
@@ -349,3 +350,32 @@ def test_num_workers_0_decodes_in_this_process_with_the_same_batches(engine_vide
         st = loader.stats()
     assert st["num_workers"] == 0 and st["decoder_pids"] == [] and st["tasks"] > 0
     assert_same_batches(ref, got)
+
+
+def test_ring_size_changes_only_when_frames_are_decoded(engine_videos):
+    kw = dict(batch_size=8, size=(24, 32), crop="random_resized", hflip=True, sampling="strict", seed=6, num_workers=2)
+    with ringload.VideoLoader(engine_videos, prefetch_batches=2, **kw) as loader:
+        shallow = collect(loader)
+    with ringload.VideoLoader(engine_videos, **kw) as loader:  # the default budget: the whole epoch fits
+        deep = collect(loader)
+        st = loader.stats()
+    from ringload import _engine
+
+    assert st["window_batches"] == _engine.MAX_STRICT_DEPTH > len(deep)  # the whole epoch is in the window
+    assert_same_batches(shallow, deep)
+
+
+def test_a_second_loader_takes_the_cores_the_first_left(engine_videos, caplog):
+    from ringload import _engine
+
+    caplog.set_level(logging.WARNING, logger="ringload._engine")
+    kw = dict(batch_size=4, size=(16, 16), sampling="strict")
+    with ringload.VideoLoader(engine_videos, **kw) as train:
+        with ringload.VideoLoader(engine_videos, **dict(kw, sampling="sequential")) as val:
+            cores = _engine.usable_cores()
+            first, second = train.stats()["num_workers"], val.stats()["num_workers"]
+            assert first == cores and second == max(1, cores - first)
+            assert val.stats()["decoder_threads"] == max(1, cores // second)
+    assert any("other loaders" in r.getMessage() and "num_workers" in r.getMessage() for r in caplog.records)
+    with ringload.VideoLoader(engine_videos, **kw) as again:  # the others are closed: all cores again
+        assert again.stats()["num_workers"] == _engine.usable_cores()
