@@ -24,8 +24,14 @@ paths, mode, depth, batches, batch_size, workers = json.loads(sys.argv[1])
 if __name__ == "__main__":
     kw = dict(batch_size=batch_size, sampling=mode, num_workers=workers, seed=0, prefetch_batches=depth, size=(224, 224))
     with ringload.VideoLoader(paths, **kw) as loader:
+        def endless():  # whole passes one after the other (a deep window pays ahead within a pass)
+            e = 0
+            while True:
+                loader.set_epoch(e)
+                yield from loader
+                e += 1
         t_start = time.perf_counter()
-        it = iter(loader)
+        it = endless()
         next(it)
         first_s = time.perf_counter() - t_start
         s0 = loader.stats()
@@ -46,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--depths", default="8,32,128")
     ap.add_argument("--modes", default="strict,bounded")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=10)
+    ap.add_argument("--batches", type=int, default=150, help="timed batches: cover whole passes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--videos", type=int, default=8)
