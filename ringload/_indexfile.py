@@ -239,8 +239,9 @@ class IndexFile:
     only the header is read, so only the rows they use are ever paged in).
     """
 
-    def __init__(self, mm: mmap.mmap, name: str, header: dict):
+    def __init__(self, mm: mmap.mmap, name: str, header: dict, fd: int | None = None):
         self._mm = mm
+        self.fd = fd  # kept open to hand to decoders (None: not kept)
         self.name = name
         self.header = header
         self.meta = header.get("meta", {})
@@ -269,7 +270,7 @@ class IndexFile:
             os.close(fd)  # the mapping keeps the file
 
     @classmethod
-    def from_fd(cls, fd: int, name: str, *, verify: bool = False) -> IndexFile:
+    def from_fd(cls, fd: int, name: str, *, verify: bool = False, keep_fd: bool = True) -> IndexFile:
         size = os.fstat(fd).st_size
         if size < _PREFIX.size:
             raise IndexFileError(name, f"not an index file (only {size} bytes)")
@@ -298,7 +299,7 @@ class IndexFile:
         if verify:
             _check_crcs(fd, name, header)
         mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-        idx = cls(mm, name, header)
+        idx = cls(mm, name, header, os.dup(fd) if keep_fd else None)
         if verify:
             try:
                 idx._check_structure()
@@ -420,6 +421,9 @@ class IndexFile:
 
     def close(self) -> None:
         self._cols = {}
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
         try:
             self._mm.close()
         except BufferError:
@@ -504,3 +508,18 @@ def _check_crcs(fd: int, name: str, header: dict) -> None:
             left -= len(b)
         if crc != spec["crc32"]:
             raise IndexFileError(name, f"corrupt column {col} (CRC-32 mismatch)")
+
+
+def temporary_index(rows, *, labels=None) -> IndexFile:
+    """An index of ``rows`` in an unnamed temporary file (gone with its last descriptor):
+    how a loader given a directory or manifest hands its indexes to decoders."""
+    import tempfile
+
+    cols, cats = columns_from_rows(rows, labels=labels)
+    with tempfile.TemporaryFile(prefix="ringload-index-") as fh:
+        write_index(fh, cols, cats, {"temporary": True})
+        fd = os.dup(fh.fileno())
+    try:
+        return IndexFile.from_fd(fd, "<temporary index>", verify=False)
+    finally:
+        os.close(fd)
