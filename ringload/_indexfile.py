@@ -523,3 +523,32 @@ def temporary_index(rows, *, labels=None) -> IndexFile:
         return IndexFile.from_fd(fd, "<temporary index>", verify=False)
     finally:
         os.close(fd)
+
+
+def video_dims(infos, orientation: str = "display"):
+    """(width, height, turn, mirror) arrays, one entry per video (0 / False for an unusable
+    one): from the columns of an :class:`IndexInfos` without building a VideoInfo, else
+    from each VideoInfo of a list."""
+    column = getattr(infos, "column", None)
+    if column is not None:
+        ok = column("ok").astype(bool)
+        w = np.where(ok, column("width"), 0).astype(np.int64)
+        h = np.where(ok, column("height"), 0).astype(np.int64)
+        if orientation == "display":
+            return w, h, np.where(ok, column("display_rotation"), 0).astype(np.int64), ok & column("display_hflip").astype(bool)
+        return w, h, np.zeros(len(ok), dtype=np.int64), np.zeros(len(ok), dtype=bool)
+    w = np.array([i.width if i is not None else 0 for i in infos], dtype=np.int64)
+    h = np.array([i.height if i is not None else 0 for i in infos], dtype=np.int64)
+    orients = [i.orient(orientation) if i is not None else (0, False) for i in infos]
+    return w, h, np.array([o[0] for o in orients], dtype=np.int64), np.array([o[1] for o in orients], dtype=bool)
+
+
+def source_from_index(path: str):
+    """The Source of an index file: its paths, labels and class names, and the mapped file."""
+    from ._source import Source
+
+    idx = IndexFile.open(path)
+    labels = idx.column("label")
+    if labels is None:
+        labels = idx.column("labels")
+    return Source(paths=idx.paths(), labels=labels, class_names=idx.meta.get("class_names"), index=idx)
