@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -139,3 +140,23 @@ def test_num_workers_0_reads_the_index_file_too(engine_videos, tmp_path):
     kw = dict(batch_size=5, size=(16, 16), seed=1, num_workers=0)
     with ringload.VideoLoader(folder, **kw) as a, ringload.VideoLoader(index, **kw) as b:
         assert_same_batches(collect(a, limit=3), collect(b, limit=3))
+
+
+def test_indexing_in_the_constructor_says_how_to_avoid_it(engine_videos, tmp_path, caplog, capfd):
+    import logging
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(10):  # more than a few files: the parallel path with a bar
+        shutil.copy(engine_videos[i % 4], folder / f"v{i}.{engine_videos[i % 4].rsplit('.', 1)[1]}")  # copies: a scan lists each real file once
+    with caplog.at_level(logging.INFO, logger="ringload._dataset"):
+        with ringload.VideoLoader(str(folder), batch_size=4, size=(16, 16), num_workers=0):
+            pass
+    assert any("indexed 10 videos" in r.message and "ringload index SOURCE --out" in r.message for r in caplog.records)
+    assert "ringload: indexing" not in capfd.readouterr().err  # stderr is not a terminal here: no bar
+    caplog.clear()
+    index = _index(str(folder), tmp_path / "m.ringindex")
+    with caplog.at_level(logging.INFO, logger="ringload._dataset"):
+        with ringload.VideoLoader(index, batch_size=4, size=(16, 16), num_workers=0):
+            pass
+    assert not any("indexed" in r.message for r in caplog.records)  # nothing to index
