@@ -80,7 +80,7 @@ def main(sock: socket.socket, token: bytes, worker_id: int, runner=None) -> None
     try:
         # The consumer checked the file (CRCs, structure) before any decoder started; only
         # its header is read here, so a decoder pages in just the rows of its tasks.
-        index = IndexFile.from_fd(fds[1], msg.index_name, verify=False, keep_fd=False)
+        index = IndexFile.from_fd(fds[1], msg.index_name, verify=False, keep_fd=False, random=True)
     finally:
         os.close(fds[1])
     try:

@@ -10,8 +10,8 @@ count, time base, fps, coded size, rotation and the whole display matrix, codec,
 pixel format, timestamp rule, the container's frame count, labels and weights, and for
 files that could not be indexed the error. Concatenated with offsets: keyframe indices and
 the byte position of each keyframe's packet; timestamps of variable-rate videos (a
-constant-rate video is stored as first pts + step, checked against every timestamp when
-written). Unknown columns are ignored by readers (room for tar-member offsets and object
+constant-rate video is stored as first pts and a rational step: ``pts[i] = first + (i * p +
+r) // q``, checked against every timestamp when written). Unknown columns are ignored by readers (room for tar-member offsets and object
 versions); a column a reader must understand is listed in the header's ``required``.
 """
 
@@ -48,7 +48,7 @@ _ROW = {
     "ok": "u1", "file_size": "<i8", "file_mtime_ns": "<i8", "stream": "<i4", "num_frames": "<i8",
     "fps": "<f8", "width": "<i4", "height": "<i4", "rotation": "<i4", "has_display_matrix": "u1",
     "display_rotation": "<i2", "display_hflip": "u1", "container_frames": "<i8",
-    "pts_first": "<i8", "pts_step": "<i8",
+    "pts_first": "<i8", "pts_step": "<i8", "pts_step_den": "<i8", "pts_round": "<i8",
 }  # fmt: skip
 _ROW2 = {"time_base": ("<i8", 2), "display_matrix": ("<i4", 9)}
 
@@ -80,14 +80,37 @@ def is_index_file(path) -> bool:
 # --------------------------------------------------------------------------- writing
 
 
-def _cfr_step(pts: np.ndarray) -> int:
-    """The step of timestamps that are first + i * step exactly (verified), else 0."""
-    if len(pts) < 2:
-        return 1 if len(pts) == 1 else 0
-    step = int(pts[1]) - int(pts[0])
-    if step <= 0:
-        return 0
-    return step if bool(np.array_equal(pts, pts[0] + step * np.arange(len(pts), dtype=np.int64))) else 0
+_MAX_STEP_DEN = 1 << 20
+
+
+def _rate_rule(pts: np.ndarray) -> tuple[int, int, int]:
+    """(p, q, r) with ``pts[i] == pts[0] + (i * p + r) // q`` for every i (verified), p > 0:
+    a constant frame rate, also one rounded to a coarse time base (Matroska's milliseconds:
+    30 fps as 0, 33, 67, 100, ... is p/q = 100/3); (0, 1, 0) when there is none."""
+    n = len(pts)
+    if n < 2:
+        return (1, 1, 0) if n == 1 else (0, 1, 0)
+    first, span = int(pts[0]), int(pts[-1]) - int(pts[0])
+    if span <= 0 or abs(first) >= 1 << 40 or span >= 1 << 40:
+        return 0, 1, 0
+    d = pts.astype(np.int64) - first
+    i = np.arange(n, dtype=np.int64)
+    exact = Fraction(span, n - 1)
+    tried = set()
+    # Candidate steps (each verified below): the simplest fractions near the mean step.
+    for cand in (*(exact.limit_denominator(k) for k in (1, 3, 10, 30, 100, 1001, 3000, 30000, 1 << 16)), exact):
+        p, q = cand.numerator, cand.denominator
+        if (p, q) in tried or q > _MAX_STEP_DEN or p <= 0:
+            continue
+        tried.add((p, q))
+        # floor((i p + r) / q) == d_i  <=>  q d_i - i p <= r < q d_i - i p + q, for every i.
+        base = q * d - i * p
+        lo, hi = int(base.max()), int(base.min()) + q - 1
+        if lo <= hi:
+            r = lo
+            if bool(np.array_equal(first + (i * p + r) // q, pts)):
+                return p, q, r
+    return 0, 1, 0
 
 
 def _strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +172,9 @@ def columns_from_rows(rows, *, labels=None, weights=None) -> tuple[dict, dict]:
         c["container_frames"][i] = r.container_frames
         for cat in ("codec", "decoder", "pix_fmt", "timestamps"):
             code(cat, i, getattr(r, cat))
-        step = _cfr_step(r.pts)
+        step, den, rnd = _rate_rule(r.pts)
         c["pts_first"][i] = int(r.pts[0]) if r.num_frames else 0
-        c["pts_step"][i] = step
+        c["pts_step"][i], c["pts_step_den"][i], c["pts_round"][i] = step, den, rnd
         if step == 0:
             pts_parts.append(np.asarray(r.pts, dtype="<i8"))
             pts_len[i] = r.num_frames
@@ -270,7 +293,9 @@ class IndexFile:
             os.close(fd)  # the mapping keeps the file
 
     @classmethod
-    def from_fd(cls, fd: int, name: str, *, verify: bool = False, keep_fd: bool = True) -> IndexFile:
+    def from_fd(cls, fd: int, name: str, *, verify: bool = False, keep_fd: bool = True, random: bool = False) -> IndexFile:
+        """``random``: rows are read one at a time (decoders): no read-ahead, so a lookup
+        pages in the rows it reads, not the 128 KiB around each."""
         size = os.fstat(fd).st_size
         if size < _PREFIX.size:
             raise IndexFileError(name, f"not an index file (only {size} bytes)")
@@ -299,6 +324,8 @@ class IndexFile:
         if verify:
             _check_crcs(fd, name, header)
         mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        if random and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            mm.madvise(mmap.MADV_RANDOM)
         idx = cls(mm, name, header, os.dup(fd) if keep_fd else None)
         if verify:
             try:
@@ -327,7 +354,7 @@ class IndexFile:
         exact = np.diff(c["pts_off"])
         if bool(np.any(ok & (step == 0) & (exact != nf))) or bool(np.any((step != 0) & (exact != 0))):
             raise ValueError("timestamps and frame counts disagree")
-        if bool(np.any(ok & (nf < 1))) or bool(np.any(step < 0)):
+        if bool(np.any(ok & (nf < 1))) or bool(np.any(step < 0)) or bool(np.any(c["pts_step_den"] < 1)):
             raise ValueError("a video without frames, or a negative timestamp step")
         kfn = np.diff(c["kf_off"])
         if bool(np.any(ok & (kfn < 1))) or bool(np.any(~ok & (kfn != 0))):
@@ -382,7 +409,8 @@ class IndexFile:
         n, step = int(c["num_frames"][i]), int(c["pts_step"][i])
         if step == 0:
             return c["pts"][int(c["pts_off"][i]) : int(c["pts_off"][i + 1])]
-        out = int(c["pts_first"][i]) + step * np.arange(n, dtype=np.int64)
+        q, r = int(c["pts_step_den"][i]), int(c["pts_round"][i])
+        out = int(c["pts_first"][i]) + (np.arange(n, dtype=np.int64) * step + r) // q
         out.flags.writeable = False
         return out
 

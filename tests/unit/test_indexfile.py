@@ -66,14 +66,34 @@ def test_constant_rate_timestamps_are_stored_as_first_and_step(real):
     assert len(idx.column("pts")) == sum(idx.info(i).num_frames for i in vfr)
     for i in cfr:
         pts = idx.info(i).pts
-        assert np.array_equal(np.diff(pts), np.full(len(pts) - 1, step[i]))
+        rule = (int(step[i]), int(idx.column("pts_step_den")[i]), int(idx.column("pts_round")[i]))
+        assert np.array_equal(_rule_pts(rule, int(pts[0]), len(pts)), pts)
+    assert any(idx.info(i).path.endswith(".mkv") for i in cfr)  # the rounded-milliseconds rate is compact too
 
 
-def test_a_step_is_used_only_when_every_timestamp_matches():
-    assert IF._cfr_step(np.array([0, 512, 1024, 1536])) == 512
-    assert IF._cfr_step(np.array([0, 512, 1024, 1537])) == 0
-    assert IF._cfr_step(np.array([7])) == 1
-    assert IF._cfr_step(np.array([3, 3])) == 0
+def _rule_pts(rule, first, n):
+    p, q, r = rule
+    return first + (np.arange(n) * p + r) // q
+
+
+def test_a_rate_rule_is_used_only_when_every_timestamp_matches():
+    assert IF._rate_rule(np.array([0, 512, 1024, 1536])) == (512, 1, 0)
+    odd = np.array([0, 512, 1024, 1537])  # a rational step 1537/3 reproduces it exactly: fine
+    assert np.array_equal(_rule_pts(IF._rate_rule(odd), 0, 4), odd)
+    assert IF._rate_rule(np.array([0, 10, 11, 30, 31]))[0] == 0
+    assert IF._rate_rule(np.array([7])) == (1, 1, 0)
+    assert IF._rate_rule(np.array([3, 3]))[0] == 0
+    # 30 fps on Matroska's millisecond time base: rounded, 0 33 67 100 133 ...
+    mkv = np.round(np.arange(310) * 1000 / 30).astype(np.int64)
+    rule = IF._rate_rule(mkv)
+    assert rule[:2] == (100, 3) and np.array_equal(_rule_pts(rule, 0, 310), mkv)
+    # 29.97 fps at 1/90000, and an NTSC rate rounded to ms, starting late.
+    for pts in (1234 + np.arange(500) * 3003, 40 + np.floor(np.arange(400) * 1001 / 30).astype(np.int64)):
+        rule = IF._rate_rule(pts)
+        assert rule[0] > 0 and np.array_equal(_rule_pts(rule, int(pts[0]), len(pts)), pts)
+    vfr = mkv.copy()
+    vfr[200] += 1
+    assert IF._rate_rule(vfr)[0] == 0
 
 
 def test_views_are_read_only_and_zero_copy(real):
