@@ -128,6 +128,7 @@ def columns_from_rows(rows, *, labels=None, weights=None) -> tuple[dict, dict]:
     for k, (dt, w) in _ROW2.items():
         cols[k] = np.zeros((n, w), dtype=dt)
     cols["time_base"][:] = 1
+    cols["pts_step_den"][:] = 1
     cats: dict[str, list[str]] = {c: [] for c in _CATEGORIES}
     codes = {c: np.zeros(n, dtype="<u2") for c in _CATEGORIES}
     lookup: dict[str, dict[str, int]] = {c: {} for c in _CATEGORIES}
