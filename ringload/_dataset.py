@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 
 import numpy as np
 
@@ -36,21 +37,38 @@ class Dataset:
     plan_lengths: np.ndarray
     chunk_len: int | None
     size: tuple[int, int]
+    index: object = None  # the mapped _indexfile.IndexFile every decoder maps too
 
 
-def load_dataset(cfg: LoaderConfig, paths: list[str]) -> Dataset:
+def load_dataset(cfg: LoaderConfig, source) -> Dataset:
+    """The dataset of a resolved source. An index file (``ringload index --out``) is used as
+    mapped; any other source is indexed here (through the per-file cache) into a temporary
+    index file, so decoders always look videos up in a mapped file."""
+    from ._indexfile import temporary_index
+
     quarantined: dict[str, str] = {}
-    infos = _index(cfg, paths, quarantined)
-    short = short_files_warning(infos)
-    if short is not None:
-        log.warning("%s", short)  # every time a loader is built, cached index or not
+    index = getattr(source, "index", None)
+    if index is None:
+        paths = [os.path.abspath(p) for p in source.paths]
+        index = temporary_index(_index(cfg, paths, quarantined))
+    else:
+        paths = source.paths  # absolute, as the build wrote them
+        _failed_rows(cfg, index, quarantined)
+    infos = index.infos()
+    ok = index.column("ok").astype(bool)
+    short = np.flatnonzero(ok & (index.column("container_frames") > index.column("num_frames")))
+    warning = short_files_warning([infos[int(i)] for i in short])
+    if warning is not None:
+        log.warning("%s", warning)  # every time a loader is built, cached index or not
     counts, lengths = _sample_counts(cfg, infos)
     if not counts.any():
         raise ConfigError(
             f"no video in source has a full sample (sample={cfg.sample!r}, clip_len={cfg.clip_len}, "
             f"frame_stride={cfg.frame_stride}, fps={cfg.fps}); {len(quarantined)} files are unusable"
         )
-    return Dataset(paths, infos, quarantined, counts, lengths, _chunk_len(cfg, infos), _output_size(cfg, infos, counts))
+    return Dataset(
+        paths, infos, quarantined, counts, lengths, _chunk_len(cfg, infos), _output_size(cfg, infos, counts), index
+    )
 
 
 def with_skip_hint(exc: VideoError) -> VideoError:
@@ -64,27 +82,75 @@ def with_skip_hint(exc: VideoError) -> VideoError:
         return exc
 
 
-def _index(cfg: LoaderConfig, paths: list[str], quarantined: dict[str, str]) -> list:
-    from .probe import index_paths, probe
+def _video_error(etype: str, path: str, reason: str) -> VideoError:
+    from . import errors
 
-    if len(paths) > 8:
-        index_paths(paths)  # fills the on-disk index in parallel; errors come below
-    infos = []
-    for p in paths:
-        try:
-            infos.append(probe(p))
-        except VideoError as exc:
-            if cfg.on_error == "raise":
-                raise with_skip_hint(exc) from None
-            log.warning("quarantined %s", exc)
-            quarantined[exc.path] = exc.reason
-            infos.append(None)
-    return infos
+    cls = getattr(errors, etype, None)
+    if not (isinstance(cls, type) and issubclass(cls, VideoError)):
+        cls = VideoError
+    return cls(path, reason)
+
+
+def _failed_rows(cfg: LoaderConfig, index, quarantined: dict[str, str]) -> None:
+    """Files the index file records as unusable: raise the first, or quarantine them all."""
+    for i in np.flatnonzero(index.column("ok") == 0).tolist():
+        etype, reason = index.error(i)
+        exc = _video_error(etype, index.path(i), reason)
+        if cfg.on_error == "raise":
+            raise with_skip_hint(exc) from None
+        log.warning("quarantined %s", exc)
+        quarantined[exc.path] = exc.reason
+
+
+# More files than this get a progress bar while the constructor indexes them.
+_BAR_MIN_FILES = 8
+_SLOW_INDEX_S = 5.0
+
+
+def _index(cfg: LoaderConfig, paths: list[str], quarantined: dict[str, str]) -> list:
+    """One row per path: its VideoInfo, or (path, error type, reason) for a quarantined file."""
+    import sys
+    import time
+
+    from .probe import index_paths
+
+    t0 = time.perf_counter()
+    bar = None
+    many = len(paths) > _BAR_MIN_FILES
+    if many:
+        from tqdm import tqdm
+
+        # disable=None: no bar where stderr is not a terminal (logs, CI).
+        bar = tqdm(total=len(paths), unit="video", desc="ringload: indexing", file=sys.stderr, disable=None,
+                   dynamic_ncols=True, leave=False)  # fmt: skip
+    try:
+        # Many files: parallel processes; a few: in this process. Both through the cache.
+        results = index_paths(paths, workers=None if many else 1, on_result=(lambda r: bar.update(1)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = []
+    for r in results:
+        if r.info is not None:
+            rows.append(r.info)
+            continue
+        exc = _video_error(r.error_type or "VideoError", r.path, r.reason or r.error or "")
+        if cfg.on_error == "raise":
+            raise with_skip_hint(exc) from None
+        log.warning("quarantined %s", exc)
+        quarantined[exc.path] = exc.reason
+        rows.append((r.path, type(exc).__name__, exc.reason))
+    elapsed = time.perf_counter() - t0
+    (log.warning if elapsed > _SLOW_INDEX_S else log.info)(
+        "indexed %d videos in %.1f s; `ringload index SOURCE --out data.ringindex` once, then "
+        "VideoLoader(\"data.ringindex\", ...), avoids this wait next time", len(paths), elapsed,
+    )
+    return rows
 
 
 def _sample_counts(cfg: LoaderConfig, infos):
     """(valid starts per video, the lengths handed to plan_epoch)."""
-    n = np.array([i.num_frames if i is not None else 0 for i in infos], dtype=np.int64)
+    n = np.where(infos.column("ok") != 0, infos.column("num_frames"), 0).astype(np.int64)
     if cfg.sample == "frames":
         return n.copy(), n
     if cfg.sample == "segments":
@@ -92,7 +158,9 @@ def _sample_counts(cfg: LoaderConfig, infos):
         return ones, ones
     if cfg.fps is None:
         return np.maximum(n - (cfg.clip_len - 1) * cfg.frame_stride, 0), n
-    m = np.array([_fps_starts(i.pts_seconds, cfg.clip_len, cfg.fps) if i is not None else 0 for i in infos], dtype=np.int64)
+    m = np.zeros(len(n), dtype=np.int64)
+    for v in np.flatnonzero(n).tolist():
+        m[v] = _fps_starts(infos[v].pts_seconds, cfg.clip_len, cfg.fps)
     return m, m
 
 
@@ -102,17 +170,26 @@ def _chunk_len(cfg: LoaderConfig, infos) -> int | None:
         return cfg.chunk_len
     from .plan import chunk_len_for_gop, default_max_per_chunk
 
-    gaps = [np.diff(i.keyframes) for i in infos if i is not None and len(i.keyframes) > 1]
-    if not gaps:
+    # Keyframe gaps within each video (the index's keyframes, concatenated over videos).
+    kf, off = infos.column("keyframes"), infos.column("kf_off")
+    owner = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    gaps = np.diff(kf)[owner[1:] == owner[:-1]]
+    if not len(gaps):
         return None
     m = cfg.max_per_chunk or default_max_per_chunk(cfg.batch_size)
-    return chunk_len_for_gop(float(np.median(np.concatenate(gaps))), max_per_chunk=m)
+    return chunk_len_for_gop(float(np.median(gaps)), max_per_chunk=m)
 
 
 def _output_size(cfg: LoaderConfig, infos, counts) -> tuple[int, int]:
     if cfg.size is not None:
         return cfg.size
-    dims = {i.size(cfg.orientation) for i, c in zip(infos, counts) if i is not None and c > 0}
+    from ._indexfile import video_dims
+
+    w, h, turn, _ = video_dims(infos, cfg.orientation)
+    use = counts > 0
+    quarter = (turn % 180) == 90
+    hs, ws = np.where(quarter, w, h)[use], np.where(quarter, h, w)[use]
+    dims = set(zip(hs.tolist(), ws.tolist())) if len(hs) < 4096 else {tuple(r) for r in np.unique(np.stack([hs, ws], 1), axis=0).tolist()}
     if len(dims) != 1:
         raise ConfigError(f"size=None needs every video to have the same size; found {len(dims)} sizes: pass size=(h, w)")
     return dims.pop()

@@ -3,7 +3,8 @@
 A decoder is started with the ``spawn`` context and imports only numpy, PyAV and the
 decode helpers (never torch, so never CUDA). It inherits one end of a socketpair (no name
 exists that another process could connect to), receives the ring's open file descriptor
-over it (``socket.send_fds``), maps it, and then serves tasks until the socket reaches
+over it (``socket.send_fds``) with the dataset's index file, maps both read-only, and then
+serves tasks (each names its video: its index is read from the mapped file) until the socket reaches
 end-of-file, which is also how it notices that the consumer died: it exits on its own.
 Messages are ``ringload._protocol``'s. ``TaskRunner`` also runs in the consumer itself
 with ``num_workers=0``.
@@ -68,17 +69,25 @@ def main(sock: socket.socket, token: bytes, worker_id: int, runner=None) -> None
     except OSError as exc:
         log.info("cannot reach the loader: %s", exc)  # it closed while this decoder was starting
         return
-    if not isinstance(msg, P.Ring) or len(fds) != 1:
+    if not isinstance(msg, P.Ring) or len(fds) != 2:
         for fd in fds:
             os.close(fd)
         return
+    from ._indexfile import IndexFile
     from ._ring import AttachedRing
 
     ring = AttachedRing(fds[0], msg.layout)
     try:
-        serve(chan, (runner or TaskRunner)(ring.slots, msg.options))
+        # The consumer checked the file (CRCs, structure) before any decoder started; only
+        # its header is read here, so a decoder pages in just the rows of its tasks.
+        index = IndexFile.from_fd(fds[1], msg.index_name, verify=False, keep_fd=False, random=True)
+    finally:
+        os.close(fds[1])
+    try:
+        serve(chan, (runner or TaskRunner)(ring.slots, msg.options, index))
     finally:
         ring.close()
+        index.close()
         sock.close()
 
 
@@ -98,26 +107,33 @@ def serve(chan: Channel, runner: TaskRunner) -> None:
 
 
 class TaskRunner:
-    """Decodes tasks into ring slots, keeping up to ``max_open`` videos open."""
+    """Decodes tasks into ring slots, keeping up to ``max_open`` videos open; ``index`` is
+    the mapped index file (``_indexfile.IndexFile``) the tasks' video numbers refer to."""
 
-    def __init__(self, slots, options: P.DecoderOptions):
+    def __init__(self, slots, options: P.DecoderOptions, index):
         from . import _decode
 
         self._decode = _decode
         self.slots = slots
         self.options = options
+        self.index = index
         self.readers: collections.OrderedDict = collections.OrderedDict()
         self.infos: collections.OrderedDict = collections.OrderedDict()
 
-    def _reader(self, video: int, path: str, info):
-        if info is not None:
-            self.infos[video] = info
+    def _info(self, video: int):
+        info = self.infos.get(video)
+        if info is None:
+            info = self.infos[video] = self.index.info(video)
         self.infos.move_to_end(video)
         while len(self.infos) > self.options.info_cache:
             self.infos.popitem(last=False)
+        return info
+
+    def _reader(self, video: int, path: str):
+        info = self._info(video)
         reader = self.readers.get(video)
         if reader is None:
-            reader = self._decode.VideoReader(path, self.infos[video], threads=self.options.threads)
+            reader = self._decode.VideoReader(path, info, threads=self.options.threads)
             self.readers[video] = reader
             while len(self.readers) > self.options.max_open:
                 _, old = self.readers.popitem(last=False)
@@ -159,8 +175,8 @@ class TaskRunner:
         reader = None
         before = 0
         try:
-            reader = self._reader(task.video, task.path, task.info)
-            orient = self.infos[task.video].orient(self.options.orientation)
+            reader = self._reader(task.video, task.path)
+            orient = self._info(task.video).orient(self.options.orientation)
             before = reader.decoded_frames
             reader.decode([int(i) for i in task.frames], sink)
         except Exception as exc:  # every failure goes back to the consumer, typed

@@ -121,7 +121,8 @@ def start_engine(cfg: LoaderConfig, data, chunk_window: int) -> Engine:
         slot_tensors = [torch.from_numpy(ring.slots[i]) for i in range(layout.num_slots)]
         transfer.register(slot_tensors)
         sched = Scheduler(
-            ring=ring, num_workers=workers, paths=data.paths, infos=data.infos, size=(h, w), on_error=cfg.on_error,
+            ring=ring, index=data.index, num_workers=workers, paths=data.paths, infos=data.infos, size=(h, w),
+            on_error=cfg.on_error,
             options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s, orientation=cfg.orientation, decoder_threads=threads),
             quarantined=data.quarantined,
         )

@@ -191,12 +191,13 @@ class _NotExact(Exception):
 
 
 def _packet_index(container, st, codec: str):
-    """(sorted pts, keyframe pts set, discarded packets) from demuxing only; raises _NotExact when unsure."""
+    """(sorted pts, {keyframe pts: byte position of its packet, -1 unknown}, discarded packets)
+    from demuxing only; raises _NotExact when unsure."""
     import av
 
     shown_fn = _vp8_shown if codec == "vp8" else _vp9_shown if codec == "vp9" else None
     pts_list = []
-    key_pts = []
+    key_pts = {}
     discarded = 0
     try:
         for pkt in container.demux(st):
@@ -218,7 +219,8 @@ def _packet_index(container, st, codec: str):
                     raise _NotExact("packet shows several frames")
             pts_list.append(int(pkt.pts))
             if pkt.is_keyframe:
-                key_pts.append(int(pkt.pts))
+                pos = pkt.pos
+                key_pts[int(pkt.pts)] = int(pos) if pos is not None and pos >= 0 else -1
     except av.FFmpegError as exc:
         raise _NotExact(f"demux error: {exc}") from None
     arr = np.asarray(sorted(pts_list), dtype=np.int64)
@@ -341,6 +343,7 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
     first = None
     rule = TS_PTS
     ts = None
+    key_pos = None
     error = None
     if packet_pts is not None and len(packet_pts) > 0 and key_pts:
         pos = {int(p): i for i, p in enumerate(packet_pts)}
@@ -348,6 +351,7 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
         ok, first = _verify(path, idx, packet_pts, keyframes, tb, threads)
         if ok:
             ts = packet_pts
+            key_pos = np.asarray([key_pts[int(packet_pts[k])] for k in keyframes], dtype=np.int64)
     if ts is None:
         with _open(path) as c:
             st = list(c.streams)[idx]
@@ -378,6 +382,7 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
                 "reads of this file decode from its first keyframe (re-encoding the file fixes this)", path, idx
             )
             keyframes = keyframes[:1]
+            key_pos = key_pos[:1] if key_pos is not None else None
 
     n = len(ts)
     secs = _seconds(ts, tb)
@@ -424,4 +429,5 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
         display_hflip=mirror,
         container_frames=container_frames,
         decoder=decoder,
+        keyframe_pos=key_pos,
     )

@@ -84,7 +84,7 @@ _ENTRY_KEYS = frozenset(
     {
         "format", "path", "stream", "num_frames", "pts", "keyframes", "fps", "width", "height", "rotation",
         "codec", "pix_fmt", "time_base", "timestamps", "file_size", "file_mtime_ns",
-        "display_matrix", "display_rotation", "display_hflip", "container_frames", "decoder",
+        "display_matrix", "display_rotation", "display_hflip", "container_frames", "decoder", "keyframe_pos",
     }
 )  # fmt: skip
 _I64 = 1 << 63
@@ -126,6 +126,9 @@ def _check_entry(d, path: str, st: os.stat_result, stream: int | None) -> None:
     kf = _int_list(d, "keyframes")
     if kf and not (kf[0] >= 0 and kf[-1] < n and all(a < b for a, b in zip(kf, kf[1:]))):
         raise ValueError("keyframes are not sorted frame indices")
+    kp = _int_list(d, "keyframe_pos")
+    if len(kp) != len(kf) or any(v < -1 for v in kp):
+        raise ValueError("keyframe_pos is not one byte position (or -1) per keyframe")
     fps = d["fps"]
     if type(fps) not in (int, float) or not (0 <= fps < 1e9):  # also rejects NaN
         raise ValueError("fps is not a finite number >= 0")

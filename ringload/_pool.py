@@ -78,16 +78,6 @@ class DecoderHandle:
         self.deadline: float | None = None  # of the head task
         self.last: tuple[int, int] | None = None  # (video, GOP) its last task ended in
         self.open: collections.OrderedDict[int, None] = collections.OrderedDict()  # videos it holds open
-        self.infos: collections.OrderedDict[int, None] = collections.OrderedDict()  # indexes it holds
-
-    def needs_info(self, video: int, keep: int) -> bool:
-        """Whether the video's index must ride along with a task (the decoder may have dropped it)."""
-        send = video not in self.infos
-        self.infos[video] = None
-        self.infos.move_to_end(video)
-        while len(self.infos) > keep:
-            self.infos.popitem(last=False)
-        return send
 
     def opened(self, video: int, keep: int) -> None:
         self.open[video] = None
@@ -120,10 +110,11 @@ class _Proto(asyncio.Protocol):
 class DecoderPool:
     """``owner`` gets ``on_message(dec, msg)``, ``on_death(dec, works, cause)`` and ``fatal(exc)``."""
 
-    def __init__(self, *, owner, loop, ring, num_workers: int, options: P.DecoderOptions, startup_timeout_s: float):
+    def __init__(self, *, owner, loop, ring, index, num_workers: int, options: P.DecoderOptions, startup_timeout_s: float):
         self.owner = owner
         self.loop = loop
         self.ring = ring
+        self.index = index  # _indexfile.IndexFile: its descriptor goes to every decoder with the ring's
         self.num_workers = num_workers
         self.options = options
         self.startup_timeout_s = startup_timeout_s
@@ -202,7 +193,8 @@ class DecoderPool:
                 self.kill(dec)
                 return
             dec.torch_loaded = hello.torch_loaded
-            socket.send_fds(conn, [P.encode(P.Ring(self.ring.layout, self.options))], [self.ring.fd])
+            ring_msg = P.Ring(self.ring.layout, self.options, self.index.name)
+            socket.send_fds(conn, [P.encode(ring_msg)], [self.ring.fd, self.index.fd])
             dec.sock = None  # the transport owns it from here
             transport, _ = await self.loop.connect_accepted_socket(lambda: _Proto(self, dec), sock=conn)
             if dec.dead:
@@ -332,7 +324,7 @@ class _InlineDecoder(DecoderHandle):
     def __init__(self, pool: DecoderPool):
         super().__init__(0, None, os.getpid())
         self.pool = pool
-        self.runner = _decoder.TaskRunner(pool.ring.slots, pool.options)
+        self.runner = _decoder.TaskRunner(pool.ring.slots, pool.options, pool.index)
         self.transport = self  # send() writes here
         self.ready = self.ever_ready = True
         self.torch_loaded = "torch" in sys.modules

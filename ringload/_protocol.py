@@ -18,7 +18,7 @@ import struct
 
 import numpy as np
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: decoders map the index file; tasks carry no VideoInfo
 _HEADER = struct.Struct("<I")
 _MAX_MESSAGE = 1 << 30
 
@@ -57,6 +57,7 @@ class Ring:
     kind = Kind.RING
     layout: object  # _ring.RingLayout
     options: DecoderOptions
+    index_name: str = ""  # the index file whose descriptor travels with the ring's (for messages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,6 @@ class Task:
     task_id: int
     video: int
     path: str
-    info: object | None  # probe.VideoInfo, sent when the decoder may not hold it
     frames: np.ndarray
     req_frame: np.ndarray
     slot: np.ndarray
@@ -110,8 +110,8 @@ class Failed:
 
 _MESSAGES = (Hello, Ring, Ready, Task, Done, Failed)
 
-# Everything a message may contain, by (module, name): numpy arrays, the ring layout, a
-# video's index, and ringload's typed errors.
+# Everything a message may contain, by (module, name): numpy arrays, the ring layout and
+# ringload's typed errors. Video indexes never travel: decoders map the index file.
 _ALLOWED = {(m.__module__, m.__qualname__) for m in (*_MESSAGES, DecoderOptions)} | {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
@@ -123,7 +123,6 @@ _ALLOWED = {(m.__module__, m.__qualname__) for m in (*_MESSAGES, DecoderOptions)
     ("numpy._core.multiarray", "scalar"),
     ("fractions", "Fraction"),
     ("ringload._ring", "RingLayout"),
-    ("ringload._videoinfo", "VideoInfo"),
     ("ringload.errors", "_rebuild_video_error"),
     ("builtins", "bytearray"),
     ("builtins", "frozenset"),

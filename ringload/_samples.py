@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _rng
 from ._config import LoaderConfig
+from ._indexfile import video_dims
 from .errors import VideoError
 
 # Tolerance when a clip's sampling times are matched to frame timestamps (see _clip_frames).
@@ -114,11 +115,7 @@ class Sampler:
         self.infos = infos
         self.plan = plan
         self.epoch = epoch
-        self.width = np.array([i.width if i is not None else 0 for i in infos], dtype=np.int64)
-        self.height = np.array([i.height if i is not None else 0 for i in infos], dtype=np.int64)
-        orients = [i.orient(cfg.orientation) if i is not None else (0, False) for i in infos]
-        self.turn = np.array([o[0] for o in orients], dtype=np.int64)
-        self.mirror = np.array([o[1] for o in orients], dtype=bool)
+        self.width, self.height, self.turn, self.mirror = video_dims(infos, cfg.orientation)
         self.counts = counts
         # Consecutive batches a bounded chunk can reach (the scheduler's look-ahead unit).
         self.chunk_window = plan.chunk_window if cfg.sampling == "bounded" else 1

@@ -27,8 +27,6 @@ from .errors import LoaderStateError, WorkerError
 
 log = logging.getLogger(__name__)
 
-_INFO_MIRROR_MIN, _INFO_MIRROR_MAX = 8, 128  # video indexes a decoder is known to hold
-
 __all__ = ["Completed", "Scheduler", "SchedulerOptions"]
 
 
@@ -48,18 +46,15 @@ class SchedulerOptions:
 class Scheduler:
     """Runs decoders and fills ring slots; the consumer talks to it through thread-safe calls."""
 
-    def __init__(self, *, ring, num_workers: int, paths, infos, size, on_error: str, options: SchedulerOptions, quarantined=None):
+    def __init__(self, *, ring, index, num_workers: int, paths, infos, size, on_error: str, options: SchedulerOptions,
+                 quarantined=None):
         self.ring = ring
+        self.index = index  # the mapped index file decoders look videos up in
         self.num_workers = num_workers
         self.paths = list(paths)
         self.infos = infos
         self.size = size
         self.options = options
-        # How many video indexes a decoder keeps (it keeps twice this): about 64 MiB of
-        # timestamps at the dataset's mean length, between 8 and 128 videos.
-        frames = [int(i.num_frames) for i in infos if i is not None]
-        mean_bytes = 24 * (sum(frames) / len(frames)) if frames else 1
-        self.info_mirror = int(min(_INFO_MIRROR_MAX, max(_INFO_MIRROR_MIN, (64 << 20) // max(1, mean_bytes))))
         self.counters = collections.Counter()
         self.owner_pid = os.getpid()
         self._lock = threading.Lock()
@@ -200,10 +195,8 @@ class Scheduler:
         self._stop_event = asyncio.Event()
         opts = self.options
         self._pool = DecoderPool(
-            owner=self, loop=loop, ring=self.ring, num_workers=self.num_workers,
-            options=P.DecoderOptions(
-                max_open=opts.max_open, info_cache=2 * self.info_mirror, orientation=opts.orientation, threads=opts.decoder_threads
-            ),
+            owner=self, loop=loop, ring=self.ring, index=self.index, num_workers=self.num_workers,
+            options=P.DecoderOptions(max_open=opts.max_open, orientation=opts.orientation, threads=opts.decoder_threads),
             startup_timeout_s=max(MIN_STARTUP_TIMEOUT_S, opts.task_timeout_s),
         )
         try:
@@ -296,9 +289,8 @@ class Scheduler:
                 video, reqs, dec.last = picked
                 work = window.make_work(video, reqs)
                 slot, row, t, crop, flip = request_arrays(reqs)
-                info = self.infos[video] if dec.needs_info(video, self.info_mirror) else None
                 dec.opened(video, self.options.max_open)
-                msg = P.Task(work.task_id, video, self.paths[video], info, work.frames, work.req_frame, slot, row, t, crop, flip, self.size)
+                msg = P.Task(work.task_id, video, self.paths[video], work.frames, work.req_frame, slot, row, t, crop, flip, self.size)
                 pool.send(dec, work, msg)
                 progress = True
 

@@ -35,11 +35,13 @@ _LABEL_SEPARATORS = (";", "|")
 class Source:
     """Resolved dataset: ``paths`` (absolute where the source gave a folder or manifest),
     ``labels`` (None, int64 (N,) class ids, or float32 (N, C) multi-hot), ``class_names``
-    (class id -> name, or None when the labels were given as ints)."""
+    (class id -> name, or None when the labels were given as ints); ``index`` the mapped
+    index file (``_indexfile.IndexFile``) when the source is one."""
 
     paths: list[str]
     labels: np.ndarray | None = None
     class_names: list[str] | None = None
+    index: object | None = None
 
     def __post_init__(self):
         if self.labels is not None and len(self.labels) != len(self.paths):
@@ -118,7 +120,7 @@ def resolve_source(
     source: str | os.PathLike | Sequence[str | os.PathLike] | Source, *, on_error: str = "raise"
 ) -> Source:
     """Resolve a directory (recursive, video extensions, sorted, each real file once), a glob
-    pattern, a list of paths, or a CSV/JSONL manifest (``path`` relative to the manifest's
+    pattern, a list of paths, an index file (``ringload index --out``), or a CSV/JSONL manifest (``path`` relative to the manifest's
     folder, optional ``label`` int or class name, or ``labels`` list for multi-label) into a
     :class:`Source`. ``on_error``: an unreadable folder inside a directory source raises a
     ConfigError ("raise") or is left out with one warning ("skip")."""
@@ -138,6 +140,10 @@ def resolve_source(
                 raise ConfigError(f"source={text!r}: the directory holds no video files (looked for {exts})")
             return Source(paths=paths)
         if os.path.isfile(text):
+            from ._indexfile import is_index_file, source_from_index
+
+            if is_index_file(text):
+                return source_from_index(text)
             if os.path.splitext(text)[1].lower() in MANIFEST_EXTENSIONS:
                 return _read_manifest(text)
             return Source(paths=[os.path.abspath(text)])

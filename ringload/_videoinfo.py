@@ -17,8 +17,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Bump when the meaning or layout of a cache entry changes: old entries are then ignored.
-# 3: the display matrix and the orientation derived from it; 4: container_frames and decoder.
-CACHE_FORMAT = 4
+# 3: the display matrix and the orientation derived from it; 4: container_frames and decoder;
+# 5: keyframe_pos.
+CACHE_FORMAT = 5
 
 # How frames are delivered: "display" as a player shows them (the display matrix applied),
 # "coded" as the decoder outputs them.
@@ -48,7 +49,9 @@ class VideoInfo:
     when unknown). ``container_frames`` is the number of frames the container says the
     stream presents (its header count less the packets its edit list discards; -1: it does
     not say); more than ``num_frames`` means the file decodes fewer frames than it claims
-    (``ringload.probe.short_files_warning``).
+    (``ringload.probe.short_files_warning``). ``keyframe_pos`` is the byte position in the
+    file of each keyframe's packet (int64, one per keyframe; -1: unknown, e.g. for files
+    indexed by a full decode), for reads of exactly a GOP's bytes from remote storage.
     """
 
     path: str
@@ -72,15 +75,20 @@ class VideoInfo:
     display_hflip: bool = False
     container_frames: int = -1
     decoder: str = ""
+    keyframe_pos: np.ndarray | None = None
 
     def __post_init__(self):
+        kp = self.keyframe_pos
+        if kp is None or len(kp) != len(self.keyframes):
+            # Unknown (or keyframes replaced without their positions): -1 for each.
+            object.__setattr__(self, "keyframe_pos", np.full(len(self.keyframes), -1, dtype=np.int64))
         if self.num_frames != len(self.pts) or len(self.pts) != len(self.pts_seconds):
             raise ValueError("VideoInfo: num_frames, pts and pts_seconds disagree")
         if self.timestamps not in (TS_PTS, TS_DTS, TS_COUNT):
             raise ValueError(f"VideoInfo: unknown timestamps rule {self.timestamps!r}")
         if self.display_rotation not in (0, 90, 180, 270):
             raise ValueError(f"VideoInfo: display_rotation {self.display_rotation!r} is not 0, 90, 180 or 270")
-        for name in ("pts", "pts_seconds", "keyframes"):
+        for name in ("pts", "pts_seconds", "keyframes", "keyframe_pos"):
             arr = getattr(self, name)
             if arr.flags.writeable:
                 arr = arr.copy()
@@ -135,6 +143,7 @@ class VideoInfo:
             "display_hflip": bool(self.display_hflip),
             "container_frames": self.container_frames,
             "decoder": self.decoder,
+            "keyframe_pos": self.keyframe_pos.tolist(),
         }
 
     @classmethod
@@ -165,6 +174,7 @@ class VideoInfo:
             display_hflip=bool(d["display_hflip"]),
             container_frames=int(d["container_frames"]),
             decoder=str(d["decoder"]),
+            keyframe_pos=np.asarray(d["keyframe_pos"], dtype=np.int64),
         )
 
 

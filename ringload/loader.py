@@ -180,7 +180,7 @@ class VideoLoader:
         self._owner_pid = os.getpid()
         self.source = resolve_source(source, on_error=cfg.on_error)
         self._rank, self._world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _dist_defaults()
-        self._data = data = load_dataset(cfg, [os.path.abspath(p) for p in self.source.paths])
+        self._data = data = load_dataset(cfg, self.source)
         self._paths, self._infos, self._size = data.paths, data.infos, data.size
         self._epoch = 0  # epoch of the current (or last, or resumed) pass
         self._next_batch = 0  # position in it

@@ -86,16 +86,18 @@ class IndexResult:
     info: VideoInfo | None
     error: str | None
     error_type: str | None = None
+    reason: str | None = None  # the error without the path
 
 
 def _probe_one(path: str, stream: int | None, cache, threads: int | None) -> IndexResult:
     try:
         return IndexResult(path, _probe(path, stream=stream, cache=cache, threads=threads), None)
     except VideoError as exc:
-        return IndexResult(path, None, str(exc), type(exc).__name__)
+        return IndexResult(path, None, str(exc), type(exc).__name__, exc.reason)
     except Exception as exc:  # a bug or an FFmpeg surprise must not stop the other files
         log.exception("unexpected error indexing %s", path)
-        return IndexResult(path, None, f"{os.path.abspath(path)}: {type(exc).__name__}: {exc}", type(exc).__name__)
+        why = f"{type(exc).__name__}: {exc}"
+        return IndexResult(path, None, f"{os.path.abspath(path)}: {why}", type(exc).__name__, why)
 
 
 def index_paths(paths, *, stream: int | None = None, cache=True, workers: int | None = None, on_result=None):
@@ -259,9 +261,8 @@ def _run_index_pool(paths, stream, cache, workers, results, on_result) -> None:
                     w.proc.join(_STOP_TIMEOUT)
                     reason = _exit_reason(w.proc.exitcode)
                     log.warning("indexing process %d died while indexing %s (%s)", w.proc.pid, paths[i], reason)
-                    res = IndexResult(
-                        paths[i], None, f"{os.path.abspath(paths[i])}: the indexing process died on it ({reason})", "WorkerError"
-                    )
+                    why = f"the indexing process died on it ({reason})"
+                    res = IndexResult(paths[i], None, f"{os.path.abspath(paths[i])}: {why}", "WorkerError", why)
                     pool.remove(w)
                     w.stop(now=True)
                     w = None

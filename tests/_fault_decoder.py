@@ -15,8 +15,8 @@ from ringload import _decoder
 
 
 class _HangingRunner(_decoder.TaskRunner):
-    def __init__(self, slots, options, *, tasks, videos):
-        super().__init__(slots, options)
+    def __init__(self, slots, options, index, *, tasks, videos):
+        super().__init__(slots, options, index)
         self.tasks, self.videos = tasks, videos
 
     def run(self, task, **kw):

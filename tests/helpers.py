@@ -124,3 +124,16 @@ def console_script() -> list[str]:
     if not os.access(exe, os.X_OK):
         pytest.fail(f"the console script {exe} is missing: install the package (make test does: pip install -e .)")
     return [exe]
+
+
+def assert_same_info(a, b) -> None:
+    """Two VideoInfo are equal field by field (arrays exactly, with their dtypes)."""
+    import dataclasses
+
+    assert type(a) is type(b)
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and np.array_equal(x, y), f"{a.path}: {f.name} differs"
+        else:
+            assert type(x) is type(y) and x == y, f"{a.path}: {f.name} differs: {x!r} != {y!r}"

@@ -289,16 +289,17 @@ def test_fps_clips_on_a_variable_frame_rate_file(videos_dir):
 
 
 def test_decoders_forgetting_video_indexes_is_invisible(engine_videos, monkeypatch):
-    """Decoders keep a bounded cache of video indexes; the scheduler resends what they lack."""
-    from ringload import _scheduler
+    """Decoders keep a bounded cache of index entries read from the mapped file; re-reading is invisible."""
+    from ringload import _protocol
 
     kw = dict(batch_size=8, size=(16, 16), sampling="strict", seed=9, num_workers=1)
     with ringload.VideoLoader(engine_videos, **kw) as loader:
         ref = collect(loader, limit=6)
-    monkeypatch.setattr(_scheduler, "_INFO_MIRROR_MIN", 1)
-    monkeypatch.setattr(_scheduler, "_INFO_MIRROR_MAX", 1)
+    init = _protocol.DecoderOptions.__init__
+    assert init.__defaults__ == (4, 256, 1, "display")  # max_open, info_cache, threads, orientation
+    monkeypatch.setattr(init, "__defaults__", (4, 1, 1, "display"))
+    assert _protocol.DecoderOptions().info_cache == 1
     with ringload.VideoLoader(engine_videos, **kw) as loader:
-        assert loader._sched.info_mirror == 1
         got = collect(loader, limit=6)
         assert loader.stats()["failed_samples"] == 0
     assert_same_batches(ref, got)
