@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import heapq
 import logging
@@ -235,7 +234,9 @@ class Window:
         self.on_complete = on_complete
         self.on_fail = on_fail
         self.pending = Pending()
-        self.free_slots = collections.deque(range(num_slots))
+        # A stack: the slot freed last is filled first, so a deep ring's unused slots stay untouched
+        # (their pages never become resident) while few batches are in flight.
+        self.free_slots = list(range(num_slots - 1, -1, -1))
         self.slot_batch: dict[int, BatchState] = {}
         self.active: dict[int, BatchState] = {}
         self.sampler = None
@@ -267,7 +268,7 @@ class Window:
 
     def admit(self) -> None:
         while self.free_slots and self.next_k < self.end_k and self.sampler is not None:
-            slot = self.free_slots.popleft()
+            slot = self.free_slots.pop()
             k = self.next_k
             self.next_k += 1
             batch = BatchState(k, slot)
