@@ -59,6 +59,7 @@ class LoaderConfig:
     sampling: str = "bounded"
     chunk_len: int | None = None
     max_per_chunk: int | None = None
+    clips_per_video: int | None = None
     seed: int = 0
     num_workers: int | None = None
     prefetch_batches: int | None = None
@@ -86,6 +87,9 @@ class LoaderConfig:
         need_int("num_segments", 1, none_ok=True)
         need_int("chunk_len", 1, none_ok=True)
         need_int("max_per_chunk", 1, none_ok=True)
+        from ._pervideo import MAX_CLIPS_PER_VIDEO
+
+        need_int("clips_per_video", 1, none_ok=True, high=MAX_CLIPS_PER_VIDEO)
         need_int("num_workers", 0, none_ok=True)
         need_int("prefetch_batches", 1, none_ok=True)
         need_int("rank", 0, none_ok=True)
@@ -127,6 +131,11 @@ class LoaderConfig:
             raise ConfigError("sample='segments' needs num_segments (frames per sample, one per equal part of the video)")
         if self.sample != "segments" and self.num_segments is not None:
             raise ConfigError(f"num_segments={self.num_segments} applies to sample='segments' only")
+        if self.sample == "segments" and self.clips_per_video is not None:
+            raise ConfigError(
+                f"clips_per_video={self.clips_per_video} does not apply to sample='segments': segments are already "
+                "one sample per video and epoch"
+            )
         if self.sample == "frames" and (self.clip_len != 1 or self.frame_stride != 1):
             raise ConfigError("clip_len/frame_stride apply to sample='clips'; with sample='frames' leave them at 1")
         if (self.rank is None) != (self.world_size is None):

@@ -85,7 +85,8 @@ class VideoLoader:
     per batch; docs/sampling.md), ``"strict"`` (uniform permutation) or ``"sequential"``.
     Bounded ``chunk_len=None`` takes four median GOPs of the data, at least 64, and longer
     than 64 only while a chunk spans at most 8 batches (``plan.chunk_len_for_gop``);
-    ``stats()`` reports the values in use.
+    ``stats()`` reports the values in use. ``clips_per_video=k`` makes an epoch k samples of
+    every video instead of every start (random, or uniformly spaced in sequential mode).
 
     Pixels: ``crop`` is ``"random_resized"`` (torchvision's RandomResizedCrop with
     ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
@@ -147,6 +148,7 @@ class VideoLoader:
         sampling: str = "bounded",
         chunk_len: int | None = None,
         max_per_chunk: int | None = None,
+        clips_per_video: int | None = None,
         seed: int = 0,
         num_workers: int | None = None,
         prefetch_batches: int | None = None,
@@ -161,7 +163,8 @@ class VideoLoader:
         self.config = cfg = LoaderConfig(
             batch_size=batch_size, sample=sample, clip_len=clip_len, frame_stride=frame_stride, fps=fps,
             num_segments=num_segments, size=size, crop=crop, scale=scale, ratio=ratio, hflip=hflip,
-            orientation=orientation, sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk, seed=seed,
+            orientation=orientation, sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk,
+            clips_per_video=clips_per_video, seed=seed,
             num_workers=num_workers, prefetch_batches=prefetch_batches, device=str(device), drop_last=drop_last,
             rank=rank, world_size=world_size, on_error=on_error, timeout_s=timeout_s, task_timeout_s=task_timeout_s,
         )
@@ -214,6 +217,7 @@ class VideoLoader:
             rank=self._rank,
             world_size=self._world,
             drop_last=bool(cfg.drop_last),
+            clips_per_video=cfg.clips_per_video,
         )
         self._plan_cache = (self._epoch, plan)
         return plan
