@@ -14,6 +14,12 @@ CROPS = ("random_resized", "center", "none")
 SAMPLINGS = ("bounded", "strict", "sequential")
 ON_ERROR = ("raise", "skip")
 ORIENTATIONS = ("display", "coded")
+#: What a video shorter than one sample gets. "repeat_last" (the default) clamps frame
+#: indices to the last frame, as SlowFast's and PyTorchVideo's samplers do: the video keeps
+#: its samples (a class cannot vanish) and no motion is invented; "wrap" starts the video
+#: over (mmaction2's "loop", a jump cut a temporal model sees); "skip" never samples it;
+#: "error" refuses the dataset.
+SHORT_VIDEOS = ("repeat_last", "wrap", "skip", "error")
 
 _MAX_SEED = 2**64 - 1
 _MAX_EPOCH = 2**32 - 1
@@ -60,6 +66,7 @@ class LoaderConfig:
     chunk_len: int | None = None
     max_per_chunk: int | None = None
     clips_per_video: int | None = None
+    short_video: str = "repeat_last"
     seed: int = 0
     num_workers: int | None = None
     prefetch_batches: int | None = None
@@ -95,7 +102,7 @@ class LoaderConfig:
         need_int("rank", 0, none_ok=True)
         need_int("world_size", 1, none_ok=True)
         for name, allowed in (("sample", SAMPLES), ("crop", CROPS), ("sampling", SAMPLINGS), ("on_error", ON_ERROR),
-                              ("orientation", ORIENTATIONS)):
+                              ("orientation", ORIENTATIONS), ("short_video", SHORT_VIDEOS)):
             if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: pass one of {', '.join(map(repr, allowed))}")
         if self.size is not None:

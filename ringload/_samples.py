@@ -140,10 +140,13 @@ class Sampler:
             return start[:, None].copy()
         if cfg.sample == "clips":
             if cfg.fps is None:
-                return start[:, None] + np.arange(T, dtype=np.int64)[None, :] * cfg.frame_stride
+                idx = start[:, None] + np.arange(T, dtype=np.int64)[None, :] * cfg.frame_stride
+                # Only a video shorter than one sample reaches past its end (short_video).
+                n = np.array([self.infos[v].num_frames for v in video.tolist()], dtype=np.int64)[:, None]
+                return np.minimum(idx, n - 1) if cfg.short_video != "wrap" else idx % n
             out = np.empty((len(video), T), dtype=np.int64)
             for i, (v, s) in enumerate(zip(video.tolist(), start.tolist())):
-                out[i] = _clip_frames(self.infos[v].pts_seconds, s, T, cfg.fps)
+                out[i] = _clip_frames(self.infos[v].pts_seconds, s, T, cfg.fps, wrap=cfg.short_video == "wrap")
             return out
         mode = "center" if cfg.sampling == "sequential" else "random"
         seeds = (_rng.uniforms(cfg.seed, self.epoch, keys, _rng.STREAM_SEGMENTS, 1)[:, 0] * (1 << 53)).astype(np.int64)
@@ -197,11 +200,17 @@ class Sampler:
         return v, s, c.frames[0], c.crop[0], bool(c.flip[0])
 
 
-def _clip_frames(pts_seconds: np.ndarray, start: int, clip_len: int, fps: float) -> np.ndarray:
+def _clip_frames(pts_seconds: np.ndarray, start: int, clip_len: int, fps: float, wrap: bool = False) -> np.ndarray:
     """Frames of a clip sampled at ``fps`` from frame ``start``: for j < clip_len, the frame on
-    screen at time pts[start] + j / fps (the last frame whose pts <= that time)."""
-    t = pts_seconds[start] + np.arange(clip_len) / fps + _TIME_EPS
-    return np.searchsorted(pts_seconds, t, side="right").astype(np.int64) - 1
+    screen at time pts[start] + j / fps (the last frame whose pts <= that time). Past the
+    end that is the last frame; with ``wrap`` the video starts over after its duration
+    (last pts plus one mean frame interval)."""
+    t = pts_seconds[start] + np.arange(clip_len) / fps
+    n = len(pts_seconds)
+    if wrap and t[-1] > pts_seconds[-1] + _TIME_EPS:
+        step = (pts_seconds[-1] - pts_seconds[0]) / (n - 1) if n > 1 else 1.0 / fps
+        t = pts_seconds[0] + np.mod(t - pts_seconds[0], pts_seconds[-1] - pts_seconds[0] + step)
+    return np.searchsorted(pts_seconds, t + _TIME_EPS, side="right").astype(np.int64) - 1
 
 
 def _fps_starts(pts_seconds: np.ndarray, clip_len: int, fps: float) -> int:

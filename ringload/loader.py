@@ -87,6 +87,9 @@ class VideoLoader:
     than 64 only while a chunk spans at most 8 batches (``plan.chunk_len_for_gop``);
     ``stats()`` reports the values in use. ``clips_per_video=k`` makes an epoch k samples of
     every video instead of every start (random, or uniformly spaced in sequential mode).
+    A video shorter than one sample gets one sample whose frames past the end repeat the
+    last frame (``short_video="repeat_last"``), start it over (``"wrap"``), or is left out
+    (``"skip"``) or refused (``"error"``); a warning names how many, ``stats()`` counts them.
 
     Pixels: ``crop`` is ``"random_resized"`` (torchvision's RandomResizedCrop with
     ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
@@ -149,6 +152,7 @@ class VideoLoader:
         chunk_len: int | None = None,
         max_per_chunk: int | None = None,
         clips_per_video: int | None = None,
+        short_video: str = "repeat_last",
         seed: int = 0,
         num_workers: int | None = None,
         prefetch_batches: int | None = None,
@@ -164,7 +168,7 @@ class VideoLoader:
             batch_size=batch_size, sample=sample, clip_len=clip_len, frame_stride=frame_stride, fps=fps,
             num_segments=num_segments, size=size, crop=crop, scale=scale, ratio=ratio, hflip=hflip,
             orientation=orientation, sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk,
-            clips_per_video=clips_per_video, seed=seed,
+            clips_per_video=clips_per_video, short_video=short_video, seed=seed,
             num_workers=num_workers, prefetch_batches=prefetch_batches, device=str(device), drop_last=drop_last,
             rank=rank, world_size=world_size, on_error=on_error, timeout_s=timeout_s, task_timeout_s=task_timeout_s,
         )
@@ -380,7 +384,8 @@ class VideoLoader:
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
         and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
         ``quarantined`` ({path: reason}) for bad files; ``sampling``, and the ``chunk_len`` and
-        ``max_per_chunk`` in use (bounded mode, else None).
+        ``max_per_chunk`` in use (bounded mode, else None); ``short_videos`` (videos shorter
+        than one sample) and the ``short_video`` policy applied to them.
         """
         return _stats(self)
 
@@ -471,6 +476,8 @@ def _stats(loader) -> dict:
         "replaced_samples": sc.get("replaced_samples", 0),
         "quarantined": snap["quarantined"],
         "sampling": loader.config.sampling,
+        "short_videos": int(loader._data.short.sum()),
+        "short_video": loader.config.short_video,
         "chunk_len": plan.chunk_len if plan is not None and loader.config.sampling == "bounded" else None,
         "max_per_chunk": plan.max_per_chunk if plan is not None and loader.config.sampling == "bounded" else None,
     }
