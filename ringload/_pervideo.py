@@ -19,6 +19,10 @@ of (seed, epoch, v, j), so every rank derives the same global epoch and takes it
 - ``"sequential"``: file order; slot j is start ``round(j (n - 1) / (k - 1))`` (uniformly
   spaced from the first to the last valid start; the centre when k = 1), for evaluation.
 
+With ``views_per_clip=c`` a video has k * c slots: slot j is view ``j % c`` of clip
+``j // c`` (the c views of a clip share its start; the loader gives them different crop
+boxes), and ``plan.views(k)`` says which of each sample of batch k.
+
 Drawing without replacement costs O(k^2) per video of a batch, hence the cap on k.
 """
 
@@ -29,7 +33,7 @@ import dataclasses
 import numpy as np
 
 from ._perm import _derive, _mix
-from .plan import DEFAULT_CHUNK_LEN, Plan, PlanConfig, _check_lengths
+from .plan import DEFAULT_CHUNK_LEN, MAX_CHUNK_LEN, Plan, PlanConfig, _check_lengths
 
 #: Largest accepted ``clips_per_video`` (draws cost O(k^2) per video of a batch).
 MAX_CLIPS_PER_VIDEO = 256
@@ -85,6 +89,7 @@ class PerVideoPlan(Plan):
     def __init__(self, lengths, config: PlanConfig):
         cfg = self.config = config
         k = self.clips_per_video = int(cfg.clips_per_video)
+        c = self.views_per_clip = int(cfg.views_per_clip)
         self.lengths = _check_lengths(lengths)
         self.lengths.setflags(write=False)
         self.starts_per_video = np.maximum(self.lengths - (cfg.span - 1), 0)
@@ -93,9 +98,10 @@ class PerVideoPlan(Plan):
         #: Piece width in bounded mode: the chunk length asked for (default 64), at least k.
         self.window = max(cfg.chunk_len or DEFAULT_CHUNK_LEN, k)
         inner = dataclasses.replace(
-            cfg, clip_len=1, frame_stride=1, clips_per_video=None, chunk_len=k if cfg.mode == "bounded" else None
+            cfg, clip_len=1, frame_stride=1, clips_per_video=None, views_per_clip=1,
+            chunk_len=min(k * c, MAX_CHUNK_LEN) if cfg.mode == "bounded" else None,
         )
-        self._inner = _SlotPlan(np.full(len(self._usable), k, dtype=np.int64), inner)
+        self._inner = _SlotPlan(np.full(len(self._usable), k * c, dtype=np.int64), inner)
         i = self._inner
         self.total_samples, self.num_samples, self.num_batches = i.total_samples, i.num_samples, i.num_batches
         self.num_chunks, self.chunk_window, self.max_per_chunk = i.num_chunks, i.chunk_window, i.max_per_chunk
@@ -168,7 +174,7 @@ class PerVideoPlan(Plan):
         slots = self._inner[k]
         chunks = self._inner.chunks(k)
         video = self._usable[slots[:, 0]]
-        out = np.stack([video, self.starts(video, slots[:, 1])], axis=1).astype(np.int64)
+        out = np.stack([video, self.starts(video, slots[:, 1] // self.views_per_clip)], axis=1).astype(np.int64)
         if self.config.mode == "sequential":
             chunks = video
         chunks = np.asarray(chunks, dtype=np.int64)
@@ -177,6 +183,13 @@ class PerVideoPlan(Plan):
         kk = int(k) if int(k) >= 0 else int(k) + self.num_batches
         self._cache = (kk, out, chunks)
         return out, chunks
+
+    def views(self, k: int) -> np.ndarray:
+        """int64 ``(b, 2)``: ``(clip_index, view_index)`` of each sample of ``plan[k]``."""
+        j = self._inner[k][:, 1]
+        out = np.stack([j // self.views_per_clip, j % self.views_per_clip], axis=1)
+        out.setflags(write=False)
+        return out
 
     def chunk_extent(self, ids) -> np.ndarray:
         """int64 ``(len(ids), 3)``: ``(video, first_start, last_start)`` of each chunk id."""
@@ -190,7 +203,7 @@ class PerVideoPlan(Plan):
         video = self._usable[ext[:, 0]]
         k = self.clips_per_video
         if mode == "strict":
-            s = self.starts(video, ext[:, 1])
+            s = self.starts(video, ext[:, 1] // self.views_per_clip)
             return np.stack([video, s, s], axis=1)
         # A bounded chunk is a video's slots: the extent of all its starts.
         every = self.starts(np.repeat(video, k), np.tile(np.arange(k), len(video))).reshape(len(video), k)

@@ -109,6 +109,7 @@ class PlanConfig:
     world_size: int = 1
     drop_last: bool = True
     clips_per_video: int | None = None
+    views_per_clip: int = 1
 
     def __post_init__(self):
         _as_int("batch_size", self.batch_size, low=1)
@@ -131,6 +132,8 @@ class PlanConfig:
             from ._pervideo import MAX_CLIPS_PER_VIDEO
 
             _as_int("clips_per_video", self.clips_per_video, low=1, high=MAX_CLIPS_PER_VIDEO)
+        if _as_int("views_per_clip", self.views_per_clip, low=1, high=64) > 1 and self.clips_per_video is None:
+            raise ConfigError("views_per_clip applies with clips_per_video only")
 
     @property
     def span(self) -> int:
@@ -472,6 +475,7 @@ def plan_epoch(
     world_size: int = 1,
     drop_last: bool = True,
     clips_per_video: int | None = None,
+    views_per_clip: int = 1,
 ) -> Plan:
     """The batches of one epoch on one rank: a lazy, deterministic :class:`Plan`.
 
@@ -481,7 +485,8 @@ def plan_epoch(
     ``min(16, max(1, batch_size // 8))``) or ``"sequential"`` (file order).
     ``chunk_len``/``max_per_chunk`` are ignored outside bounded mode. ``clips_per_video=k``
     makes an epoch k samples of every video with a valid start instead of every start
-    (``ringload._pervideo``). The module docstring says how ranks and ``drop_last`` split
+    (``ringload._pervideo``), each ``views_per_clip`` times (spatial views: ``plan.views(k)``).
+    The module docstring says how ranks and ``drop_last`` split
     the epoch; docs/sampling.md gives the statistics.
     Bad arguments raise :class:`ringload.ConfigError` naming the argument.
     """
@@ -498,6 +503,7 @@ def plan_epoch(
         world_size=world_size,
         drop_last=bool(drop_last) if isinstance(drop_last, np.bool_) else drop_last,
         clips_per_video=clips_per_video,
+        views_per_clip=views_per_clip,
     )
     if cfg.clips_per_video is not None:
         from ._pervideo import PerVideoPlan

@@ -172,3 +172,24 @@ def test_plan_pickles():
     p = plan_epoch([50, 70, 3], batch_size=8, seed=1, chunk_len=8, clip_len=4, clips_per_video=5)
     q = pickle.loads(pickle.dumps(p))
     assert all(np.array_equal(p[k], q[k]) and np.array_equal(p.chunks(k), q.chunks(k)) for k in range(len(p)))
+
+
+@given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=8), batch_size=st.integers(1, 7),
+       world_size=st.integers(1, 3), clips_per_video=st.integers(1, 5), views=st.integers(1, 3))
+def test_evaluation_views_each_once_over_the_ranks_in_file_order(lengths, batch_size, world_size, clips_per_video, views):
+    rows = []
+    for r in range(world_size):
+        p = plan_epoch(lengths, batch_size=batch_size, seed=0, mode="sequential", clip_len=3, rank=r,
+                       world_size=world_size, drop_last=False, clips_per_video=clips_per_video, views_per_clip=views)
+        for b in range(len(p)):
+            rows += [(v, c, w, s) for (v, s), (c, w) in zip(p[b].tolist(), p.views(b).tolist())]
+    usable = [v for v, n in enumerate(lengths) if n >= 3]
+    want = [(v, c, w) for v in usable for c in range(clips_per_video) for w in range(views)]
+    assert [r[:3] for r in rows] == want  # every view once, in file order, no padding duplicates
+    starts = {(v, c): s for v, c, _, s in rows}
+    assert all(s == starts[(v, c)] for v, c, _, s in rows), "the views of a clip share its start"
+
+
+def test_views_need_clips_per_video():
+    with pytest.raises(ConfigError, match="views_per_clip"):
+        plan_epoch([10], batch_size=2, seed=0, views_per_clip=3)
