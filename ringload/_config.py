@@ -10,7 +10,7 @@ import numpy as np
 from .errors import ConfigError
 
 SAMPLES = ("frames", "clips", "segments")
-CROPS = ("random_resized", "center", "none")
+CROPS = ("random_resized", "center", "three", "none")
 SAMPLINGS = ("bounded", "strict", "sequential")
 ON_ERROR = ("raise", "skip")
 ORIENTATIONS = ("display", "coded")
@@ -107,7 +107,7 @@ class LoaderConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: pass one of {', '.join(map(repr, allowed))}")
         if self.size is not None:
             object.__setattr__(self, "size", _pair("size", self.size, positive_ints=True))
-        elif self.crop == "random_resized" or self.crop == "center":
+        elif self.crop != "none":
             raise ConfigError(f"size=None needs crop='none' (crop={self.crop!r} needs an output size)")
         scale = _pair("scale", self.scale, positive_ints=False)
         if not (0 < scale[0] <= scale[1] <= 1):
@@ -138,6 +138,11 @@ class LoaderConfig:
             raise ConfigError("sample='segments' needs num_segments (frames per sample, one per equal part of the video)")
         if self.sample != "segments" and self.num_segments is not None:
             raise ConfigError(f"num_segments={self.num_segments} applies to sample='segments' only")
+        if self.crop == "three" and (self.sampling != "sequential" or self.clips_per_video is None):
+            raise ConfigError(
+                f"crop='three' makes evaluation views: pass sampling='sequential' (got {self.sampling!r}) and "
+                f"clips_per_video (got {self.clips_per_video!r}), e.g. clips_per_video=10 for 10 clips x 3 crops"
+            )
         if self.sample == "segments" and self.clips_per_video is not None:
             raise ConfigError(
                 f"clips_per_video={self.clips_per_video} does not apply to sample='segments': segments are already "
@@ -156,6 +161,11 @@ class LoaderConfig:
         dev = str(self.device)
         if not (dev == "cpu" or dev.startswith("cuda")):
             raise ConfigError(f"device={self.device!r}: pass 'cpu' or a CUDA device such as 'cuda' or 'cuda:0'")
+
+    @property
+    def views_per_clip(self) -> int:
+        """Spatial views of each clip: 3 for crop="three", else 1."""
+        return 3 if self.crop == "three" else 1
 
     @property
     def frames_per_sample(self) -> int:

@@ -15,15 +15,14 @@ uint8 tensor in channels-last memory order (a view with shape (B, C, H, W) or
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
 import os
 import time
 import weakref
-from collections.abc import Sequence
 
 import numpy as np
 
+from ._batch import Batch, make_batch
 from ._config import _MAX_EPOCH, LoaderConfig, _is_int
 from ._dataset import check_epoch, digest, load_dataset, settings, with_skip_hint
 from ._engine import release as _release
@@ -34,31 +33,6 @@ from .errors import ConfigError, LoaderStateError, LoaderTimeoutError, VideoErro
 log = logging.getLogger(__name__)
 
 __all__ = ["Batch", "LoaderConfig", "VideoLoader"]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Batch:
-    """One batch. ``frames`` uint8 RGB (B, C, H, W) for frames, (B, T, C, H, W) for clips and
-    segments, in channels-last memory order (``.contiguous()`` gives the other one);
-    ``video_index`` (B,) int64 (position in the source); ``frame_index`` (B,) or (B, T)
-    int64 (frame i of a full decode in presentation order) and ``pts_seconds`` float64 of
-    the same shape; ``labels`` int64 (B,) class ids, float32 (B, C) multi-hot, or None
-    without labels. On the CPU every tensor is the caller's own copy."""
-
-    frames: object
-    video_index: object
-    frame_index: object
-    pts_seconds: object
-    labels: object | None
-    _paths: Sequence[str] = dataclasses.field(repr=False, compare=False, default=())
-
-    @property
-    def paths(self) -> list[str]:
-        """Path of each sample's video."""
-        return [self._paths[i] for i in self.video_index.tolist()]
-
-    def __len__(self) -> int:
-        return int(self.video_index.shape[0])
 
 
 def _dist_defaults() -> tuple[int, int]:
@@ -92,8 +66,9 @@ class VideoLoader:
     (``"skip"``) or refused (``"error"``); a warning names how many, ``stats()`` counts them.
 
     Pixels: ``crop`` is ``"random_resized"`` (torchvision's RandomResizedCrop with
-    ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
-    ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (swscale's area filter) in the
+    ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``),
+    ``"three"`` (evaluation: that box on the left, centre and right of the long side, three
+    views per clip, ``Batch.crop_index``) or ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (swscale's area filter) in the
     same conversion pass. Boxes lie on even coordinates (the chroma grid). A clip shares
     one box and one flip. ``hflip`` flips half the samples.
 
@@ -222,6 +197,7 @@ class VideoLoader:
             world_size=self._world,
             drop_last=bool(cfg.drop_last),
             clips_per_video=cfg.clips_per_video,
+            views_per_clip=cfg.views_per_clip,
         )
         self._plan_cache = (self._epoch, plan)
         return plan
@@ -335,7 +311,7 @@ class VideoLoader:
                         f"(decoders: {self._sched.snapshot()['decoders']}); raise timeout_s for very slow files"
                     ) from None
         self._counters["wait_s"] += time.perf_counter() - t0
-        batch = _make_batch(self, done)
+        batch = make_batch(self, done, self._plan(), k)
         for slot in self._transfer.reclaim(0.0):
             self._sched.release(slot)
         c = self._counters
@@ -419,32 +395,6 @@ class VideoLoader:
             f"VideoLoader({len(self._paths)} videos, sample={c.sample!r}, sampling={c.sampling!r}, "
             f"batch_size={c.batch_size}, size={self._size}, epoch={self._epoch}, rank={self._rank}/{self._world})"
         )
-
-
-def _make_batch(loader, done) -> Batch:
-    """The user's Batch for a completed slot (frames through the transfer, the rest from the index)."""
-    import torch
-
-    cfg = loader.config
-    n = len(done.video)
-    view = loader._engine.slot_tensors[done.slot][:n]
-    view = view[:, 0].permute(0, 3, 1, 2) if cfg.sample == "frames" else view.permute(0, 1, 4, 2, 3)
-    frames = loader._transfer.submit(done.slot, view)
-    pts = np.empty(done.frames.shape, dtype=np.float64)
-    for i, v in enumerate(done.video.tolist()):
-        pts[i] = loader._infos[v].pts_seconds[done.frames[i]]
-    frame_index = done.frames
-    if cfg.sample == "frames":
-        frame_index, pts = done.frames[:, 0], pts[:, 0]
-    labels = loader.source.labels
-    return Batch(
-        frames=frames,
-        video_index=torch.from_numpy(done.video.copy()),
-        frame_index=torch.from_numpy(np.ascontiguousarray(frame_index)),
-        pts_seconds=torch.from_numpy(np.ascontiguousarray(pts)),
-        labels=torch.from_numpy(np.ascontiguousarray(labels[done.video])) if labels is not None else None,
-        _paths=loader._paths,
-    )
 
 
 def _stats(loader) -> dict:
