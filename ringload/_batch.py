@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import _rng
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Batch:
@@ -18,8 +20,9 @@ class Batch:
     without labels; ``clip_index`` and ``crop_index`` (B,) int64: which of the video's
     ``clips_per_video`` clips and which spatial view (``crop="three"``: 0 left or top, 1
     centre, 2 right or bottom) each sample is, 0 without them
-    (``ringload.average_per_video`` averages scores over a video's views). On the CPU every
-    tensor is the caller's own copy."""
+    (``ringload.average_per_video`` averages scores over a video's views); ``sample_keys``
+    (B,) int64: each sample's key (its video and plan start), which ``ringload.augment``
+    draws from. On the CPU every tensor is the caller's own copy."""
 
     frames: object
     video_index: object
@@ -28,6 +31,7 @@ class Batch:
     labels: object | None
     clip_index: object = None
     crop_index: object = None
+    sample_keys: object = None
     _paths: Sequence[str] = dataclasses.field(repr=False, compare=False, default=())
 
     @property
@@ -65,5 +69,7 @@ def make_batch(loader, done, plan, k: int) -> Batch:
         labels=torch.from_numpy(np.ascontiguousarray(labels[done.video])) if labels is not None else None,
         clip_index=torch.from_numpy(views[:, 0].copy()),
         crop_index=torch.from_numpy(views[:, 1].copy()),
+        # The key its crop and flip came from (keys fit in 63 bits: videos < 2^31).
+        sample_keys=torch.from_numpy(_rng.sample_keys(done.video, done.start).astype(np.int64)),
         _paths=loader._paths,
     )
