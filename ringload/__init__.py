@@ -34,6 +34,7 @@ _LAZY = {
     "plan_epoch": ".plan",
     "segment_indices": ".plan",
     "Batch": ".loader",
+    "average_per_video": "._views",
     "VideoLoader": ".loader",
 }
 

@@ -10,10 +10,16 @@ import numpy as np
 from .errors import ConfigError
 
 SAMPLES = ("frames", "clips", "segments")
-CROPS = ("random_resized", "center", "none")
+CROPS = ("random_resized", "center", "three", "none")
 SAMPLINGS = ("bounded", "strict", "sequential")
 ON_ERROR = ("raise", "skip")
 ORIENTATIONS = ("display", "coded")
+#: What a video shorter than one sample gets. "repeat_last" (the default) clamps frame
+#: indices to the last frame, as SlowFast's and PyTorchVideo's samplers do: the video keeps
+#: its samples (a class cannot vanish) and no motion is invented; "wrap" starts the video
+#: over (mmaction2's "loop", a jump cut a temporal model sees); "skip" never samples it;
+#: "error" refuses the dataset.
+SHORT_VIDEOS = ("repeat_last", "wrap", "skip", "error")
 
 _MAX_SEED = 2**64 - 1
 _MAX_EPOCH = 2**32 - 1
@@ -59,6 +65,8 @@ class LoaderConfig:
     sampling: str = "bounded"
     chunk_len: int | None = None
     max_per_chunk: int | None = None
+    clips_per_video: int | None = None
+    short_video: str = "repeat_last"
     seed: int = 0
     num_workers: int | None = None
     decoder_threads: int | None = None
@@ -88,6 +96,9 @@ class LoaderConfig:
         need_int("num_segments", 1, none_ok=True)
         need_int("chunk_len", 1, none_ok=True)
         need_int("max_per_chunk", 1, none_ok=True)
+        from ._pervideo import MAX_CLIPS_PER_VIDEO
+
+        need_int("clips_per_video", 1, none_ok=True, high=MAX_CLIPS_PER_VIDEO)
         need_int("num_workers", 0, none_ok=True)
         need_int("prefetch_batches", 1, none_ok=True)
         need_int("decoder_threads", 1, none_ok=True)
@@ -99,12 +110,12 @@ class LoaderConfig:
         need_int("rank", 0, none_ok=True)
         need_int("world_size", 1, none_ok=True)
         for name, allowed in (("sample", SAMPLES), ("crop", CROPS), ("sampling", SAMPLINGS), ("on_error", ON_ERROR),
-                              ("orientation", ORIENTATIONS)):
+                              ("orientation", ORIENTATIONS), ("short_video", SHORT_VIDEOS)):
             if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: pass one of {', '.join(map(repr, allowed))}")
         if self.size is not None:
             object.__setattr__(self, "size", _pair("size", self.size, positive_ints=True))
-        elif self.crop == "random_resized" or self.crop == "center":
+        elif self.crop != "none":
             raise ConfigError(f"size=None needs crop='none' (crop={self.crop!r} needs an output size)")
         scale = _pair("scale", self.scale, positive_ints=False)
         if not (0 < scale[0] <= scale[1] <= 1):
@@ -135,6 +146,16 @@ class LoaderConfig:
             raise ConfigError("sample='segments' needs num_segments (frames per sample, one per equal part of the video)")
         if self.sample != "segments" and self.num_segments is not None:
             raise ConfigError(f"num_segments={self.num_segments} applies to sample='segments' only")
+        if self.crop == "three" and (self.sampling != "sequential" or self.clips_per_video is None):
+            raise ConfigError(
+                f"crop='three' makes evaluation views: pass sampling='sequential' (got {self.sampling!r}) and "
+                f"clips_per_video (got {self.clips_per_video!r}), e.g. clips_per_video=10 for 10 clips x 3 crops"
+            )
+        if self.sample == "segments" and self.clips_per_video is not None:
+            raise ConfigError(
+                f"clips_per_video={self.clips_per_video} does not apply to sample='segments': segments are already "
+                "one sample per video and epoch"
+            )
         if self.sample == "frames" and (self.clip_len != 1 or self.frame_stride != 1):
             raise ConfigError("clip_len/frame_stride apply to sample='clips'; with sample='frames' leave them at 1")
         if (self.rank is None) != (self.world_size is None):
@@ -148,6 +169,11 @@ class LoaderConfig:
         dev = str(self.device)
         if not (dev == "cpu" or dev.startswith("cuda")):
             raise ConfigError(f"device={self.device!r}: pass 'cpu' or a CUDA device such as 'cuda' or 'cuda:0'")
+
+    @property
+    def views_per_clip(self) -> int:
+        """Spatial views of each clip: 3 for crop="three", else 1."""
+        return 3 if self.crop == "three" else 1
 
     @property
     def frames_per_sample(self) -> int:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 class Dataset:
     """``infos[i]`` is None for a quarantined video; ``counts`` are its valid starts and
     ``plan_lengths`` what ``plan_epoch`` is given; ``chunk_len`` the bounded chunk length
-    in use (None outside bounded mode when unset); ``size`` the output (h, w)."""
+    in use (None outside bounded mode when unset); ``size`` the output (h, w);
+    ``short`` the videos shorter than one sample (``short_video`` says what they get)."""
 
     paths: list[str]
     infos: list
@@ -38,6 +39,7 @@ class Dataset:
     chunk_len: int | None
     size: tuple[int, int]
     index: object = None  # the mapped _indexfile.IndexFile every decoder maps too
+    short: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 def load_dataset(cfg: LoaderConfig, source) -> Dataset:
@@ -61,13 +63,15 @@ def load_dataset(cfg: LoaderConfig, source) -> Dataset:
     if warning is not None:
         log.warning("%s", warning)  # every time a loader is built, cached index or not
     counts, lengths = _sample_counts(cfg, infos)
+    short = _short_videos(cfg, paths, infos, counts, lengths)
     if not counts.any():
         raise ConfigError(
             f"no video in source has a full sample (sample={cfg.sample!r}, clip_len={cfg.clip_len}, "
             f"frame_stride={cfg.frame_stride}, fps={cfg.fps}); {len(quarantined)} files are unusable"
         )
     return Dataset(
-        paths, infos, quarantined, counts, lengths, _chunk_len(cfg, infos), _output_size(cfg, infos, counts), index
+        paths, infos, quarantined, counts, lengths, _chunk_len(cfg, infos), _output_size(cfg, infos, counts),
+        index=index, short=short,
     )
 
 
@@ -161,7 +165,35 @@ def _sample_counts(cfg: LoaderConfig, infos):
     m = np.zeros(len(n), dtype=np.int64)
     for v in np.flatnonzero(n).tolist():
         m[v] = _fps_starts(infos[v].pts_seconds, cfg.clip_len, cfg.fps)
-    return m, m
+    return m, m.copy()
+
+
+def _short_videos(cfg: LoaderConfig, paths, infos, counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Videos with frames but no full sample: one start each unless ``short_video`` skips
+    them (counts and lengths are updated in place); a warning or an error says so."""
+    short = np.array([i is not None and i.num_frames > 0 for i in infos], dtype=bool) & (counts == 0)
+    n = int(short.sum())
+    if n == 0:
+        return short
+    what = (f"sample={cfg.sample!r}, clip_len={cfg.clip_len}, "
+            + (f"fps={cfg.fps:g}" if cfg.fps is not None else f"frame_stride={cfg.frame_stride}"))
+    names = ", ".join(os.path.basename(paths[v]) for v in np.flatnonzero(short)[:3]) + (", ..." if n > 3 else "")
+    head = f"{n} of {len(paths)} videos are shorter than one sample ({what}: {names})"
+    if cfg.short_video == "error":
+        raise ConfigError(f"{head}; short_video='error': pass short_video='repeat_last', 'wrap' or 'skip', "
+                          "or shorter clips")
+    do = {"repeat_last": "each gets one sample whose frames past the end repeat the last frame",
+          "wrap": "each gets one sample whose frames past the end start the video over",
+          "skip": "they are never sampled"}[cfg.short_video]
+    log.warning("%s; short_video=%r: %s (frame_index shows the frames used)", head, cfg.short_video, do)
+    if cfg.short_video != "skip":
+        counts[short] = 1
+        if cfg.sample == "clips" and cfg.fps is None:
+            # The plan counts starts from lengths and the clip span: a span gives one start.
+            lengths[short] = (cfg.clip_len - 1) * cfg.frame_stride + 1
+        else:
+            lengths[short] = 1
+    return short
 
 
 def _chunk_len(cfg: LoaderConfig, infos) -> int | None:
@@ -211,6 +243,9 @@ def check_epoch(plan, cfg, rank: int, world: int) -> None:
         )
 
 
+_LATER_DEFAULTS = {"clips_per_video": None, "short_video": "repeat_last"}
+
+
 def settings(cfg, data, rank: int, world: int) -> dict:
     """What decides the batches (the resume check): every setting but the resources, plus the data."""
     keep = {
@@ -218,6 +253,10 @@ def settings(cfg, data, rank: int, world: int) -> dict:
         for f in dataclasses.fields(cfg)
         if f.name not in ("num_workers", "prefetch_batches", "device", "timeout_s", "task_timeout_s", "rank", "world_size")
     }
+    # Settings added later are left out at their defaults, so states saved before still resume.
+    for name, default in _LATER_DEFAULTS.items():
+        if keep.get(name) == default:
+            keep.pop(name)
     keep.update(
         rank=rank, world_size=world, size=data.size, num_videos=len(data.paths),
         paths=digest(data.paths), lengths=digest(data.plan_lengths.tolist()),

@@ -17,6 +17,9 @@ STREAM_FLIP = 2
 STREAM_JITTER = 3
 STREAM_SEGMENTS = 4
 STREAM_SKIP = 5
+# BatchAugment's flip: its own stream, so with the loader's hflip on too the two flips of a
+# sample are independent instead of one draw that cancels itself.
+STREAM_AUG_FLIP = 6
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

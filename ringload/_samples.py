@@ -17,6 +17,7 @@ import numpy as np
 from . import _rng
 from ._config import LoaderConfig
 from ._indexfile import video_dims
+from ._videoinfo import display_to_coded_boxes
 from .errors import VideoError
 
 # Tolerance when a clip's sampling times are matched to frame timestamps (see _clip_frames).
@@ -73,30 +74,6 @@ def random_resized_boxes(width, height, u, scale, ratio) -> np.ndarray:
     return out
 
 
-def display_to_coded_boxes(boxes, width, height, rotation, hflip) -> np.ndarray:
-    """Boxes (x, y, w, h) on displayed frames -> boxes of the same pixels on the coded frames.
-
-    ``width``/``height`` are the coded sizes; a frame is displayed turned ``rotation``
-    degrees counter-clockwise, then mirrored if ``hflip`` (``VideoInfo.orient``). Scalars
-    or one value per box.
-    """
-    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    n = len(b)
-    W, H, rot, flip = (np.broadcast_to(np.asarray(v), (n,)) for v in (width, height, rotation, hflip))
-    W, H, rot, flip = W.astype(np.int64), H.astype(np.int64), rot.astype(np.int64), flip.astype(bool)
-    x, y, w, h = (b[:, i].copy() for i in range(4))
-    turned = (rot == 90) | (rot == 270)
-    # The mirror came last: undo it first, on the displayed width.
-    x = np.where(flip, np.where(turned, H, W) - x - w, x)
-    out = np.stack([x, y, w, h], axis=1)
-    r90, r180, r270 = rot == 90, rot == 180, rot == 270
-    # np.rot90 semantics: a quarter turn counter-clockwise shows coded column W-1-i as row i.
-    out[r90] = np.stack([W - y - h, x, h, w], axis=1)[r90]
-    out[r180] = np.stack([W - x - w, H - y - h, w, h], axis=1)[r180]
-    out[r270] = np.stack([y, H - x - w, h, w], axis=1)[r270]
-    return out
-
-
 def _snap_even(boxes: np.ndarray) -> np.ndarray:
     """Move boxes onto the 2x2 chroma grid (at most one pixel) so a crop is a plane copy."""
     b = boxes.copy()
@@ -124,11 +101,13 @@ class Sampler:
 
     def batch(self, k: int) -> _Content:
         vs = np.asarray(self.plan[k], dtype=np.int64)
-        return self.content(vs[:, 0], vs[:, 1])
+        views = self.plan.views(k)[:, 1] if self.cfg.views_per_clip > 1 else None
+        return self.content(vs[:, 0], vs[:, 1], views)
 
-    def content(self, video: np.ndarray, start: np.ndarray) -> _Content:
+    def content(self, video: np.ndarray, start: np.ndarray, views=None) -> _Content:
         keys = _rng.sample_keys(video, start)
-        return _Content(video, start, self.frames(video, start, keys), self.crops(video, keys), self.flips(keys))
+        crops = self.crops(video, keys, views)
+        return _Content(video, start, self.frames(video, start, keys), crops, self.flips(keys))
 
     def frames(self, video, start, keys) -> np.ndarray:
         cfg = self.cfg
@@ -137,10 +116,13 @@ class Sampler:
             return start[:, None].copy()
         if cfg.sample == "clips":
             if cfg.fps is None:
-                return start[:, None] + np.arange(T, dtype=np.int64)[None, :] * cfg.frame_stride
+                idx = start[:, None] + np.arange(T, dtype=np.int64)[None, :] * cfg.frame_stride
+                # Only a video shorter than one sample reaches past its end (short_video).
+                n = np.array([self.infos[v].num_frames for v in video.tolist()], dtype=np.int64)[:, None]
+                return np.minimum(idx, n - 1) if cfg.short_video != "wrap" else idx % n
             out = np.empty((len(video), T), dtype=np.int64)
             for i, (v, s) in enumerate(zip(video.tolist(), start.tolist())):
-                out[i] = _clip_frames(self.infos[v].pts_seconds, s, T, cfg.fps)
+                out[i] = _clip_frames(self.infos[v].pts_seconds, s, T, cfg.fps, wrap=cfg.short_video == "wrap")
             return out
         mode = "center" if cfg.sampling == "sequential" else "random"
         seeds = (_rng.uniforms(cfg.seed, self.epoch, keys, _rng.STREAM_SEGMENTS, 1)[:, 0] * (1 << 53)).astype(np.int64)
@@ -151,7 +133,7 @@ class Sampler:
             out[i] = segment_indices(self.infos[v].num_frames, T, seed=int(seeds[i]), mode=mode)
         return out
 
-    def crops(self, video, keys) -> np.ndarray:
+    def crops(self, video, keys, views=None) -> np.ndarray:
         """Boxes in coded pixels, chosen on the frames as delivered (displayed, or coded)."""
         cfg = self.cfg
         n = len(video)
@@ -160,12 +142,14 @@ class Sampler:
         W, H = np.where(turned, Hc, Wc), np.where(turned, Wc, Hc)
         if cfg.crop == "none":
             return np.zeros((n, 4), dtype=np.int32)
-        if cfg.crop == "center":
+        if cfg.crop in ("center", "three"):
             oh, ow = cfg.size
             wide = W * oh > H * ow
             w = np.where(wide, np.round(H * ow / oh), W).astype(np.int64)
             h = np.where(wide, H, np.round(W * oh / ow)).astype(np.int64)
-            boxes = np.stack([(W - w) // 2, (H - h) // 2, w, h], axis=1)
+            # View 0, 1, 2 of crop="three": the start, middle and end of the long side.
+            pos = np.ones(n, dtype=np.int64) if views is None else np.asarray(views, dtype=np.int64)
+            boxes = np.stack([np.where(wide, (W - w) * pos // 2, 0), np.where(wide, 0, (H - h) * pos // 2), w, h], axis=1)
         else:
             u = _rng.uniforms(cfg.seed, self.epoch, keys, _rng.STREAM_CROP, 40)
             boxes = random_resized_boxes(W, H, u, cfg.scale, cfg.ratio)
@@ -194,11 +178,17 @@ class Sampler:
         return v, s, c.frames[0], c.crop[0], bool(c.flip[0])
 
 
-def _clip_frames(pts_seconds: np.ndarray, start: int, clip_len: int, fps: float) -> np.ndarray:
+def _clip_frames(pts_seconds: np.ndarray, start: int, clip_len: int, fps: float, wrap: bool = False) -> np.ndarray:
     """Frames of a clip sampled at ``fps`` from frame ``start``: for j < clip_len, the frame on
-    screen at time pts[start] + j / fps (the last frame whose pts <= that time)."""
-    t = pts_seconds[start] + np.arange(clip_len) / fps + _TIME_EPS
-    return np.searchsorted(pts_seconds, t, side="right").astype(np.int64) - 1
+    screen at time pts[start] + j / fps (the last frame whose pts <= that time). Past the
+    end that is the last frame; with ``wrap`` the video starts over after its duration
+    (last pts plus one mean frame interval)."""
+    t = pts_seconds[start] + np.arange(clip_len) / fps
+    n = len(pts_seconds)
+    if wrap and t[-1] > pts_seconds[-1] + _TIME_EPS:
+        step = (pts_seconds[-1] - pts_seconds[0]) / (n - 1) if n > 1 else 1.0 / fps
+        t = pts_seconds[0] + np.mod(t - pts_seconds[0], pts_seconds[-1] - pts_seconds[0] + step)
+    return np.searchsorted(pts_seconds, t + _TIME_EPS, side="right").astype(np.int64) - 1
 
 
 def _fps_starts(pts_seconds: np.ndarray, clip_len: int, fps: float) -> int:

@@ -267,3 +267,27 @@ def short_files_warning(infos, *, limit: int | None = 5) -> str | None:
         f"{n} videos decode fewer frames than their containers claim"
     )
     return f"{what} (damaged or cut short; only the frames that decode are used): {listed}{more}"
+
+
+def display_to_coded_boxes(boxes, width, height, rotation, hflip) -> np.ndarray:
+    """Boxes (x, y, w, h) on displayed frames -> boxes of the same pixels on the coded frames.
+
+    ``width``/``height`` are the coded sizes; a frame is displayed turned ``rotation``
+    degrees counter-clockwise, then mirrored if ``hflip`` (``VideoInfo.orient``). Scalars
+    or one value per box.
+    """
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    n = len(b)
+    W, H, rot, flip = (np.broadcast_to(np.asarray(v), (n,)) for v in (width, height, rotation, hflip))
+    W, H, rot, flip = W.astype(np.int64), H.astype(np.int64), rot.astype(np.int64), flip.astype(bool)
+    x, y, w, h = (b[:, i].copy() for i in range(4))
+    turned = (rot == 90) | (rot == 270)
+    # The mirror came last: undo it first, on the displayed width.
+    x = np.where(flip, np.where(turned, H, W) - x - w, x)
+    out = np.stack([x, y, w, h], axis=1)
+    r90, r180, r270 = rot == 90, rot == 180, rot == 270
+    # np.rot90 semantics: a quarter turn counter-clockwise shows coded column W-1-i as row i.
+    out[r90] = np.stack([W - y - h, x, h, w], axis=1)[r90]
+    out[r180] = np.stack([W - x - w, H - y - h, w, h], axis=1)[r180]
+    out[r270] = np.stack([y, H - x - w, h, w], axis=1)[r270]
+    return out

@@ -73,7 +73,7 @@ def sample_keys(video_index, start) -> np.ndarray:
 
 
 def keys_for_batch(batch) -> np.ndarray:
-    """Sample keys of a loader ``Batch``: its ``sample_keys`` if it has them, else
+    """Sample keys of a loader ``Batch``: its ``sample_keys`` (every loader batch has them), else
     ``(video_index, first frame_index)`` of every sample."""
     keys = getattr(batch, "sample_keys", None)
     if keys is not None:
@@ -183,7 +183,7 @@ class BatchAugment:
         factors = []
         for j, r in enumerate(self._ranges):
             factors.append(None if r is None else r[0] + u[:, j + 1] * (r[1] - r[0]))
-        flip = _rng.uniforms(seed, epoch, keys, _rng.STREAM_FLIP, 1)[:, 0] < float(self.hflip_p)
+        flip = _rng.uniforms(seed, epoch, keys, _rng.STREAM_AUG_FLIP, 1)[:, 0] < float(self.hflip_p)
         return JitterParams(PERMUTATIONS[perm], *factors, flip)
 
     def __call__(self, frames: torch.Tensor, keys, *, seed: int, epoch: int) -> torch.Tensor:

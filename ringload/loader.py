@@ -15,15 +15,14 @@ uint8 tensor in channels-last memory order (a view with shape (B, C, H, W) or
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
 import os
 import time
 import weakref
-from collections.abc import Sequence
 
 import numpy as np
 
+from ._batch import Batch, make_batch
 from ._config import _MAX_EPOCH, LoaderConfig, _is_int
 from ._dataset import check_epoch, digest, load_dataset, settings, with_skip_hint
 from ._engine import release as _release
@@ -34,31 +33,6 @@ from .errors import ConfigError, LoaderStateError, LoaderTimeoutError, VideoErro
 log = logging.getLogger(__name__)
 
 __all__ = ["Batch", "LoaderConfig", "VideoLoader"]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Batch:
-    """One batch. ``frames`` uint8 RGB (B, C, H, W) for frames, (B, T, C, H, W) for clips and
-    segments, in channels-last memory order (``.contiguous()`` gives the other one);
-    ``video_index`` (B,) int64 (position in the source); ``frame_index`` (B,) or (B, T)
-    int64 (frame i of a full decode in presentation order) and ``pts_seconds`` float64 of
-    the same shape; ``labels`` int64 (B,) class ids, float32 (B, C) multi-hot, or None
-    without labels. On the CPU every tensor is the caller's own copy."""
-
-    frames: object
-    video_index: object
-    frame_index: object
-    pts_seconds: object
-    labels: object | None
-    _paths: Sequence[str] = dataclasses.field(repr=False, compare=False, default=())
-
-    @property
-    def paths(self) -> list[str]:
-        """Path of each sample's video."""
-        return [self._paths[i] for i in self.video_index.tolist()]
-
-    def __len__(self) -> int:
-        return int(self.video_index.shape[0])
 
 
 def _dist_defaults() -> tuple[int, int]:
@@ -85,11 +59,16 @@ class VideoLoader:
     per batch; docs/sampling.md), ``"strict"`` (uniform permutation) or ``"sequential"``.
     Bounded ``chunk_len=None`` takes four median GOPs of the data, at least 64, and longer
     than 64 only while a chunk spans at most 8 batches (``plan.chunk_len_for_gop``);
-    ``stats()`` reports the values in use.
+    ``stats()`` reports the values in use. ``clips_per_video=k`` makes an epoch k samples of
+    every video instead of every start (random, or uniformly spaced in sequential mode).
+    A video shorter than one sample gets one sample whose frames past the end repeat the
+    last frame (``short_video="repeat_last"``), start it over (``"wrap"``), or is left out
+    (``"skip"``) or refused (``"error"``); a warning names how many, ``stats()`` counts them.
 
     Pixels: ``crop`` is ``"random_resized"`` (torchvision's RandomResizedCrop with
-    ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``) or
-    ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (swscale's area filter) in the
+    ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``),
+    ``"three"`` (evaluation: that box on the left, centre and right of the long side, three
+    views per clip, ``Batch.crop_index``) or ``"none"`` (whole frame); the box is then resized to ``size=(h, w)`` (swscale's area filter) in the
     same conversion pass. Boxes lie on even coordinates (the chroma grid). A clip shares
     one box and one flip. ``hflip`` flips half the samples.
 
@@ -151,6 +130,8 @@ class VideoLoader:
         sampling: str = "bounded",
         chunk_len: int | None = None,
         max_per_chunk: int | None = None,
+        clips_per_video: int | None = None,
+        short_video: str = "repeat_last",
         seed: int = 0,
         num_workers: int | None = None,
         decoder_threads: int | None = None,
@@ -167,7 +148,8 @@ class VideoLoader:
         self.config = cfg = LoaderConfig(
             batch_size=batch_size, sample=sample, clip_len=clip_len, frame_stride=frame_stride, fps=fps,
             num_segments=num_segments, size=size, crop=crop, scale=scale, ratio=ratio, hflip=hflip,
-            orientation=orientation, sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk, seed=seed,
+            orientation=orientation, sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk,
+            clips_per_video=clips_per_video, short_video=short_video, seed=seed,
             num_workers=num_workers, decoder_threads=decoder_threads, prefetch_batches=prefetch_batches,
             ring_bytes=ring_bytes, device=str(device), drop_last=drop_last,
             rank=rank, world_size=world_size, on_error=on_error, timeout_s=timeout_s, task_timeout_s=task_timeout_s,
@@ -221,6 +203,8 @@ class VideoLoader:
             rank=self._rank,
             world_size=self._world,
             drop_last=bool(cfg.drop_last),
+            clips_per_video=cfg.clips_per_video,
+            views_per_clip=cfg.views_per_clip,
         )
         self._plan_cache = (self._epoch, plan)
         return plan
@@ -334,7 +318,7 @@ class VideoLoader:
                         f"(decoders: {self._sched.snapshot()['decoders']}); raise timeout_s for very slow files"
                     ) from None
         self._counters["wait_s"] += time.perf_counter() - t0
-        batch = _make_batch(self, done)
+        batch = make_batch(self, done, self._plan(), k)
         for slot in self._transfer.reclaim(0.0):
             self._sched.release(slot)
         c = self._counters
@@ -384,7 +368,8 @@ class VideoLoader:
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
         and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
         ``quarantined`` ({path: reason}) for bad files; ``sampling``, and the ``chunk_len`` and
-        ``max_per_chunk`` in use (bounded mode, else None).
+        ``max_per_chunk`` in use (bounded mode, else None); ``short_videos`` (videos shorter
+        than one sample) and the ``short_video`` policy applied to them.
         """
         return _stats(self)
 
@@ -420,32 +405,6 @@ class VideoLoader:
         )
 
 
-def _make_batch(loader, done) -> Batch:
-    """The user's Batch for a completed slot (frames through the transfer, the rest from the index)."""
-    import torch
-
-    cfg = loader.config
-    n = len(done.video)
-    view = loader._engine.slot_tensors[done.slot][:n]
-    view = view[:, 0].permute(0, 3, 1, 2) if cfg.sample == "frames" else view.permute(0, 1, 4, 2, 3)
-    frames = loader._transfer.submit(done.slot, view)
-    pts = np.empty(done.frames.shape, dtype=np.float64)
-    for i, v in enumerate(done.video.tolist()):
-        pts[i] = loader._infos[v].pts_seconds[done.frames[i]]
-    frame_index = done.frames
-    if cfg.sample == "frames":
-        frame_index, pts = done.frames[:, 0], pts[:, 0]
-    labels = loader.source.labels
-    return Batch(
-        frames=frames,
-        video_index=torch.from_numpy(done.video.copy()),
-        frame_index=torch.from_numpy(np.ascontiguousarray(frame_index)),
-        pts_seconds=torch.from_numpy(np.ascontiguousarray(pts)),
-        labels=torch.from_numpy(np.ascontiguousarray(labels[done.video])) if labels is not None else None,
-        _paths=loader._paths,
-    )
-
-
 def _stats(loader) -> dict:
     snap = loader._sched.snapshot()  # also after close(): the counters stay
     sc = snap["counters"]
@@ -477,6 +436,8 @@ def _stats(loader) -> dict:
         "replaced_samples": sc.get("replaced_samples", 0),
         "quarantined": snap["quarantined"],
         "sampling": loader.config.sampling,
+        "short_videos": int(loader._data.short.sum()),
+        "short_video": loader.config.short_video,
         "chunk_len": plan.chunk_len if plan is not None and loader.config.sampling == "bounded" else None,
         "max_per_chunk": plan.max_per_chunk if plan is not None and loader.config.sampling == "bounded" else None,
     }

@@ -75,16 +75,7 @@ _S_ROTATE = 2
 _S_OFFSET = 3
 _S_WITHIN = 4
 _S_INBATCH = 5
-# 6 is taken by the permutation's round keys (_perm._S_ROUNDS).
-
-
-
-
-
-
-
-
-
+# 6 is taken by the permutation's round keys (_perm._S_ROUNDS); 7 and 8 by _pervideo.
 
 def _as_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -117,6 +108,8 @@ class PlanConfig:
     rank: int = 0
     world_size: int = 1
     drop_last: bool = True
+    clips_per_video: int | None = None
+    views_per_clip: int = 1
 
     def __post_init__(self):
         _as_int("batch_size", self.batch_size, low=1)
@@ -135,6 +128,12 @@ class PlanConfig:
         _as_int("rank", self.rank, low=0, high=world - 1)
         if not isinstance(self.drop_last, (bool, np.bool_)):
             raise ConfigError(f"drop_last must be True or False, got {self.drop_last!r}")
+        if self.clips_per_video is not None:
+            from ._pervideo import MAX_CLIPS_PER_VIDEO
+
+            _as_int("clips_per_video", self.clips_per_video, low=1, high=MAX_CLIPS_PER_VIDEO)
+        if _as_int("views_per_clip", self.views_per_clip, low=1, high=64) > 1 and self.clips_per_video is None:
+            raise ConfigError("views_per_clip applies with clips_per_video only")
 
     @property
     def span(self) -> int:
@@ -187,6 +186,10 @@ class Plan:
     - ``plan.config``: the :class:`PlanConfig` echo of the arguments.
     """
 
+    _warn_empty = True
+    # Chunks cut at random per-video offsets; _pervideo's slot plan cuts at 0 (a chunk per video).
+    _fixed_cuts = False
+
     def __init__(self, lengths, config: PlanConfig):
         self.config = config
         cfg = config
@@ -219,7 +222,7 @@ class Plan:
             longest = int(self.starts_per_video.max()) if len(self.lengths) else 0
             self.chunk_len = longest
             self.chunk_window = min(self.num_batches, 1 + -(-max(longest - 1, 0) // cfg.batch_size))
-        if self.total_samples == 0:
+        if self.total_samples == 0 and self._warn_empty:
             logger.warning(
                 "no video has a valid sample: %d videos, clip_len=%d, frame_stride=%d",
                 len(self.lengths), cfg.clip_len, cfg.frame_stride,
@@ -283,7 +286,7 @@ class Plan:
         nv = self.starts_per_video
         vids = np.arange(len(nv), dtype=np.uint64)
         off = (_mix(_derive(self._key, _S_OFFSET), vids) % np.uint64(c)).astype(np.int64)
-        off[nv == 0] = 0
+        off[(nv == 0) | self._fixed_cuts] = 0
         self._chunk_off = off
         nchunks = np.where(nv > 0, (nv + off + c - 1) // c, 0)
         self._cum_chunks = np.zeros(len(nv) + 1, dtype=np.int64)
@@ -471,6 +474,8 @@ def plan_epoch(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = True,
+    clips_per_video: int | None = None,
+    views_per_clip: int = 1,
 ) -> Plan:
     """The batches of one epoch on one rank: a lazy, deterministic :class:`Plan`.
 
@@ -478,8 +483,11 @@ def plan_epoch(
     ``"bounded"`` (chunks of at most ``chunk_len`` consecutive starts, at most
     ``max_per_chunk`` samples of one chunk per batch; defaults ``64`` and
     ``min(16, max(1, batch_size // 8))``) or ``"sequential"`` (file order).
-    ``chunk_len``/``max_per_chunk`` are ignored outside bounded mode. The module docstring
-    says how ranks and ``drop_last`` split the epoch; docs/sampling.md gives the statistics.
+    ``chunk_len``/``max_per_chunk`` are ignored outside bounded mode. ``clips_per_video=k``
+    makes an epoch k samples of every video with a valid start instead of every start
+    (``ringload._pervideo``), each ``views_per_clip`` times (spatial views: ``plan.views(k)``).
+    The module docstring says how ranks and ``drop_last`` split
+    the epoch; docs/sampling.md gives the statistics.
     Bad arguments raise :class:`ringload.ConfigError` naming the argument.
     """
     cfg = PlanConfig(
@@ -494,7 +502,13 @@ def plan_epoch(
         rank=rank,
         world_size=world_size,
         drop_last=bool(drop_last) if isinstance(drop_last, np.bool_) else drop_last,
+        clips_per_video=clips_per_video,
+        views_per_clip=views_per_clip,
     )
+    if cfg.clips_per_video is not None:
+        from ._pervideo import PerVideoPlan
+
+        return PerVideoPlan(lengths, cfg)
     return Plan(lengths, cfg)
 
 

@@ -38,6 +38,23 @@ def _check_size(size):
     return h, w
 
 
+def _check_crop(crop, info, orientation):
+    """The box in coded pixels, for a box on the frame as delivered."""
+    if crop is None:
+        return None
+    from ._videoinfo import display_to_coded_boxes
+
+    try:
+        x, y, w, h = (int(v) for v in crop)
+    except (TypeError, ValueError):
+        raise ConfigError(f"read_frames(crop={crop!r}): pass (x, y, width, height) or None") from None
+    fh, fw = info.size(orientation)
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > fw or y + h > fh:
+        raise ConfigError(f"read_frames(crop={crop!r}): the box does not fit in the {fw}x{fh} frame")
+    rot, flip = info.orient(orientation)
+    return tuple(int(v) for v in display_to_coded_boxes([[x, y, w, h]], info.width, info.height, rot, flip)[0])
+
+
 def read_frames(
     path: str | os.PathLike,
     indices: Sequence[int] | np.ndarray,
@@ -46,6 +63,7 @@ def read_frames(
     stream: int | None = None,
     threads: int = 0,
     orientation: str = "display",
+    crop: tuple[int, int, int, int] | None = None,
 ) -> Frames:
     """Read frames ``indices`` (any order, repeats allowed) of ``path``, exactly.
 
@@ -53,7 +71,9 @@ def read_frames(
     ``frame.to_ndarray(format="rgb24")`` (resized to ``size=(height, width)`` when given,
     area-averaging). ``orientation="display"`` turns (and mirrors) them as the file's
     display matrix says, like a video player (``size`` is then the displayed size);
-    ``"coded"`` leaves them as decoded. Each GOP is decoded at most once per call.
+    ``"coded"`` leaves them as decoded. ``crop=(x, y, w, h)`` cuts that box of the frame
+    as delivered (after the turn) before the resize, as the loader's crop boxes do (its
+    boxes lie on even coordinates). Each GOP is decoded at most once per call.
     Out-of-range indices raise :class:`ringload.FrameIndexError`.
     """
     import torch
@@ -67,7 +87,8 @@ def read_frames(
     info = probe(path, stream=stream)
     idx = as_indices(indices, path).copy()
     orient = info.orient(orientation)
-    h, w = size if size is not None else info.size(orientation)
+    coded_crop = _check_crop(crop, info, orientation)
+    h, w = size if size is not None else (crop[3], crop[2]) if crop is not None else info.size(orientation)
     out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
     with VideoReader(info.path, info, threads=threads) as reader:
 
@@ -79,7 +100,7 @@ def read_frames(
                     f"{info.width}x{info.height}",
                     hint="pass size=(height, width) to resize every frame to one size",
                 )
-            convert_into(frame, out[pos], size=size, orient=orient)
+            convert_into(frame, out[pos], crop=coded_crop, size=size, orient=orient)
 
         reader.decode(idx, sink)
         decoded = reader.decoded_frames

@@ -61,7 +61,7 @@ def ref_frame(img, order, b, c, s, h):
 def ref_draws(keys, seed, epoch, ranges, hflip_p):
     """The spec of the draws, restated: u[0] picks one of the 24 orders, u[1..4] the factors."""
     u = _rng.uniforms(seed, epoch, keys, _rng.STREAM_JITTER, 5)
-    flips = _rng.uniforms(seed, epoch, keys, _rng.STREAM_FLIP, 1)[:, 0] < hflip_p
+    flips = _rng.uniforms(seed, epoch, keys, _rng.STREAM_AUG_FLIP, 1)[:, 0] < hflip_p
     rows = []
     for i in range(len(keys)):
         order = ORDERS[min(int(u[i, 0] * 24), 23)]
@@ -148,7 +148,7 @@ def test_no_jitter_is_exact_cast_flip_and_normalise():
     frames = random_frames((20, 3, 4, 6), seed=5)
     keys = _rng.sample_keys(np.arange(20), np.zeros(20))
     got = aug(frames, keys, seed=9, epoch=1)
-    flip = _rng.uniforms(9, 1, keys, _rng.STREAM_FLIP, 1)[:, 0] < 0.5
+    flip = _rng.uniforms(9, 1, keys, _rng.STREAM_AUG_FLIP, 1)[:, 0] < 0.5
     x = frames.to(torch.float32) / 255.0
     x[torch.as_tensor(flip)] = x[torch.as_tensor(flip)].flip(-1)
     want = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
