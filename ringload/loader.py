@@ -20,7 +20,6 @@ import os
 import time
 import weakref
 
-import numpy as np
 
 from ._batch import Batch, make_batch
 from ._config import _MAX_EPOCH, LoaderConfig, _is_int
