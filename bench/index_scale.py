@@ -58,7 +58,7 @@ def _system() -> dict:
 
 def replicate(cols: dict, reps: int, paths: list[str]) -> dict:
     """The columns of ``len(paths)`` rows: the k rows of ``cols`` tiled ``reps`` times."""
-    from ringload._indexfile import _strings
+    from ringload._indexfile_write import _strings
 
     k = len(cols["ok"])
     out = {}
@@ -92,7 +92,7 @@ def make_links(root: str, real: list[str], n: int) -> list[str]:
 
 
 def build(work: str, n: int, infos) -> tuple[str, float]:
-    from ringload._indexfile import columns_from_rows, write_index
+    from ringload._indexfile_write import columns_from_rows, write_index
 
     out = os.path.join(work, f"scale-{n}.ringindex")
     t0 = time.perf_counter()

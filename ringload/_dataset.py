@@ -46,7 +46,7 @@ def load_dataset(cfg: LoaderConfig, source) -> Dataset:
     """The dataset of a resolved source. An index file (``ringload index --out``) is used as
     mapped; any other source is indexed here (through the per-file cache) into a temporary
     index file, so decoders always look videos up in a mapped file."""
-    from ._indexfile import temporary_index
+    from ._indexfile_write import temporary_index
 
     quarantined: dict[str, str] = {}
     index = getattr(source, "index", None)

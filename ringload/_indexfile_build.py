@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from ._indexfile import FORMAT_VERSION, IndexFile, IndexFileError, columns_from_rows, write_index
+from ._indexfile import FORMAT_VERSION, IndexFile, IndexFileError
+from ._indexfile_write import columns_from_rows, write_index
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ import pytest
 
 from helpers import assert_same_info
 from ringload import _indexfile as IF
+from ringload import _indexfile_write as IFW
 from ringload.probe import index_paths, probe
 
 
@@ -23,8 +24,8 @@ def real(videos_dir, tmp_path_factory):
     results = index_paths(paths, cache=cache, workers=2)
     rows = [r.info if r.info is not None else (r.path, r.error_type, r.reason) for r in results]
     out = tmp_path_factory.mktemp("idx") / "real.ringindex"
-    cols, cats = IF.columns_from_rows(rows)
-    IF.write_index(out, cols, cats)
+    cols, cats = IFW.columns_from_rows(rows)
+    IFW.write_index(out, cols, cats)
     return paths, results, cache, out
 
 
@@ -77,23 +78,23 @@ def _rule_pts(rule, first, n):
 
 
 def test_a_rate_rule_is_used_only_when_every_timestamp_matches():
-    assert IF._rate_rule(np.array([0, 512, 1024, 1536])) == (512, 1, 0)
+    assert IFW._rate_rule(np.array([0, 512, 1024, 1536])) == (512, 1, 0)
     odd = np.array([0, 512, 1024, 1537])  # a rational step 1537/3 reproduces it exactly: fine
-    assert np.array_equal(_rule_pts(IF._rate_rule(odd), 0, 4), odd)
-    assert IF._rate_rule(np.array([0, 10, 11, 30, 31]))[0] == 0
-    assert IF._rate_rule(np.array([7])) == (1, 1, 0)
-    assert IF._rate_rule(np.array([3, 3]))[0] == 0
+    assert np.array_equal(_rule_pts(IFW._rate_rule(odd), 0, 4), odd)
+    assert IFW._rate_rule(np.array([0, 10, 11, 30, 31]))[0] == 0
+    assert IFW._rate_rule(np.array([7])) == (1, 1, 0)
+    assert IFW._rate_rule(np.array([3, 3]))[0] == 0
     # 30 fps on Matroska's millisecond time base: rounded, 0 33 67 100 133 ...
     mkv = np.round(np.arange(310) * 1000 / 30).astype(np.int64)
-    rule = IF._rate_rule(mkv)
+    rule = IFW._rate_rule(mkv)
     assert rule[:2] == (100, 3) and np.array_equal(_rule_pts(rule, 0, 310), mkv)
     # 29.97 fps at 1/90000, and an NTSC rate rounded to ms, starting late.
     for pts in (1234 + np.arange(500) * 3003, 40 + np.floor(np.arange(400) * 1001 / 30).astype(np.int64)):
-        rule = IF._rate_rule(pts)
+        rule = IFW._rate_rule(pts)
         assert rule[0] > 0 and np.array_equal(_rule_pts(rule, int(pts[0]), len(pts)), pts)
     vfr = mkv.copy()
     vfr[200] += 1
-    assert IF._rate_rule(vfr)[0] == 0
+    assert IFW._rate_rule(vfr)[0] == 0
 
 
 def test_views_are_read_only_and_zero_copy(real):
@@ -107,8 +108,8 @@ def test_views_are_read_only_and_zero_copy(real):
 def test_labels_weights_and_meta_are_kept(tmp_path, real):
     paths, results, _, _ = real
     rows = [r.info for r in results if r.info is not None][:3]
-    cols, cats = IF.columns_from_rows(rows, labels=np.array([2, 0, 1]), weights=np.array([0.5, 1, 2]))
-    IF.write_index(tmp_path / "l.ringindex", cols, cats, {"class_names": ["a", "b", "c"]})
+    cols, cats = IFW.columns_from_rows(rows, labels=np.array([2, 0, 1]), weights=np.array([0.5, 1, 2]))
+    IFW.write_index(tmp_path / "l.ringindex", cols, cats, {"class_names": ["a", "b", "c"]})
     idx = IF.IndexFile.open(tmp_path / "l.ringindex")
     assert idx.column("label").tolist() == [2, 0, 1]
     assert idx.column("weight").tolist() == [0.5, 1.0, 2.0]
@@ -117,9 +118,9 @@ def test_labels_weights_and_meta_are_kept(tmp_path, real):
 
 def _small(tmp_path, real) -> bytes:
     rows = [r.info for r in real[1] if r.info is not None][:4]
-    cols, cats = IF.columns_from_rows(rows)
+    cols, cats = IFW.columns_from_rows(rows)
     p = tmp_path / "s.ringindex"
-    IF.write_index(p, cols, cats, {"pad": "x" * 100})  # room for _rewrite_header's edits
+    IFW.write_index(p, cols, cats, {"pad": "x" * 100})  # room for _rewrite_header's edits
     return p.read_bytes()
 
 
@@ -176,10 +177,10 @@ def test_damaged_index_files_raise_a_typed_error_naming_the_file(tmp_path, real,
 def test_forged_contents_with_valid_crcs_are_refused(tmp_path, real):
     """Offsets that point past their data, though every CRC matches, are caught by the structure check."""
     rows = [r.info for r in real[1] if r.info is not None][:4]
-    cols, cats = IF.columns_from_rows(rows)
+    cols, cats = IFW.columns_from_rows(rows)
     cols["keyframes"] = cols["keyframes"].copy()
     cols["keyframes"][-1] = 10**9
-    IF.write_index(tmp_path / "f.ringindex", cols, cats)
+    IFW.write_index(tmp_path / "f.ringindex", cols, cats)
     with pytest.raises(IF.IndexFileError, match="keyframe outside"):
         IF.IndexFile.open(tmp_path / "f.ringindex")
 
