@@ -212,8 +212,9 @@ def _read_manifest(manifest: str) -> Source:
         p = p.strip()
         paths.append(p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p)))
         has_label = rec.get("label") not in (None, "")
-        has_labels = rec.get("labels") not in (None, "")
-        if has_label and has_labels:
+        # A present but empty 'labels' cell is a video with none of the classes (all zeros).
+        has_labels = rec.get("labels") is not None
+        if has_label and rec.get("labels") not in (None, "", []):
             raise ConfigError(f"{manifest}: line {lineno}: give either 'label' or 'labels', not both")
         single.append((lineno, rec.get("label")) if has_label else (lineno, None))
         if has_labels:
@@ -234,6 +235,8 @@ def _read_manifest(manifest: str) -> Source:
 
     n_single = sum(v is not None for _, v in single)
     n_multi = sum(v is not None for _, v in multi)
+    if not any(v for _, v in multi):
+        n_multi = 0  # an empty 'labels' column: beside single labels, or no labels at all
     if n_single and n_multi:
         raise ConfigError(f"{manifest}: mixes 'label' and 'labels' rows; use one of them for every row")
     if n_single == 0 and n_multi == 0:
@@ -277,6 +280,13 @@ def _label_mapping(manifest: str, values: list, entries, *, multi: bool):
             if not isinstance(x, (str, int, float)) or isinstance(x, bool):
                 raise ConfigError(f"{manifest}: line {lineno}: label {x!r} must be an int or a class name")
     ints = [_as_int(v) for v in values]
+    if any(i is not None for i in ints) and not all(i is not None for i in ints):
+        an_int = next(v for v, i in zip(values, ints) if i is not None)
+        a_name = next(v for v, i in zip(values, ints) if i is None)
+        raise ConfigError(
+            f"{manifest}: the labels mix class ids (e.g. {an_int!r}) and class names (e.g. {a_name!r}); "
+            "use one kind for every row (names are mapped to ids in sorted order)"
+        )
     if all(i is not None for i in ints):
         for (lineno, v) in entries:
             for x in v if multi else [v]:

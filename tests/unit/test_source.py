@@ -190,3 +190,41 @@ def test_unreadable_subdirectory_is_reported(tmp_path):
     assert str(locked) in res["raise"] and 'on_error="skip"' in res["raise"] and "permission" in res["raise"].lower()
     assert res["skip"] == [str(tmp_path / "ok" / "a.mp4")]
     assert len(res["warnings"]) == 1 and str(locked) in res["warnings"][0]
+
+
+def test_an_empty_labels_cell_is_an_all_zero_target(tmp_path):
+    from ringload._source import resolve_source
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "b.mp4").write_bytes(b"x")
+    csv_m = tmp_path / "m.csv"
+    csv_m.write_text("path,labels\na.mp4,cat;dog\nb.mp4,\n")
+    src = resolve_source(str(csv_m))
+    assert src.class_names == ["cat", "dog"]
+    assert src.labels.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"path": "a.mp4", "labels": ["dog"]}\n{"path": "b.mp4", "labels": []}\n')
+    assert resolve_source(str(jsonl)).labels.tolist() == [[1.0], [0.0]]
+
+
+@pytest.mark.parametrize("rows", [["3", "cat"], ["cat", "0"]])
+def test_a_manifest_mixing_class_ids_and_names_is_refused(tmp_path, rows):
+    from ringload._source import resolve_source
+
+    lines = ["path,label"]
+    for i, label in enumerate(rows):
+        (tmp_path / f"{i}.mp4").write_bytes(b"x")
+        lines.append(f"{i}.mp4,{label}")
+    m = tmp_path / "m.csv"
+    m.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="class ids.*class names|class names.*class ids"):
+        resolve_source(str(m))
+
+
+def test_an_all_empty_labels_column_means_no_labels(tmp_path):
+    from ringload._source import resolve_source
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    m = tmp_path / "m.csv"
+    m.write_text("path,labels\na.mp4,\n")
+    assert resolve_source(str(m)).labels is None
