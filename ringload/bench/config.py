@@ -8,6 +8,7 @@ import json
 import os
 
 from ..errors import ConfigError
+from .contenders import PEER_KINDS
 
 #: Contenders in the order they run in each round by default.
 DEFAULT_CONTENDERS = (
@@ -22,8 +23,8 @@ DEFAULT_CONTENDERS = (
     "spdl",
 )
 ALL_CONTENDERS = DEFAULT_CONTENDERS
-#: The contenders that run in the peer interpreter (``--peer-python``; ``peers.PEERS``).
-PEER_CONTENDERS = ("torchcodec-exact", "torchcodec-approx", "decord", "spdl")
+#: The contenders that run in the peer interpreter (``--peer-python``).
+PEER_CONTENDERS = PEER_KINDS
 SWEEPS = ("none", "chunks", "gop", "resolution")
 
 

@@ -131,3 +131,5 @@ FACTORIES = {
     "sequential": lambda spec, paths: make_ringload(spec, paths, "sequential"),
 }
 RINGLOAD_KINDS = ("strict", "bounded", "sequential")
+#: The peers: run in the peer interpreter (:mod:`ringload.bench.peers`, ``--peer-python``).
+PEER_KINDS = ("torchcodec-exact", "torchcodec-approx", "decord", "spdl")

@@ -39,7 +39,7 @@ import collections
 import os
 import sys
 
-from .contenders import Contender, Skip
+from .contenders import PEER_KINDS, Contender, Skip
 
 try:  # both interpreters have a torch (the project's CPU build, the peer venv's own)
     from torch.utils.data import IterableDataset as _Dataset
@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover - the peers cannot run without torch any
     _Dataset = object
 
 #: Peer contender names, in their default order.
-PEERS = ("torchcodec-exact", "torchcodec-approx", "decord", "spdl")
+PEERS = PEER_KINDS
 #: The script the peer interpreter runs (by path: it must not import ``ringload``).
 CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_child.py")
 #: Files each worker keeps open (decoders, demuxed packets), least recently used first out.

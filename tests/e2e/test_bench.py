@@ -371,3 +371,22 @@ def test_list_source_reads_like_the_loader(tmp_path):
     assert [os.path.basename(p) for p in bench.list_source(str(tmp_path / "v" / "*.mkv"))] == ["a.mkv"]
     with pytest.raises(ConfigError):
         bench.list_source(str(tmp_path / "nothing-here"))
+
+
+def test_ratio_to_the_fastest_peer_of_each_round():
+    # Round 1: decord is the fastest peer, round 2: spdl; ratios divide by that round's.
+    results = [
+        _entry("strict", [30.0, 40.0]),
+        _entry("decord", [20.0, 10.0]),
+        _entry("spdl", [15.0, 25.0]),
+        _entry("torchcodec-exact", [None, 5.0]),  # failed in round 1: left out of that round
+    ]
+    r = bench.ratios(results)
+    assert r["best_peer"] == {"round_ids": [0, 1], "rounds": ["decord", "spdl"], "images_per_s": [20.0, 25.0]}
+    assert r["contenders"]["strict"]["x_best_peer"]["rounds"] == pytest.approx([1.5, 1.6])
+    assert "x_best_peer" not in r["contenders"]["spdl"]
+    text = report.format_table({"results": results, "ratios": r, "rounds": 2,
+                                "system": {"peers": {"python": "3.11.7", "spdl.io": "0.8.0", "executable": "/v/py"}}})
+    assert "fastest peer per round: decord, spdl; over it in the same round: strict 1.55 1.50-1.60." in text
+    assert "peers: python 3.11.7, spdl.io 0.8.0 (/v/py)" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
