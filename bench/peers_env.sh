@@ -16,13 +16,18 @@ PYTHON=${PYTHON:-python3}
 # torchcodec loads libavcodec/libavformat/... of FFmpeg 4 to 7 at import; decord and SPDL ship their own.
 if ! ldconfig -p | grep -q 'libavcodec\.so\.'; then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-    $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends ffmpeg
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
 fi
 
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 # torch 2.14.1 is what torchcodec 0.17 is built against (a CUDA build; it runs on the CPU here).
-"$VENV/bin/python" -m pip install -q torch==2.14.1 torchcodec==0.17.0 decord==0.6.0 spdl
+# One install per peer: a peer that cannot be had is named, and the others still install.
+failed=()
+for reqs in "torch==2.14.1 torchcodec==0.17.0" "decord==0.6.0" "spdl"; do
+    # shellcheck disable=SC2086  # one word per requirement
+    "$VENV/bin/python" -m pip install -q $reqs || failed+=("$reqs")
+done
 
 # One line per peer: its version, or why it does not import.
 "$VENV/bin/python" - <<'PY'
@@ -35,3 +40,7 @@ for name in ("torch", "torchcodec", "decord", "spdl.io"):
         print(f"{name:12s} FAILED: {type(exc).__name__}: {exc}")
 PY
 echo "peer interpreter: $VENV/bin/python"
+if [ ${#failed[@]} -gt 0 ]; then
+    printf 'could not install: pip install %s\n' "${failed[@]}" >&2
+    exit 1
+fi
