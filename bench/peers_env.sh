@@ -7,13 +7,13 @@
 #
 # The peers live in their own venv because PyPI's torchcodec 0.17 links libtorch_cuda and does
 # not load beside the CPU torch that ringload pins. Nothing here is needed by ringload itself:
-# Debian's ffmpeg (the shared libraries torchcodec dlopens) is installed only for this venv's use.
+# Debian's ffmpeg (the shared libraries torchcodec and SPDL load) is installed only for this venv's use.
 set -euo pipefail
 
 VENV=${1:-${RINGLOAD_PEERS_VENV:-$HOME/.cache/ringload/peers-venv}}
 PYTHON=${PYTHON:-python3}
 
-# torchcodec loads libavcodec/libavformat/... of FFmpeg 4 to 7 at import; decord and SPDL ship their own.
+# torchcodec and SPDL load the system's libavcodec/libavformat/... (FFmpeg 4 to 7); decord ships FFmpeg 4.1.
 if ! ldconfig -p | grep -q 'libavcodec\.so\.'; then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq
