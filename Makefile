@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench peers-env clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/ringload bench
+
+# The interpreter the peers (torchcodec, decord, SPDL) run in, for `ringload bench --peer-python`:
+# a venv under ~/.cache/ringload/peers-venv (several GB) plus Debian's ffmpeg libraries.
+peers-env:
+	bash bench/peers_env.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

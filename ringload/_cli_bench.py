@@ -1,8 +1,9 @@
 """Benchmark ringload against the exercise's starter loader, plain-PyAV decoding in file order
-(the ceiling) and peer libraries, on the same files, in interleaved rounds (every contender
-once per round, each time in a fresh process tree), and write a table with each ratio's
-median and min-max over the rounds, a JSON result file (docs/benchmarks.md, "The result
-file") and PNG plots.
+(the ceiling) and peer libraries (torchcodec, decord, SPDL, from the interpreter that
+--peer-python names; bash bench/peers_env.sh builds it), on the same files, in interleaved
+rounds (every contender once per round, each time in a fresh process tree), and write a
+table with each ratio's median and min-max over the rounds, a JSON result file
+(docs/benchmarks.md, "The result file") and PNG plots.
 
 Without SOURCE it generates the default dataset: one camera-like 1080p30 H.264 video
 (GOP 30, 2 B-frames, 20 s) visible under 200 file names (links), batch 128, output 224x224.
@@ -49,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     preset.add_argument("--smoke", action="store_true",
                         help="tiny data, 2 rounds of 2 batches: checks that every contender runs; not for numbers")
     p.add_argument("--contenders", default=None, help="comma-separated subset (default: all that can run)")
+    p.add_argument("--peer-python", default=None, metavar="PATH",
+                   help="interpreter the peers (torchcodec, decord, SPDL) run in; bash bench/peers_env.sh "
+                        "builds it (without it they are reported as skipped)")
     g = p.add_argument_group("generated dataset")
     g.add_argument("--data-dir", default=None, help="cache folder for generated videos (default: /tmp/ringload-bench)")
     g.add_argument("--videos", type=int, default=None, help="distinct videos (default 1)")
@@ -110,6 +114,7 @@ def config_from_args(args) -> "BenchConfig":  # noqa: F821
         max_per_chunks=args.max_per_chunk,
         rho=args.rho,
         seed=args.seed,
+        peer_python=args.peer_python,
     )
     for arg, field in (("warmup", "warmup_batches"), ("repeats", "repeats"), ("window_s", "window_s"),
                        ("budget_s", "budget_s"), ("rounds", "rounds"), ("batch_size", "batch_size"),

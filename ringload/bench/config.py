@@ -8,6 +8,7 @@ import json
 import os
 
 from ..errors import ConfigError
+from .contenders import PEER_KINDS
 
 #: Contenders in the order they run in each round by default.
 DEFAULT_CONTENDERS = (
@@ -19,8 +20,11 @@ DEFAULT_CONTENDERS = (
     "torchcodec-exact",
     "torchcodec-approx",
     "decord",
+    "spdl",
 )
 ALL_CONTENDERS = DEFAULT_CONTENDERS
+#: The contenders that run in the peer interpreter (``--peer-python``).
+PEER_CONTENDERS = PEER_KINDS
 SWEEPS = ("none", "chunks", "gop", "resolution")
 
 
@@ -83,6 +87,7 @@ class BenchConfig:
     sweep: str = "none"
     rho: float = 0.5
     seed: int = 0
+    peer_python: str | None = None  # the interpreter the peers run in; None: peers skipped
 
     def __post_init__(self):
         unknown = [c for c in self.contenders if c not in ALL_CONTENDERS]
@@ -101,6 +106,11 @@ class BenchConfig:
             raise ConfigError(f"--budget-s={self.budget_s}: must be > 0")
         if not 0.0 <= self.rho <= 1.0:
             raise ConfigError(f"--rho={self.rho}: a correlation in [0, 1]")
+        if self.peer_python is not None and not (
+            os.path.isfile(self.peer_python) and os.access(self.peer_python, os.X_OK)
+        ):
+            raise ConfigError(f"--peer-python={self.peer_python}: not an executable file "
+                              "(bash bench/peers_env.sh builds one: <venv>/bin/python)")  # fmt: skip
 
     @property
     def num_workers(self) -> int:

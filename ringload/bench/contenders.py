@@ -3,7 +3,8 @@
 - ``starter``: the robotics exercise's loader (:mod:`ringload.bench.starter`), the baseline;
 - ``ceiling``: plain PyAV in file order (:mod:`ringload.bench.ceiling`);
 - ``strict``, ``bounded``, ``sequential``: :class:`ringload.VideoLoader` in each sampling mode;
-- ``torchcodec-exact``, ``torchcodec-approx``, ``decord``: peers, when they import.
+- the peers (``torchcodec-exact``, ``torchcodec-approx``, ``decord``, ``spdl``) are not here: they
+  run in their own interpreter (:mod:`ringload.bench.peers`, ``--peer-python``).
 
 A factory takes the contender's spec (a dict, see ``runner.plan_runs``) and the file paths,
 and returns a :class:`Contender` or raises :class:`Skip` with the reason it cannot run.
@@ -122,112 +123,13 @@ def make_ceiling(spec, paths):
     return Contender(loader, info={"note": note, "shm_bytes": loader.shm_bytes}, buffered=loader.buffered)
 
 
-def make_torchcodec(spec, paths, seek_mode):
-    try:
-        import torchcodec.decoders  # noqa: F401
-    except Exception as exc:
-        raise Skip(f"torchcodec is not installed ({type(exc).__name__}); pip install torchcodec") from None
-    return _peer(spec, paths, "torchcodec", seek_mode)
-
-
-def make_decord(spec, paths):
-    try:
-        import decord  # noqa: F401
-    except Exception as exc:
-        raise Skip(f"decord is not installed ({type(exc).__name__}); pip install decord") from None
-    return _peer(spec, paths, "decord", None)
-
-
-def _peer(spec, paths, library, seek_mode):
-    import torch
-
-    from ..probe import probe
-
-    # Frame counts from ringload's index (built before the run, cached on disk), so that a
-    # peer samples the same frames a ringload contender can, and is not charged for it.
-    lengths = [probe(p).num_frames for p in paths]
-    dataset = PeerBatches(
-        paths, lengths, library=library, seek_mode=seek_mode, batch_size=spec["batch_size"], size=spec["size"],
-        seed=spec["seed"],
-    )  # fmt: skip
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=spec["workers"])
-    note = f"{library}{' ' + seek_mode if seek_mode else ''}: uniform random frames, one batched read per video per batch"
-    return Contender(loader, info={"note": note, "shm_bytes": None}, buffered=spec["workers"])
-
-
-class PeerBatches:
-    """IterableDataset-like: endless batches of uniform random frames read with a peer library,
-    cropped with ringload's ``random_resized_boxes`` (scale 0.9 to 1, as the starter) and
-    resized to ``size`` with torch."""
-
-    def __init__(self, paths, lengths, *, library, seek_mode, batch_size, size, seed):
-        self.paths = list(paths)
-        self.lengths = list(lengths)
-        self.library = library
-        self.seek_mode = seek_mode
-        self.batch_size = batch_size
-        self.size = size
-        self.seed = seed
-
-    def _decoder(self, cache, path):
-        dec = cache.get(path)
-        if dec is None:
-            if self.library == "torchcodec":
-                from torchcodec.decoders import VideoDecoder
-
-                dec = VideoDecoder(path, seek_mode=self.seek_mode, num_ffmpeg_threads=1)
-            else:
-                import decord
-
-                dec = decord.VideoReader(path, num_threads=1)
-            cache[path] = dec
-        return dec
-
-    def _read(self, dec, idx):
-        if self.library == "torchcodec":
-            return dec.get_frames_at(indices=idx).data  # (N, C, H, W) uint8
-        import torch
-
-        return torch.from_numpy(dec.get_batch(idx).asnumpy()).permute(0, 3, 1, 2)
-
-    def __iter__(self):
-        import numpy as np
-        import torch
-        import torch.nn.functional as F
-
-        from .._samples import random_resized_boxes
-
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info else 0])
-        cache: dict = {}
-        cum = np.cumsum(self.lengths)
-        starts = np.concatenate([[0], cum[:-1]])
-        while True:
-            flat = rng.integers(0, int(cum[-1]), self.batch_size)
-            vids = np.searchsorted(cum, flat, side="right")
-            frames_idx = flat - starts[vids]
-            out = torch.empty((self.batch_size, 3, self.size, self.size), dtype=torch.uint8)
-            for v in np.unique(vids):
-                pos = np.nonzero(vids == v)[0]
-                data = self._read(self._decoder(cache, self.paths[v]), frames_idx[pos].tolist())
-                h, w = data.shape[-2:]
-                boxes = random_resized_boxes([w] * len(pos), [h] * len(pos), rng.random((len(pos), 40)),
-                                             (0.9, 1.0), (3 / 4, 4 / 3))
-                for j, p in enumerate(pos):
-                    x, y, cw, ch = boxes[j].tolist()
-                    crop = data[j : j + 1, :, y : y + ch, x : x + cw].float()
-                    out[p] = F.interpolate(crop, size=(self.size, self.size), mode="bilinear")[0].round().byte()
-            yield out
-
-
 FACTORIES = {
     "starter": make_starter,
     "ceiling": make_ceiling,
     "strict": lambda spec, paths: make_ringload(spec, paths, "strict"),
     "bounded": lambda spec, paths: make_ringload(spec, paths, "bounded"),
     "sequential": lambda spec, paths: make_ringload(spec, paths, "sequential"),
-    "torchcodec-exact": lambda spec, paths: make_torchcodec(spec, paths, "exact"),
-    "torchcodec-approx": lambda spec, paths: make_torchcodec(spec, paths, "approximate"),
-    "decord": make_decord,
 }
 RINGLOAD_KINDS = ("strict", "bounded", "sequential")
+#: The peers: run in the peer interpreter (:mod:`ringload.bench.peers`, ``--peer-python``).
+PEER_KINDS = ("torchcodec-exact", "torchcodec-approx", "decord", "spdl")

@@ -102,3 +102,13 @@ def file_size(path) -> int | None:
         return os.path.getsize(path)
     except OSError:
         return None
+
+
+def frame_counts(paths: list[str]) -> tuple[list[int], list[list[int]]]:
+    """Frame counts and coded (width, height) of ``paths`` from ringload's index (cached on
+    disk), for the peers, which run where ringload cannot be imported: they sample the same
+    frames a ringload contender can and are not charged for probing the files."""
+    from ..probe import probe
+
+    infos = [probe(p) for p in paths]
+    return [i.num_frames for i in infos], [[i.width, i.height] for i in infos]

@@ -27,15 +27,18 @@ log = logging.getLogger(__name__)
 PROTO = "@@ringload-bench "
 
 
-def measure(spec: dict, paths: list[str], emit=lambda msg: None) -> dict:
-    """Run one contender in this process and return its measurements (see module docstring)."""
+def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None) -> dict:
+    """Run one contender in this process and return its measurements (see module docstring).
+
+    ``factories`` maps contender kinds to factories (default ``contenders.FACTORIES``; the
+    peer interpreter passes ``peers.FACTORIES``)."""
     kind = spec["kind"]
     me = os.getpid()
     result: dict[str, Any] = {"status": "ok"}
     t_start = time.perf_counter()
     with MemorySampler(me) as mem:
         try:
-            contender = FACTORIES[kind](spec, paths)
+            contender = (factories or FACTORIES)[kind](spec, paths)
         except Skip as exc:
             return {"status": "skipped", "note": str(exc)}
         it = contender.iterate()
@@ -125,8 +128,9 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None) -> dict:
     return result
 
 
-def child_main() -> int:
-    """``python -m ringload.bench.measure``: read one contender spec on stdin, report on stdout."""
+def child_main(factories=None) -> int:
+    """``python -m ringload.bench.measure``: read one contender spec on stdin, report on stdout
+    (``peer_child.py`` calls it in the peer interpreter with the peers' factories)."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     spec = json.loads(sys.stdin.read())
     out = sys.stdout
@@ -136,7 +140,7 @@ def child_main() -> int:
         out.flush()
 
     try:
-        result = measure(spec, spec["paths"], emit)
+        result = measure(spec, spec["paths"], emit, factories)
     except Exception as exc:
         log.exception("contender %s failed", spec.get("name"))
         result = {"status": "failed", "note": f"{type(exc).__name__}: {exc}"}

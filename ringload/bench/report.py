@@ -37,7 +37,8 @@ def system_info() -> dict[str, Any]:
         "loadavg_start": list(os.getloadavg()),
         "gpu": _gpu_name(),
     }
-    for mod in ("torch", "av", "numpy", "PIL", "uvloop", "posix_ipc", "torchcodec", "decord"):
+    # The peers run in another interpreter: their versions are under "peers" (runner.peer_versions).
+    for mod in ("torch", "av", "numpy", "PIL", "uvloop", "posix_ipc"):
         try:
             info[f"{mod}_version"] = importlib.import_module(mod).__version__
         except Exception:
@@ -201,6 +202,15 @@ def format_table(doc: dict) -> str:
         d = 2 if t["max"] < 10 else 1
         spread = f"median {t['median']:.{d}f}" + (f", {t['min']:.{d}f} to {t['max']:.{d}f}" if m > 1 else "")
         text.append(f"target {t['target']}: {verdict} ({spread})")
+    best = rat.get("best_peer")
+    if best:
+        line = f"fastest peer per round: {', '.join(best['rounds'])}; over it in the same round:"
+        parts = [f"{_short(n)} {_ratio(v['x_best_peer'])}" for n, v in per.items() if v.get("x_best_peer")]
+        text.append(line + " " + "; ".join(parts) + ".")
+    peers = s.get("peers")
+    if peers:
+        text.append("peers: " + ", ".join(f"{k} {v}" for k, v in peers.items() if k not in ("executable",)) +
+                    f" ({peers.get('executable')})")  # fmt: skip
     text += bounds
     text += [f"note: {x}" for x in (rat.get("notes") or []) + notes]
     for item in text:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .contenders import PEER_KINDS
+
 #: A target: (numerator, denominator or "reference", need).
 TARGETS = (
     ("bounded", "reference", 0.85),
@@ -153,6 +155,22 @@ def ratios(results: list[dict]) -> dict:
             if s:
                 out["targets"].append(_verdict(num, den, need, per, s))
     out["notes"] = _exceeded(ips, reference, ratio)
+    # The fastest peer of each round, and every other contender over it in that round.
+    peers = [n for n in ips if n in PEER_KINDS and ips[n]]
+    best = {}
+    for r in sorted({r for n in peers for r in ips[n]}):
+        name = max((n for n in peers if r in ips[n]), key=lambda n: ips[n][r])
+        best[r] = (name, ips[name][r])
+    if best:
+        out["best_peer"] = {"round_ids": list(best), "rounds": [b[0] for b in best.values()],
+                            "images_per_s": [b[1] for b in best.values()]}  # fmt: skip
+        for name in entries:
+            if name in PEER_KINDS:
+                continue
+            common = [r for r in best if r in ips.get(name, {})]
+            s = spread([ips[name][r] / best[r][1] for r in common])
+            if s:
+                out["contenders"].setdefault(name, {})["x_best_peer"] = s
     return out
 
 

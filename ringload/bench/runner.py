@@ -1,8 +1,9 @@
 """Orchestration: which contender runs on which data with which settings (``plan_runs``),
 and the run itself (``run``): interleaved rounds, each contender in each round in a fresh
-process tree (``python -m ringload.bench.measure``) under a time limit (``budget_s`` from
-its first batch, plus 300 s for start-up and shut-down), results collected into the result
-document (``report.SCHEMA``, summarised by ``rounds``)."""
+process tree (``python -m ringload.bench.measure``; a peer: ``PEER_PYTHON peer_child.py``)
+under a time limit (``budget_s`` from its first batch, plus 300 s for start-up and
+shut-down), results collected into the result document (``report.SCHEMA``, summarised by
+``rounds``)."""
 
 from __future__ import annotations
 
@@ -23,24 +24,48 @@ from typing import Any
 from ..errors import ConfigError
 from ._json import jsonable
 from .config import BenchConfig
+from .config import PEER_CONTENDERS
 from .contenders import RINGLOAD_KINDS
-from .data import file_size, list_source, prepare_dataset, warm_index
+from .data import file_size, frame_counts, list_source, prepare_dataset, warm_index
 from .measure import PROTO
+from .peers import CHILD_SCRIPT, enable_hint
 from .report import _PACKAGE_ROOT, SCHEMA, system_info
 from .rounds import ratios, summarize
 
 log = logging.getLogger(__name__)
 
 
-def run_child(spec: dict, *, timeout_s: float, on_progress=None) -> dict:
+def child_command(peer_python: str | None = None) -> tuple[list[str], dict]:
+    """The command and environment of a contender's process: this interpreter running
+    ``ringload.bench.measure``, or for a peer ``peer_python`` running ``peer_child.py`` by
+    path (it imports none of ringload's dependencies, and no PYTHONPATH leads it to them)."""
     env = dict(os.environ)
+    if peer_python:
+        env.pop("PYTHONPATH", None)
+        return [peer_python, CHILD_SCRIPT], env
     # The child imports the same ringload as this process (a checkout or an installed copy).
     env["PYTHONPATH"] = os.pathsep.join(
         [str(_PACKAGE_ROOT.parent)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
+    return [sys.executable, "-m", "ringload.bench.measure"], env
+
+
+def peer_versions(peer_python: str) -> dict:
+    """Python and library versions of the peer interpreter (``peer_child.py --versions``)."""
+    cmd, env = child_command(peer_python)
+    try:
+        out = subprocess.run(cmd + ["--versions"], capture_output=True, text=True, env=env, timeout=120, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        log.warning("peer interpreter %s: no versions (%s)", peer_python, exc)
+        return {"executable": peer_python, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def run_child(spec: dict, *, timeout_s: float, on_progress=None, peer_python: str | None = None) -> dict:
+    cmd, env = child_command(peer_python)
     with tempfile.TemporaryFile(mode="w+") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ringload.bench.measure"],
+            cmd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -127,6 +152,7 @@ def plan_runs(cfg: BenchConfig) -> list[dict]:
         "budget_s": cfg.budget_s,
         "seed": cfg.seed,
     }
+    # (the peers get the same settings; the runner adds their frame counts and sizes)
     if cfg.sweep in ("gop", "resolution"):
         if cfg.source:
             raise ConfigError("--sweep gop/resolution generates its own data; drop SOURCE")
@@ -184,18 +210,31 @@ def run(cfg: BenchConfig, *, progress: bool = True, checkpoint=None) -> dict:
         "datasets": {},
         "results": [],
     }
+    peers_wanted = any(spec["kind"] in PEER_CONTENDERS for spec in runs)
+    if peers_wanted and cfg.peer_python:
+        doc["system"]["peers"] = peer_versions(cfg.peer_python)
     expected = cfg.warmup_batches + cfg.repeats * (cfg.batches or 4)
     bar = tqdm(total=len(runs) * cfg.rounds * expected, unit="batch", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)  # fmt: skip
     t_run = time.perf_counter()
     try:
         paths = _prepare(cfg, runs, doc, bar)
+        frames = {}
+        if peers_wanted and cfg.peer_python:
+            for key in {spec["dataset_key"] for spec in runs if spec["kind"] in PEER_CONTENDERS}:
+                frames[key] = frame_counts(paths[key])
         for spec in runs:
             entry = {k: spec[k] for k in ("name", "kind", "workers", "batch_size", "sweep") if k in spec}
             entry.update(dataset=spec["dataset_key"], status="pending", rounds=[])
             if spec["kind"] == "bounded":
                 entry.update(chunk_len=spec.get("chunk_len"), max_per_chunk=spec.get("max_per_chunk"), rho=cfg.rho)
             doc["results"].append(entry)
+        for spec, entry in zip(runs, doc["results"]):
+            if spec["kind"] in PEER_CONTENDERS and not cfg.peer_python:
+                # Reported, not dropped: the note is the command that enables it.
+                entry["rounds"].append({"round": 0, "status": "skipped",
+                                        "note": f"peers run in their own interpreter: {enable_hint()}"})  # fmt: skip
+                summarize(entry)
         for r in range(cfg.rounds):
             for spec, entry in zip(runs, doc["results"]):
                 if entry["status"] == "skipped":
@@ -208,9 +247,13 @@ def run(cfg: BenchConfig, *, progress: bool = True, checkpoint=None) -> dict:
                     bar.refresh()
 
                 child = {**spec, "seed": cfg.seed + r, "paths": paths[spec["dataset_key"]]}
+                peer = spec["kind"] in PEER_CONTENDERS
+                if peer:
+                    child["num_frames"], child["frame_sizes"] = frames[spec["dataset_key"]]
                 load = os.getloadavg()[0]
                 t0 = time.perf_counter()
-                result = run_child(child, timeout_s=cfg.budget_s + 300, on_progress=on_progress)
+                result = run_child(child, timeout_s=cfg.budget_s + 300, on_progress=on_progress,
+                                   peer_python=cfg.peer_python if peer else None)  # fmt: skip
                 result.update(round=r, started_s=t0 - t_run, process_s=time.perf_counter() - t0, loadavg_1m_before=load)
                 bar.n = base_n + expected
                 bar.refresh()
@@ -249,7 +292,8 @@ def _prepare(cfg: BenchConfig, runs: list[dict], doc: dict, bar) -> dict[str, li
                     "prepare_s": time.perf_counter() - t0,
                     "root": str(pathlib.Path(paths[key][0]).parent.parent),
                 }
-        if spec["kind"] in RINGLOAD_KINDS and "ringload_index_s" not in doc["datasets"][key]:
+        indexed = RINGLOAD_KINDS + (PEER_CONTENDERS if cfg.peer_python else ())
+        if spec["kind"] in indexed and "ringload_index_s" not in doc["datasets"][key]:
             bar.set_description(f"ringload index ({len(paths[key])} files)")
             doc["datasets"][key]["ringload_index_s"] = warm_index(paths[key], cfg.num_workers)
     return paths

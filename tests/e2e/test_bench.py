@@ -61,11 +61,12 @@ def test_smoke_run_writes_schema(tmp_path, capsys):
     assert by_name["starter"]["output"]["dtype"] == "float32"
     assert by_name["ceiling"]["shm_bytes"] > 0
     # Interleaved: every contender once per round, round after round, in the same order.
-    started = sorted((x["started_s"], r["name"], x["round"]) for r in doc["results"] for x in r["rounds"])
-    want = [(n, 0) for n in contenders] + [(n, 1) for n in contenders if n != "decord"]  # skipped: not retried
-    assert [(n, k) for _, n, k in started] == want
+    started = sorted((x["started_s"], r["name"], x["round"]) for r in doc["results"] for x in r["rounds"]
+                     if "started_s" in x)  # fmt: skip
+    ran = [n for n in contenders if n != "decord"]  # a peer without --peer-python starts no process
+    assert [(n, k) for _, n, k in started] == [(n, 0) for n in ran] + [(n, 1) for n in ran]
     # A contender that cannot run here is reported once, not silently dropped.
-    assert by_name["decord"]["status"] == "skipped" and by_name["decord"]["note"]
+    assert by_name["decord"]["status"] == "skipped" and "--peer-python" in by_name["decord"]["note"]
     assert len(by_name["decord"]["rounds"]) == 1
     assert by_name["bounded"]["design_effect_bound"] >= 1 and by_name["bounded"]["max_per_chunk"] >= 1
     # Ratios are taken within each round, from that round's images/s.
@@ -209,25 +210,126 @@ def test_table_fits_100_columns():
     assert "c = chunk_len, m = max_per_chunk." in text
 
 
-def test_peer_batches_crop_with_the_library_rule(monkeypatch):
+def _fake_peer(read_shape=None):
     torch = pytest.importorskip("torch")
-    from ringload.bench.contenders import PeerBatches
-
-    calls = []
+    from ringload.bench.peers import PeerBatches
 
     class Fake(PeerBatches):
-        def _decoder(self, cache, path):
+        library = "fake"
+
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.calls, self.opens = [], []
+
+        def _open(self, path):
+            self.opens.append(path)
             return path
 
-        def _read(self, dec, idx):
-            calls.append((dec, list(idx)))
-            return torch.full((len(idx), 3, 48, 64), 7, dtype=torch.uint8)
+        def _read(self, handle, idx):
+            self.calls.append((handle, list(idx)))
+            return torch.full((len(idx), 3, self.size, self.size), 7, dtype=torch.uint8)
 
-    ds = Fake(["a", "b"], [10, 5], library="fake", seek_mode=None, batch_size=8, size=16, seed=0)
+    return Fake
+
+
+def test_peer_batches_sample_uniformly_one_read_per_video():
+    Fake = _fake_peer()
+    paths = [f"v{i}" for i in range(20)]
+    lengths = [10 + i for i in range(20)]
+    ds = Fake(paths, lengths, [[64, 48]] * 20, batch_size=64, size=16, seed=0)
+    it = iter(ds)
+    batches = [next(it) for _ in range(30)]
+    assert all(b.shape == (64, 3, 16, 16) and b.dtype.is_floating_point is False and (b == 7).all() for b in batches)
+    per_batch = len(ds.calls) / 30
+    # One read per video per batch: as many reads as distinct videos drawn, never more.
+    assert sum(len(i) for _, i in ds.calls) == 30 * 64 and per_batch <= 20
+    assert all(0 <= f < lengths[paths.index(v)] for v, idx in ds.calls for f in idx)
+    # Uniform over all frames: a video's share of draws follows its length (10 to 29 frames).
+    counts = {v: 0 for v in paths}
+    for v, idx in ds.calls:
+        counts[v] += len(idx)
+    assert counts["v19"] > 2 * counts["v0"] * 0.7
+    # At most CACHE_FILES open per worker: 20 files drawn over 30 batches must be reopened.
+    from ringload.bench.peers import CACHE_FILES
+
+    assert CACHE_FILES < 20 and len(ds.opens) > 20
+
+
+def test_peer_batches_clips_cover_clip_len_frames_at_stride():
+    Fake = _fake_peer()
+    ds = Fake(["a", "b"], [12, 5], [[64, 48]] * 2, batch_size=8, size=16, seed=1, clip_len=3, frame_stride=2)
     batch = next(iter(ds))
-    assert batch.shape == (8, 3, 16, 16) and batch.dtype == torch.uint8 and (batch == 7).all()
-    assert sum(len(i) for _, i in calls) == 8
-    assert all(0 <= f < {"a": 10, "b": 5}[v] for v, idx in calls for f in idx)
+    assert batch.shape == (8, 3, 3, 16, 16)
+    # A clip spans (3 - 1) * 2 + 1 = 5 frames: every frame read lies in its video, and "b"
+    # (5 frames) has exactly one clip start.
+    for v, idx in ds.calls:
+        n = {"a": 12, "b": 5}[v]
+        assert all(0 <= f < n for f in idx)
+        starts = idx[::3]
+        assert idx == [s + 2 * t for s in starts for t in range(3)]
+        if v == "b":
+            assert set(starts) == {0}
+    with pytest.raises(ValueError, match="clip"):
+        Fake(["a"], [4], [[64, 48]], batch_size=8, size=16, seed=0, clip_len=3, frame_stride=2)
+
+
+def test_peer_crop_box_is_ringloads_box_on_wide_video():
+    np = pytest.importorskip("numpy")
+    from ringload._samples import random_resized_boxes
+    from ringload.bench.peers import crop_box
+
+    u = np.random.default_rng(0).random((50, 40))
+    for w, h in ((1920, 1080), (854, 480), (320, 180), (480, 854)):
+        boxes = random_resized_boxes([w] * 50, [h] * 50, u, (0.9, 1.0), (3 / 4, 4 / 3))
+        assert {tuple(b) for b in boxes.tolist()} == {crop_box(w, h)}, (w, h)
+    assert crop_box(1920, 1080) == (240, 0, 1440, 1080)
+    assert crop_box(480, 854) == (0, 107, 480, 640)  # portrait: the height is clamped instead
+
+
+def test_peer_child_loads_without_ringload(tmp_path):
+    """The peer interpreter has no PyAV (and its own numpy and torch): peer_child.py must import the
+    harness modules it needs without ringload/__init__.py (which imports PyAV)."""
+    import subprocess
+    import sys
+
+    from ringload.bench.peers import CHILD_SCRIPT
+
+    code = (
+        "import runpy, sys; sys.argv = ['peer_child.py']; g = runpy.run_path(%r, run_name='peer');"
+        "m = g['load']('measure'); p = g['load']('peers');"
+        "assert m.measure and p.FACTORIES.keys() == {'torchcodec-exact', 'torchcodec-approx', 'decord', 'spdl'};"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('ringload', 'av', 'PIL'));"
+        "print('loaded-ok', bad)"
+    ) % CHILD_SCRIPT
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "loaded-ok []" in out.stdout
+
+
+def test_peers_skipped_with_the_command_that_enables_them(tmp_path, capsys):
+    rc = cli.main(["bench", "--data-dir", str(tmp_path / "data"), *SMOKE, "--contenders",
+                   "torchcodec-exact,torchcodec-approx,decord,spdl", "--out", str(tmp_path / "r.json"),
+                   "--no-plots"])  # fmt: skip
+    assert rc == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [r["name"] for r in doc["results"]] == ["torchcodec-exact", "torchcodec-approx", "decord", "spdl"]
+    for r in doc["results"]:
+        assert r["status"] == "skipped" and len(r["rounds"]) == 1 and "started_s" not in r["rounds"][0]
+        assert "bash bench/peers_env.sh && ringload bench --peer-python" in r["note"]
+    assert "peers" not in doc["system"]
+    table = capsys.readouterr().out
+    for name in ("torchcodec-exact", "decord", "spdl"):
+        assert f"note: {name}: skipped: peers run in their own interpreter: bash bench/peers_env.sh" in table
+
+
+def test_peer_python_must_be_an_executable(tmp_path):
+    with pytest.raises(ConfigError, match="--peer-python"):
+        bench.BenchConfig(peer_python=str(tmp_path / "no-such-python"))
+    (tmp_path / "plain.txt").write_text("")
+    with pytest.raises(ConfigError, match="--peer-python"):
+        bench.BenchConfig(peer_python=str(tmp_path / "plain.txt"))
 
 
 def test_process_tree_accounting():
@@ -269,3 +371,22 @@ def test_list_source_reads_like_the_loader(tmp_path):
     assert [os.path.basename(p) for p in bench.list_source(str(tmp_path / "v" / "*.mkv"))] == ["a.mkv"]
     with pytest.raises(ConfigError):
         bench.list_source(str(tmp_path / "nothing-here"))
+
+
+def test_ratio_to_the_fastest_peer_of_each_round():
+    # Round 1: decord is the fastest peer, round 2: spdl; ratios divide by that round's.
+    results = [
+        _entry("strict", [30.0, 40.0]),
+        _entry("decord", [20.0, 10.0]),
+        _entry("spdl", [15.0, 25.0]),
+        _entry("torchcodec-exact", [None, 5.0]),  # failed in round 1: left out of that round
+    ]
+    r = bench.ratios(results)
+    assert r["best_peer"] == {"round_ids": [0, 1], "rounds": ["decord", "spdl"], "images_per_s": [20.0, 25.0]}
+    assert r["contenders"]["strict"]["x_best_peer"]["rounds"] == pytest.approx([1.5, 1.6])
+    assert "x_best_peer" not in r["contenders"]["spdl"]
+    text = report.format_table({"results": results, "ratios": r, "rounds": 2,
+                                "system": {"peers": {"python": "3.11.7", "spdl.io": "0.8.0", "executable": "/v/py"}}})
+    assert "fastest peer per round: decord, spdl; over it in the same round: strict 1.55 1.50-1.60." in text
+    assert "peers: python 3.11.7, spdl.io 0.8.0 (/v/py)" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
