@@ -4,8 +4,9 @@
 - :mod:`~ringload.bench.data`: the generated dataset or SOURCE, ringload's index of it;
 - :mod:`~ringload.bench.procfs`: CPU seconds and RSS/PSS of a process tree, from ``/proc``;
 - :mod:`~ringload.bench.contenders`: the loaders compared (``starter``, ``ceiling``,
-  ringload's modes, peers), with :mod:`~ringload.bench.starter` (the exercise's loader,
-  the baseline) and :mod:`~ringload.bench.ceiling` (plain PyAV in file order);
+  ringload's modes); :mod:`~ringload.bench.peers`: torchcodec, decord and SPDL, run in the
+  ``--peer-python`` interpreter by ``peer_child.py`` (by path, without ``ringload``); with
+  :mod:`~ringload.bench.starter` (the exercise's loader, the baseline) and :mod:`~ringload.bench.ceiling` (plain PyAV in file order);
 - :mod:`~ringload.bench.measure`: one contender timed in its own process;
 - :mod:`~ringload.bench.runner`: the run: plan, interleaved rounds (A B C, A B C, ...),
   processes, time limits, the result document;
