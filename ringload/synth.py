@@ -151,14 +151,12 @@ def _encoder_settings(codec: str, *, gop: int, bframes: int, crf: int | None):
     if codec == "h264":
         # keyint = min-keyint and no scene cuts: every GOP is exactly `gop` frames.
         # b-adapt=0 makes x264 use the B-frames it is given instead of deciding per scene.
-        # x264's output depends on its thread count, which FFmpeg otherwise derives from the
-        # CPUs it sees: a fixed count keeps the bitstream the same on every machine.
-        params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:b-adapt=0:open-gop=0:threads=2"
+        params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:b-adapt=0:open-gop=0"
         return "libx264", {"preset": "veryfast", "crf": str(crf or 20), "x264-params": params}, True
     if codec == "hevc":
         params = (
             f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:b-adapt=0:open-gop=0"
-            ":log-level=error:frame-threads=1:pools=1"
+            ":log-level=error"
         )
         return "libx265", {"preset": "ultrafast", "crf": str(crf or 26), "x265-params": params}, True
     if codec == "vp9":
