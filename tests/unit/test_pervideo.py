@@ -13,22 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_plan import FAMILY_ALPHA, chi2_quantile, chi2_stat
+from test_plan import settings_kw as base_settings_kw
 
 from ringload import ConfigError, Plan, plan_epoch
 
-settings_kw = dict(
-    lengths=st.lists(st.integers(0, 60), min_size=0, max_size=10),
-    batch_size=st.integers(1, 12),
-    clip_len=st.integers(1, 4),
-    frame_stride=st.integers(1, 3),
-    world_size=st.integers(1, 4),
-    mode=st.sampled_from(["strict", "bounded", "sequential"]),
-    chunk_len=st.none() | st.integers(1, 20),
-    max_per_chunk=st.none() | st.integers(1, 8),
-    seed=st.integers(0, 2**40),
-    epoch=st.integers(0, 5),
-    clips_per_video=st.integers(1, 9),
-)
+# test_plan's strategies, plus the number of clips per video.
+settings_kw = dict(base_settings_kw, clips_per_video=st.integers(1, 9))
 
 
 def starts_of(lengths, clip_len, frame_stride):
