@@ -152,13 +152,17 @@ def _encoder_settings(codec: str, *, gop: int, bframes: int, crf: int | None):
         # keyint = min-keyint and no scene cuts: every GOP is exactly `gop` frames.
         # b-adapt=0 makes x264 use the B-frames it is given instead of deciding per scene.
         params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:b-adapt=0:open-gop=0"
-        return "libx264", {"preset": "veryfast", "crf": str(crf or 20), "x264-params": params}, True
+        # One encoder thread: x264's output depends on its thread count, which follows the
+        # CPUs the process may use, so "same seed, same frames" would not hold across machines.
+        opts = {"preset": "veryfast", "crf": str(crf or 20), "threads": "1", "x264-params": params}
+        return "libx264", opts, True
     if codec == "hevc":
         params = (
             f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:b-adapt=0:open-gop=0"
             ":log-level=error"
         )
-        return "libx265", {"preset": "ultrafast", "crf": str(crf or 26), "x265-params": params}, True
+        opts = {"preset": "ultrafast", "crf": str(crf or 26), "threads": "1", "x265-params": params + ":frame-threads=1"}
+        return "libx265", opts, True
     if codec == "vp9":
         opts = {
             "deadline": "realtime",
@@ -167,7 +171,7 @@ def _encoder_settings(codec: str, *, gop: int, bframes: int, crf: int | None):
             "b": "0",
             "keyint_min": str(gop),
             "g": str(gop),
-            "row-mt": "1",
+            "threads": "1",
             # Alternate reference frames are hidden frames that would break "one packet, one frame".
             "auto-alt-ref": "0",
             "lag-in-frames": "0",

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 
 import av
 import numpy as np
 import pytest
 from av.video.frame import PictureType
+from helpers import REPO
 
 from ringload.errors import ConfigError
 from ringload.synth import av1_encoder, make_video
@@ -63,6 +67,33 @@ def test_same_seed_same_frames_other_seed_differs(h264_video, tmp_path):
 
     assert digest(again) == digest(h264_video)
     assert digest(other) != digest(h264_video)
+
+
+_ENCODE_ON_ONE_CPU = """
+import os, sys
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from ringload.synth import make_video
+make_video(sys.argv[1], width=320, height=240, fps=30, seconds=2, gop=10, bframes=2, codec=sys.argv[2], seed=3)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs to change the encoder's CPU count")
+@pytest.mark.parametrize("codec", ["h264", "hevc", "vp9"])
+def test_same_seed_same_bytes_whatever_cpus_the_process_may_use(tmp_path, codec):
+    # Encoders size their thread pools from the CPUs they may use, and x264's output
+    # depends on that count: the same seed must give the same file on any machine.
+    ext = ".webm" if codec == "vp9" else ".mp4"
+    here = make_video(tmp_path / f"here{ext}", width=320, height=240, fps=30, seconds=2, gop=10, bframes=2,
+                      codec=codec, seed=3)
+    one = tmp_path / f"one{ext}"
+    subprocess.run([sys.executable, "-c", _ENCODE_ON_ONE_CPU, str(one), codec], check=True, cwd=REPO, timeout=120)
+
+    def packets(path):
+        with av.open(str(path)) as c:
+            return [bytes(p) for p in c.demux(video=0) if p.size]
+
+    assert packets(one) == packets(here)
 
 
 def test_not_flat_and_moving(h264_video):
