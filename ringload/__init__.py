@@ -35,6 +35,7 @@ _LAZY = {
     "segment_indices": ".plan",
     "Batch": ".loader",
     "average_per_video": "._views",
+    "effective_batch_size": "._bounded",
     "VideoLoader": ".loader",
 }
 

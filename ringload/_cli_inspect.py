@@ -7,13 +7,18 @@ decoded timestamps, shown rounded with its exact fraction (``fps_rational`` in J
 
 The suggested ``chunk_len`` is the one ``VideoLoader`` picks for bounded sampling when
 ``chunk_len`` is left unset at the default ``batch_size=128``
-(``ringload.plan.chunk_len_for_gop``): four median GOPs, at least 64, at most 128 (a
-chunk then spreads over at most 8 batches). It follows the throughput model of docs/sampling.md: bounded chunks
+(``ringload.plan.chunk_len_for_gop``): four median GOPs, at least 64, at most 256. It follows the throughput model of docs/sampling.md: bounded chunks
 start at random points, so a decoder walks on average (G - 1) / 2 frames from the
 keyframe before each chunk for a GOP of G frames, and reads at about C / (C + (G - 1) / 2)
 of sequential speed with chunks of C. Four GOPs keep that near 89 %; the output shows the
 expected share. Longer chunks also raise the statistical cost over many steps (the same
-document), hence the cap. Exit status: 0 when every
+document), hence the cap.
+
+Below the files it prints the bounded defaults for all of them at ``--batch-size``,
+and ``--size`` (the loader's defaults unless given): ``chunk_len``, the
+``max_per_chunk`` the loader would choose (``ringload._bounded``), the design-effect bound
+``1 + (max_per_chunk - 1) * rho`` and the effective batch size it implies, at ``--rho``
+(1, the worst case, unless given). Exit status: 0 when every
 file was read, 1 when any file or source failed (the others are still shown), 2 for bad
 arguments, 141 when stdout closes before everything was written (``| head``).
 """
@@ -136,6 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", type=int, default=None, help="video stream index (default: the best video stream)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--no-cache", action="store_true", help="index the files afresh, ignoring the index cache")
+    b = parser.add_argument_group("bounded defaults (what VideoLoader would choose)")
+    b.add_argument("--batch-size", type=_positive, default=128, help="default 128, the loader's")
+    b.add_argument("--size", type=_positive, default=224, help="output side in pixels (default 224)")
+    b.add_argument("--clip-len", type=_positive, default=1, help="frames per sample (default 1)")
+    b.add_argument("--rho", type=_correlation, default=1.0,
+                   help="correlation of two samples of one chunk for the effective batch size (default 1: worst case)")
 
 
 def _text(rec: dict) -> str:
@@ -197,6 +208,43 @@ def _records(args: argparse.Namespace):
                 yield _failed(path, exc)
 
 
+def bounded_summary(median_gop: float | None, args: argparse.Namespace) -> dict:
+    """What VideoLoader would choose for bounded sampling on these files at these settings."""
+    from ._bounded import choose, design_effect_bound, effective_batch_size
+    from ._ring import RingLayout
+
+    batch, size = getattr(args, "batch_size", 128), getattr(args, "size", 224)
+    clip, rho = getattr(args, "clip_len", 1), getattr(args, "rho", 1.0)
+    slot = RingLayout(1, (batch, clip, size, size, 3)).slot_stride
+    d = choose(median_gop=median_gop, batch_size=batch, slot_bytes=slot)
+    return {
+        "batch_size": batch, "size": size, "clip_len": clip, "chunk_len": d.chunk_len, "max_per_chunk": d.max_per_chunk,
+        "chunk_window": d.chunk_window, "rule": d.reason, "rho": rho,
+        "design_effect_bound": design_effect_bound(d.max_per_chunk, rho),
+        "effective_batch_size": round(effective_batch_size(batch, d.max_per_chunk, rho), 2),
+    }
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: an integer >= 1")
+    return value
+
+
+def _correlation(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a correlation in [0, 1]")
+    return value
+
+
 def run(args: argparse.Namespace, *, out=None) -> int:
     out = sys.stdout if out is None else out
     records = []
@@ -214,8 +262,10 @@ def run(args: argparse.Namespace, *, out=None) -> int:
         # Files with a single keyframe say nothing about the encoder's GOP: leave them out.
         gops = [r["gop"]["median"] for r in good if r["gop"]["keyframes"] > 1]
         overall = suggest_chunk_len(float(np.median(gops))) if gops else _plan_defaults()[0]
+        bounded = bounded_summary(float(np.median(gops)) if gops else None, args)
     if args.json:
-        json.dump({"files": records, "suggested_chunk_len": overall, "default_chunk_len": _plan_defaults()[0]}, out, indent=2)
+        json.dump({"files": records, "suggested_chunk_len": overall, "default_chunk_len": _plan_defaults()[0],
+                   "bounded": bounded if good else None}, out, indent=2)
         out.write("\n")
     elif len(records) > 1:
         failed = len(records) - len(good)
@@ -224,5 +274,13 @@ def run(args: argparse.Namespace, *, out=None) -> int:
             + (f", {failed} failed" if failed else "")
             + (f"; suggested chunk_len for all of them: {overall}" if overall is not None else "")
             + "\n"
+        )
+    if good and not args.json:
+        b = bounded
+        out.write(
+            f"bounded defaults at batch_size={b['batch_size']}, {b['size']}x{b['size']}, clip_len={b['clip_len']}: "
+            f"chunk_len={b['chunk_len']}, max_per_chunk={b['max_per_chunk']} ({b['rule']}); "
+            f"design-effect bound {b['design_effect_bound']:g} at rho={b['rho']:g}, "
+            f"effective batch size {b['effective_batch_size']:g} of {b['batch_size']}\n"
         )
     return 0 if len(good) == len(records) else 1

@@ -65,6 +65,7 @@ class LoaderConfig:
     sampling: str = "bounded"
     chunk_len: int | None = None
     max_per_chunk: int | None = None
+    min_effective_batch: int | None = None
     clips_per_video: int | None = None
     short_video: str = "repeat_last"
     seed: int = 0
@@ -96,6 +97,12 @@ class LoaderConfig:
         need_int("num_segments", 1, none_ok=True)
         need_int("chunk_len", 1, none_ok=True)
         need_int("max_per_chunk", 1, none_ok=True)
+        need_int("min_effective_batch", 1, none_ok=True, high=self.batch_size)
+        if self.min_effective_batch is not None and self.max_per_chunk is not None:
+            raise ConfigError(
+                f"min_effective_batch={self.min_effective_batch} and max_per_chunk={self.max_per_chunk} both set: "
+                "min_effective_batch chooses max_per_chunk (batch_size // min_effective_batch); pass one of them"
+            )
         from ._pervideo import MAX_CLIPS_PER_VIDEO
 
         need_int("clips_per_video", 1, none_ok=True, high=MAX_CLIPS_PER_VIDEO)

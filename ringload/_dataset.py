@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """``infos[i]`` is None for a quarantined video; ``counts`` are its valid starts and
-    ``plan_lengths`` what ``plan_epoch`` is given; ``chunk_len`` the bounded chunk length
-    in use (None outside bounded mode when unset); ``size`` the output (h, w);
+    ``plan_lengths`` what ``plan_epoch`` is given; ``chunk_len`` and ``max_per_chunk`` the
+    bounded values in use and ``bounded`` why (``ringload._bounded``; outside bounded mode
+    the settings as given, ``bounded`` None); ``size`` the output (h, w);
     ``short`` the videos shorter than one sample (``short_video`` says what they get)."""
 
     paths: list[str]
@@ -38,6 +39,8 @@ class Dataset:
     plan_lengths: np.ndarray
     chunk_len: int | None
     size: tuple[int, int]
+    max_per_chunk: int | None = None
+    bounded: object = None  # _bounded.BoundedDefaults in bounded mode
     index: object = None  # the mapped _indexfile.IndexFile every decoder maps too
     short: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
 
@@ -69,8 +72,12 @@ def load_dataset(cfg: LoaderConfig, source) -> Dataset:
             f"no video in source has a full sample (sample={cfg.sample!r}, clip_len={cfg.clip_len}, "
             f"frame_stride={cfg.frame_stride}, fps={cfg.fps}); {len(quarantined)} files are unusable"
         )
+    size = _output_size(cfg, infos, counts)
+    bounded = _bounded_defaults(cfg, infos, size)
     return Dataset(
-        paths, infos, quarantined, counts, lengths, _chunk_len(cfg, infos), _output_size(cfg, infos, counts),
+        paths, infos, quarantined, counts, lengths,
+        bounded.chunk_len if bounded else cfg.chunk_len, size,
+        max_per_chunk=bounded.max_per_chunk if bounded else cfg.max_per_chunk, bounded=bounded,
         index=index, short=short,
     )
 
@@ -196,20 +203,26 @@ def _short_videos(cfg: LoaderConfig, paths, infos, counts: np.ndarray, lengths: 
     return short
 
 
-def _chunk_len(cfg: LoaderConfig, infos) -> int | None:
-    # Bounded chunks sized from the data's GOPs (plan.chunk_len_for_gop) unless set.
-    if cfg.sampling != "bounded" or cfg.chunk_len is not None:
-        return cfg.chunk_len
-    from .plan import chunk_len_for_gop, default_max_per_chunk
+def _bounded_defaults(cfg: LoaderConfig, infos, size):
+    # Bounded chunk_len and max_per_chunk from the data's GOPs and the ring (ringload._bounded).
+    if cfg.sampling != "bounded":
+        return None
+    from ._bounded import choose
+    from ._ring import RingLayout
 
     # Keyframe gaps within each video (the index's keyframes, concatenated over videos).
     kf, off = infos.column("keyframes"), infos.column("kf_off")
     owner = np.repeat(np.arange(len(off) - 1), np.diff(off))
     gaps = np.diff(kf)[owner[1:] == owner[:-1]]
-    if not len(gaps):
-        return None
-    m = cfg.max_per_chunk or default_max_per_chunk(cfg.batch_size)
-    return chunk_len_for_gop(float(np.median(gaps)), max_per_chunk=m)
+    slot_bytes = RingLayout(1, (cfg.batch_size, cfg.frames_per_sample, *size, 3)).slot_stride
+    chosen = choose(
+        median_gop=float(np.median(gaps)) if len(gaps) else None, batch_size=cfg.batch_size, slot_bytes=slot_bytes,
+        chunk_len=cfg.chunk_len, max_per_chunk=cfg.max_per_chunk,
+        min_effective_batch=cfg.min_effective_batch,
+    )
+    log.info("bounded sampling: chunk_len=%d, max_per_chunk=%d (%s)", chosen.chunk_len, chosen.max_per_chunk,
+             chosen.reason)
+    return chosen
 
 
 def _output_size(cfg: LoaderConfig, infos, counts) -> tuple[int, int]:
@@ -243,7 +256,7 @@ def check_epoch(plan, cfg, rank: int, world: int) -> None:
         )
 
 
-_LATER_DEFAULTS = {"clips_per_video": None, "short_video": "repeat_last"}
+_LATER_DEFAULTS = {"clips_per_video": None, "short_video": "repeat_last", "min_effective_batch": None}
 
 
 def settings(cfg, data, rank: int, world: int) -> dict:
@@ -261,6 +274,8 @@ def settings(cfg, data, rank: int, world: int) -> dict:
         rank=rank, world_size=world, size=data.size, num_videos=len(data.paths),
         paths=digest(data.paths), lengths=digest(data.plan_lengths.tolist()),
     )
+    if data.bounded is not None:  # the derived values decide the batches too
+        keep.update(chunk_len_in_use=data.chunk_len, max_per_chunk_in_use=data.max_per_chunk)
     return json.loads(json.dumps(keep, default=str))
 
 

@@ -8,14 +8,14 @@ import logging
 import os
 import weakref
 
+from ._bounded import DEFAULT_RING_BYTES
 from ._config import LoaderConfig
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# The ring's default budget (ring_bytes): what the look-ahead may hold. Batches are the
-# same for any ring size; only when and where frames are decoded changes.
-DEFAULT_RING_BYTES = 1 << 30
+# The ring's default budget (ring_bytes) is _bounded.DEFAULT_RING_BYTES: what the look-ahead
+# may hold. Batches are the same for any ring size; only when and where frames are decoded changes.
 # Batches in the window by mode, within the budget: strict shares a GOP's decode between the
 # samples of all batches in the window, so deeper is faster (docs/benchmarks.md has the
 # curve); bounded needs a chunk's batches plus work for every decoder; sequential reads in

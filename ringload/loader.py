@@ -56,9 +56,12 @@ class VideoLoader:
     ``num_segments`` frames, one per equal part of the video). ``sampling`` is
     ``"bounded"`` (chunks of ``chunk_len`` consecutive starts, at most ``max_per_chunk``
     per batch; docs/sampling.md), ``"strict"`` (uniform permutation) or ``"sequential"``.
-    Bounded ``chunk_len=None`` takes four median GOPs of the data, at least 64, and longer
-    than 64 only while a chunk spans at most 8 batches (``plan.chunk_len_for_gop``);
-    ``stats()`` reports the values in use. ``clips_per_video=k`` makes an epoch k samples of
+    Bounded ``chunk_len=None`` takes four median GOPs of the data (64 to 256), and
+    ``max_per_chunk=None`` the smallest of 1, 2, 4, 8, 16 whose look-ahead fits the ring
+    (docs/sampling.md, "Choosing the defaults"); ``min_effective_batch=E`` instead keeps a
+    batch worth at least E independent samples in the worst case (``max_per_chunk =
+    batch_size // E``). ``stats()`` reports the values in use, the design-effect bound and
+    the effective batch size. ``clips_per_video=k`` makes an epoch k samples of
     every video instead of every start (random, or uniformly spaced in sequential mode).
     A video shorter than one sample gets one sample whose frames past the end repeat the
     last frame (``short_video="repeat_last"``), start it over (``"wrap"``), or is left out
@@ -129,6 +132,7 @@ class VideoLoader:
         sampling: str = "bounded",
         chunk_len: int | None = None,
         max_per_chunk: int | None = None,
+        min_effective_batch: int | None = None,
         clips_per_video: int | None = None,
         short_video: str = "repeat_last",
         seed: int = 0,
@@ -148,7 +152,7 @@ class VideoLoader:
             batch_size=batch_size, sample=sample, clip_len=clip_len, frame_stride=frame_stride, fps=fps,
             num_segments=num_segments, size=size, crop=crop, scale=scale, ratio=ratio, hflip=hflip,
             orientation=orientation, sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk,
-            clips_per_video=clips_per_video, short_video=short_video, seed=seed,
+            min_effective_batch=min_effective_batch, clips_per_video=clips_per_video, short_video=short_video, seed=seed,
             num_workers=num_workers, decoder_threads=decoder_threads, prefetch_batches=prefetch_batches,
             ring_bytes=ring_bytes, device=str(device), drop_last=drop_last,
             rank=rank, world_size=world_size, on_error=on_error, timeout_s=timeout_s, task_timeout_s=task_timeout_s,
@@ -198,7 +202,7 @@ class VideoLoader:
             clip_len=cfg.clip_len if clips_native else 1,
             frame_stride=cfg.frame_stride if clips_native else 1,
             chunk_len=self._data.chunk_len,
-            max_per_chunk=cfg.max_per_chunk,
+            max_per_chunk=self._data.max_per_chunk,
             rank=self._rank,
             world_size=self._world,
             drop_last=bool(cfg.drop_last),
@@ -367,7 +371,11 @@ class VideoLoader:
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
         and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
         ``quarantined`` ({path: reason}) for bad files; ``sampling``, and the ``chunk_len`` and
-        ``max_per_chunk`` in use (bounded mode, else None); ``short_videos`` (videos shorter
+        ``max_per_chunk`` in use (bounded mode, else None) with ``bounded_rule`` (why those);
+        ``design_effect_bound`` (a batch mean's variance against strict sampling is at most
+        this, ``1 + (m - 1) * rho`` at the worst case rho = 1, m samples of one chunk or video
+        per batch: 1 in strict mode) and ``effective_batch_size`` (``batch_size`` divided by
+        it; ``ringload.effective_batch_size`` for another rho); ``short_videos`` (videos shorter
         than one sample) and the ``short_video`` policy applied to them.
         """
         return _stats(self)
@@ -439,7 +447,18 @@ def _stats(loader) -> dict:
         "short_video": loader.config.short_video,
         "chunk_len": plan.chunk_len if plan is not None and loader.config.sampling == "bounded" else None,
         "max_per_chunk": plan.max_per_chunk if plan is not None and loader.config.sampling == "bounded" else None,
+        "bounded_rule": loader._data.bounded.reason if loader._data.bounded is not None else None,
+        **_design_effect(loader.config.batch_size, plan),
     }
+
+
+def _design_effect(batch_size: int, plan) -> dict:
+    from ._bounded import design_effect_bound
+
+    if plan is None:
+        return {"design_effect_bound": None, "effective_batch_size": None}
+    bound = design_effect_bound(min(plan.max_per_chunk, batch_size))
+    return {"design_effect_bound": bound, "effective_batch_size": batch_size / bound}
 
 
 _STATE_VERSION = 2

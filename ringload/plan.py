@@ -57,11 +57,9 @@ DEFAULT_CHUNK_LEN = 64
 DEFAULT_MAX_PER_CHUNK = 16
 #: Longest accepted chunk: beyond this the keyframe walk is already < 0.4 % of the work.
 MAX_CHUNK_LEN = 4096
-# Limits of the GOP-based default: longer chunks read faster but raise the variance over
-# several steps towards 1 + (chunk_len - 1) * rho (docs/sampling.md), over the
-# chunk_len / max_per_chunk batches a chunk spreads across.
+# Limit of the GOP-based default: longer chunks read faster but raise the variance over
+# several steps towards 1 + (chunk_len - 1) * rho (docs/sampling.md).
 MAX_AUTO_CHUNK_LEN = 256
-MAX_AUTO_CHUNK_BATCHES = 8
 
 # Chunks up to this length are shuffled exactly; longer ones by an affine map (see _within).
 _EXACT_WITHIN = 256
@@ -538,16 +536,16 @@ def segment_indices(num_frames: int, num_segments: int, *, seed: int, mode: str 
     return lo + np.minimum((u * width).astype(np.int64), width - 1)
 
 
-def chunk_len_for_gop(median_gop: float, *, max_per_chunk: int = DEFAULT_MAX_PER_CHUNK) -> int:
+def chunk_len_for_gop(median_gop: float) -> int:
     """Default bounded ``chunk_len`` for videos whose median keyframe interval is ``median_gop``.
 
     A chunk starts at a random point of a GOP and decodes about ``(G - 1) / 2`` frames it
     does not deliver, so it reads at ``C / (C + (G - 1) / 2)`` of sequential speed: four
-    GOPs keep that near 0.89. The result grows beyond ``DEFAULT_CHUNK_LEN`` only while a
-    chunk still spreads over at most ``MAX_AUTO_CHUNK_BATCHES`` batches
-    (``8 * max_per_chunk`` starts) and ``MAX_AUTO_CHUNK_LEN``; docs/sampling.md says why.
+    GOPs keep that near 0.89. At least ``DEFAULT_CHUNK_LEN``, at most ``MAX_AUTO_CHUNK_LEN``
+    (the many-step design effect grows with C; docs/sampling.md says why). The loader then
+    picks ``max_per_chunk`` so that the look-ahead this C needs fits its ring
+    (``ringload._bounded``).
     """
     if not np.isfinite(median_gop) or median_gop <= 0:
         return DEFAULT_CHUNK_LEN
-    cap = min(MAX_AUTO_CHUNK_LEN, MAX_AUTO_CHUNK_BATCHES * int(max_per_chunk))
-    return int(max(DEFAULT_CHUNK_LEN, min(round(4 * float(median_gop)), cap)))
+    return int(max(DEFAULT_CHUNK_LEN, min(round(4 * float(median_gop)), MAX_AUTO_CHUNK_LEN)))

@@ -51,12 +51,14 @@ def test_gop_stats_uses_complete_intervals():
 
 @pytest.mark.parametrize(
     ("gop", "expected"),
-    [(30, 120), (25, 100), (1, 64), (12, 64), (60, 128), (250, 128), (3000, 128)],
+    [(30, 120), (25, 100), (1, 64), (12, 64), (60, 240), (250, 256), (3000, 256)],
 )
 def test_suggested_chunk_len(gop, expected):
+    from ringload import plan
+
     got = _cli_inspect.suggest_chunk_len(gop)
     assert got == expected
-    if got < 128:  # below the cap (8 batches of 16) chunks read at 85 % of sequential speed or better
+    if got < plan.MAX_AUTO_CHUNK_LEN:  # below the cap chunks read at 85 % of sequential speed or better
         assert _cli_inspect.sequential_speed_share(got, gop) >= 0.85
 
 
@@ -126,6 +128,26 @@ def test_inspect_text_output_and_typed_error_from_the_command_line(videos_dir, t
     assert str(garbage) in proc.stderr
     assert "bikes.mp4" in proc.stdout and "frames 250 " in proc.stdout and "suggested chunk_len" in proc.stdout
     assert "1 of 2 files read, 1 failed" in proc.stdout
+    assert "bounded defaults at batch_size=128, 224x224" in proc.stdout and "effective batch size" in proc.stdout
+
+
+def test_inspect_reports_the_bounded_defaults_the_loader_would_choose(videos_dir, tmp_path):
+    from ringload._bounded import choose, design_effect_bound
+    from ringload._ring import RingLayout
+
+    good = videos_dir / "bikes.mp4"
+    proc = _cli("inspect", "--json", "--batch-size", "64", "--size", "112", "--rho", "0.5", str(good),
+                cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    b = doc["bounded"]
+    want = choose(median_gop=doc["files"][0]["gop"]["median"], batch_size=64,
+                  slot_bytes=RingLayout(1, (64, 1, 112, 112, 3)).slot_stride)
+    assert (b["chunk_len"], b["max_per_chunk"]) == (want.chunk_len, want.max_per_chunk)
+    assert b["design_effect_bound"] == design_effect_bound(want.max_per_chunk, 0.5)
+    assert b["effective_batch_size"] == pytest.approx(64 / b["design_effect_bound"], abs=0.01)
+    bad = _cli("inspect", "--rho", "1.5", str(good), cache=tmp_path / "cache")
+    assert bad.returncode == 2 and "--rho" in bad.stderr
 
 
 def test_inspect_usage_error_exits_2():
@@ -170,7 +192,7 @@ def _blocks(stdout: str) -> dict[str, str]:
     """Path -> its block of text output."""
     out, cur = {}, None
     for line in stdout.splitlines():
-        if re.match(r"\d+ of \d+ files read", line):
+        if re.match(r"\d+ of \d+ files read|bounded defaults at ", line):
             cur = None  # the summary
         elif line and not line.startswith(" "):
             cur = line.split("  [", 1)[0]

@@ -310,9 +310,7 @@ def test_chunk_len_for_gop_rule():
 
     assert chunk_len_for_gop(10) == DEFAULT_CHUNK_LEN
     assert chunk_len_for_gop(30) == 120
-    assert chunk_len_for_gop(250) == 128  # 8 batches of max_per_chunk=16
-    assert chunk_len_for_gop(250, max_per_chunk=64) == MAX_AUTO_CHUNK_LEN
-    assert chunk_len_for_gop(30, max_per_chunk=2) == DEFAULT_CHUNK_LEN  # small batches keep 64
+    assert chunk_len_for_gop(250) == MAX_AUTO_CHUNK_LEN
     assert chunk_len_for_gop(float("nan")) == DEFAULT_CHUNK_LEN
     # The rule's purpose: a four-GOP chunk reads at >= 0.85 of sequential speed in the
     # throughput model C / (C + (G - 1) / 2), wherever no cap binds.
@@ -333,8 +331,16 @@ def test_bounded_default_chunk_len_follows_the_data_gop(tmp_path):
     kw = dict(batch_size=32, size=(16, 16), num_workers=1)
     with ringload.VideoLoader(paths, max_per_chunk=16, **kw) as loader:
         assert (loader.stats()["chunk_len"], loader.stats()["max_per_chunk"]) == (120, 16)
-    with ringload.VideoLoader(paths, **kw) as loader:  # default m = 32 // 8 = 4: 8 batches hold 32 starts
-        assert loader.stats()["chunk_len"] == 64
+    with ringload.VideoLoader(paths, **kw) as loader:
+        # Tiny batches: a chunk's whole window fits the default ring at m = 1; the plan then
+        # shortens the chunk to what 33 batches of one sample per chunk can hold.
+        s = loader.stats()
+        assert s["max_per_chunk"] == 1 and "fits the default ring" in s["bounded_rule"]
+        assert s["chunk_len"] == loader._plan().chunk_len <= 120
+        assert (s["design_effect_bound"], s["effective_batch_size"]) == (1.0, 32.0)
+    with ringload.VideoLoader(paths, min_effective_batch=8, **kw) as loader:
+        s = loader.stats()
+        assert (s["max_per_chunk"], s["design_effect_bound"], s["effective_batch_size"]) == (4, 4.0, 8.0)
     with ringload.VideoLoader(paths, chunk_len=5, **kw) as loader:
         assert loader.stats()["chunk_len"] == 5
     with ringload.VideoLoader(paths, sampling="strict", **kw) as loader:

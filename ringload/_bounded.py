@@ -1,0 +1,103 @@
+"""Bounded mode's defaults: ``chunk_len`` and ``max_per_chunk`` from the data and the settings.
+
+The rule (docs/sampling.md, "Choosing the defaults", has the measurement behind it):
+
+1. ``chunk_len`` C: four median GOPs, at least 64 and at most 256 (``chunk_len_for_gop``).
+   A chunk then reads at about ``C / (C + (G - 1) / 2)`` = 0.89 of sequential speed.
+2. ``max_per_chunk`` M: the smallest of 1, 2, 4, 8, 16 (and at most the batch size) whose
+   look-ahead fits the default ring: a chunk's batches (``chunk_window``, about
+   ``1 + (C - 1) / M``) plus ``WORK_BATCHES`` batches of work for the decoders must fit in
+   ``DEFAULT_RING_BYTES`` (1 GiB) at this batch's size. The per-batch design effect is
+   at most ``1 + (M - 1) * rho``, so the smallest M that keeps the speed is the one with the
+   least statistical cost. When no candidate fits, M = 16.
+
+Both are functions of the data (median GOP, output size) and the settings alone, never of
+the machine (cores, memory) nor of ``ring_bytes`` (the ring changes when frames are
+decoded, never what a batch holds), so every rank and every resumed run derive the same
+plan. A ring set smaller than the window needs makes the engine log the ``ring_bytes``
+that restores the speed.
+``min_effective_batch=E`` replaces step 2 by ``M = max(1, batch_size // E)``: with rho = 1
+(the worst case) a batch then carries the information of at least E independent samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+log = logging.getLogger(__name__)
+
+#: max_per_chunk values the rule chooses from, smallest bound first.
+CANDIDATES = (1, 2, 4, 8, 16)
+#: Batches of look-ahead the decoders work in beside a chunk's own window; a constant
+#: (two per decoder of an 8-decoder machine), not the machine's count, so the rule is the
+#: same everywhere.
+WORK_BATCHES = 16
+#: The ring's default budget (``ring_bytes`` unset).
+DEFAULT_RING_BYTES = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundedDefaults:
+    """The values in use and why: ``reason`` is one line for logs and ``stats()``."""
+
+    chunk_len: int
+    max_per_chunk: int
+    chunk_window: int
+    reason: str
+
+
+def min_block(batch_size: int, max_per_chunk: int) -> int:
+    """The smallest block the plan deals (``Plan.min_block``)."""
+    groups = -(-batch_size // max_per_chunk)
+    return batch_size // groups
+
+
+def chunk_window(chunk_len: int, batch_size: int, max_per_chunk: int) -> int:
+    """Consecutive batches a chunk's samples reach (``Plan.chunk_window`` without the epoch's end)."""
+    return 1 + -(-(chunk_len - 1) // min_block(batch_size, max_per_chunk))
+
+
+def ring_batches(slot_bytes: int) -> int:
+    """Batches the look-ahead may hold in the default ring (one slot is the consumer's)."""
+    return DEFAULT_RING_BYTES // max(1, slot_bytes) - 1
+
+
+def design_effect_bound(max_per_chunk: int, rho: float = 1.0) -> float:
+    """Upper bound of a batch mean's variance against strict sampling: ``1 + (M - 1) * rho``."""
+    return 1.0 + (max_per_chunk - 1) * rho
+
+
+def effective_batch_size(batch_size: int, max_per_chunk: int, rho: float = 1.0) -> float:
+    """``batch_size / design_effect_bound``: independent samples a batch is worth at correlation rho."""
+    return batch_size / design_effect_bound(max_per_chunk, rho)
+
+
+def choose(*, median_gop: float | None, batch_size: int, slot_bytes: int, chunk_len: int | None = None, max_per_chunk: int | None = None,
+           min_effective_batch: int | None = None) -> BoundedDefaults:
+    """The bounded ``chunk_len`` and ``max_per_chunk`` for these data and settings (module docstring).
+
+    Values the user set are kept; ``median_gop`` None (no keyframe gap known) takes the
+    plan's fixed default chunk length.
+    """
+    from .plan import DEFAULT_CHUNK_LEN, chunk_len_for_gop
+
+    c = chunk_len if chunk_len is not None else (
+        chunk_len_for_gop(median_gop) if median_gop is not None else DEFAULT_CHUNK_LEN
+    )
+    fit = ring_batches(slot_bytes)
+    if max_per_chunk is not None:
+        m, why = max_per_chunk, "max_per_chunk set"
+    elif min_effective_batch is not None:
+        m = max(1, batch_size // min_effective_batch)
+        why = f"min_effective_batch={min_effective_batch}: batch_size {batch_size} // {min_effective_batch}"
+    else:
+        fits = [m for m in CANDIDATES if m <= batch_size and chunk_window(c, batch_size, m) + WORK_BATCHES <= fit]
+        if fits:
+            m = fits[0]
+            why = (f"smallest max_per_chunk whose look-ahead ({chunk_window(c, batch_size, m)} + {WORK_BATCHES} "
+                   f"batches) fits the default ring ({fit} batches)")
+        else:
+            m = min(CANDIDATES[-1], batch_size)
+            why = f"no look-ahead fits the default ring ({fit} batches of {slot_bytes / 2**20:.0f} MiB)"
+    return BoundedDefaults(c, m, chunk_window(c, batch_size, m), why)

@@ -1,0 +1,112 @@
+"""The bounded defaults' rule (ringload._bounded): chunk_len and max_per_chunk from the data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ringload import _bounded, plan_epoch
+from ringload._bounded import CANDIDATES, WORK_BATCHES, choose, chunk_window, design_effect_bound, ring_batches
+from ringload._config import LoaderConfig
+from ringload._dataset import settings as loader_settings
+from ringload._ring import RingLayout
+from ringload.errors import ConfigError
+
+
+def _slot(batch=128, size=224, clip=1):
+    return RingLayout(1, (batch, clip, size, size, 3)).slot_stride
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 512), chunk=st.integers(1, 300), m=st.integers(1, 64),
+       batches=st.integers(2, 400))
+def test_chunk_window_is_the_plans(batch, chunk, m, batches):
+    # The rule sizes the look-ahead with the plan's own window (away from the epoch's end).
+    lengths = np.full(4, batch * batches // 4 + chunk)
+    plan = plan_epoch(lengths, batch_size=batch, seed=1, mode="bounded", chunk_len=chunk, max_per_chunk=m)
+    if plan.chunk_len == chunk and plan.num_batches >= chunk_window(chunk, batch, m):
+        assert plan.chunk_window == chunk_window(chunk, batch, m)
+        assert plan.min_block == _bounded.min_block(batch, m)
+
+
+def test_gop30_1080p_default_batch_takes_the_smallest_m_whose_window_fits():
+    d = choose(median_gop=30, batch_size=128, slot_bytes=_slot())
+    assert d.chunk_len == 120
+    fit = ring_batches(_slot())
+    assert d.max_per_chunk == 4
+    # 4 fits, 2 does not: the rule's choice is the smallest that fits.
+    assert chunk_window(120, 128, 4) + WORK_BATCHES <= fit < chunk_window(120, 128, 2) + WORK_BATCHES
+    assert d.chunk_window == chunk_window(120, 128, 4)
+
+
+def test_long_gop_takes_a_larger_m_and_small_batches_m_1():
+    assert choose(median_gop=250, batch_size=128, slot_bytes=_slot()).max_per_chunk == 8
+    assert choose(median_gop=250, batch_size=128, slot_bytes=_slot()).chunk_len == 256
+    # Small batches: a 200-batch window still fits the ring, so bounded is strict-like per batch.
+    small = choose(median_gop=30, batch_size=16, slot_bytes=_slot(batch=16))
+    assert small.max_per_chunk == 1 and design_effect_bound(small.max_per_chunk) == 1.0
+
+
+def test_huge_batches_fall_back_to_16_and_say_why():
+    d = choose(median_gop=30, batch_size=128, slot_bytes=_slot(size=1024, clip=8))
+    assert d.max_per_chunk == CANDIDATES[-1]
+    assert "no look-ahead fits" in d.reason
+
+
+def test_user_values_and_min_effective_batch_win():
+    assert choose(median_gop=30, batch_size=128, slot_bytes=_slot(), max_per_chunk=16).max_per_chunk == 16
+    assert choose(median_gop=30, batch_size=128, slot_bytes=_slot(), chunk_len=64).chunk_len == 64
+    d = choose(median_gop=30, batch_size=128, slot_bytes=_slot(), min_effective_batch=32)
+    assert d.max_per_chunk == 4 and design_effect_bound(4) == 4.0 and 128 / design_effect_bound(4) >= 32
+    assert choose(median_gop=30, batch_size=128, slot_bytes=_slot(), min_effective_batch=128).max_per_chunk == 1
+
+
+def test_no_gop_known_takes_the_plan_default():
+    from ringload.plan import DEFAULT_CHUNK_LEN
+
+    assert choose(median_gop=None, batch_size=128, slot_bytes=_slot()).chunk_len == DEFAULT_CHUNK_LEN
+
+
+def test_min_effective_batch_validation():
+    with pytest.raises(ConfigError, match="min_effective_batch"):
+        LoaderConfig(min_effective_batch=0)
+    with pytest.raises(ConfigError, match="min_effective_batch"):
+        LoaderConfig(batch_size=16, min_effective_batch=17)
+    with pytest.raises(ConfigError, match="pass one of them"):
+        LoaderConfig(min_effective_batch=8, max_per_chunk=4)
+
+
+def test_effective_batch_size_is_public():
+    import ringload
+
+    assert ringload.effective_batch_size(128, 4) == 32.0
+    assert ringload.effective_batch_size(128, 4, rho=0.5) == pytest.approx(128 / 2.5)
+
+
+@dataclasses.dataclass
+class _Data:
+    paths: list
+    plan_lengths: np.ndarray
+    size: tuple
+    chunk_len: int | None
+    max_per_chunk: int | None
+    bounded: object
+
+
+def test_resume_fingerprint_covers_the_derived_values():
+    cfg = LoaderConfig()
+    lengths = np.array([300, 300])
+
+    def fp(c, m, bounded=True):
+        d = _Data(["a", "b"], lengths, (224, 224), c, m, object() if bounded else None)
+        return loader_settings(cfg, d, 0, 1)
+
+    assert fp(120, 4) == fp(120, 4)
+    assert fp(120, 4) != fp(120, 8)
+    assert fp(120, 4) != fp(256, 4)
+    # Outside bounded mode nothing is derived: the fingerprint has no such key.
+    assert "max_per_chunk_in_use" not in fp(None, None, bounded=False)
