@@ -242,6 +242,7 @@ class Window:
         self.sampler = None
         self.chunk_window = 1
         self.next_k = self.end_k = 0
+        self.first_k, self.head_done = 0, False
         self.dead_videos: dict[int, str] = {}
         self.quarantined: dict[str, str] = dict(quarantined or {})  # path -> reason, from indexing on
         self._crashes: dict[int, list[str]] = {}  # video -> causes of consecutive decoder deaths on it
@@ -262,6 +263,7 @@ class Window:
         self.sampler = sampler
         self.chunk_window = int(sampler.chunk_window)
         self.next_k, self.end_k = first_k, end_k
+        self.first_k, self.head_done = first_k, False
         for batch in old:
             self._maybe_free(batch)
         self.admit()
@@ -343,7 +345,9 @@ class Window:
             return None
         heads = [k for k, b in self.active.items() if b.remaining > 0 and not b.failed]
         limit = (min(heads) if heads else k0) + GATE
-        if self.chunk_window > 1:
+        # Whole chunks only once the pass's first batch is out: before, the decoders would
+        # read every chunk of that batch to its end and the first batch would wait for them.
+        if self.chunk_window > 1 and self.head_done:
             limit = max(limit, self.next_k - self.chunk_window if self.next_k < self.end_k else self.end_k)
         if k0 > limit:
             return k0 if eager else None
@@ -481,6 +485,8 @@ class Window:
     def _complete(self, batch: BatchState) -> None:
         if batch.retired or batch.failed:
             return
+        if batch.k == self.first_k:
+            self.head_done = True
         samples = batch.samples
         video = np.array([s.video for s in samples], dtype=np.int64)
         start = np.array([s.start for s in samples], dtype=np.int64)

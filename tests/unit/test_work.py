@@ -129,6 +129,24 @@ def test_bounded_chunks_wait_until_every_batch_they_reach_is_in_the_window():
     assert work.frames.tolist() == [1, 2, 3, 4, 5, 6]  # one run: the whole chunk at once
 
 
+def test_whole_chunks_wait_for_the_first_batch_of_a_pass():
+    # Before the pass's first batch is out only the head batches' groups are eligible, so
+    # it does not wait while the decoders read its chunks to their ends.
+    batches = [[(0, 10 * k + 1)] for k in range(6)]  # batch k needs GOP k of video 0
+    w, events, _ = _window(batches, slots=6, chunk_window=3)
+    assert w.pick_limit(eager=False) == _work.GATE
+    work, last = _take(w, eager=False)
+    assert work.frames.tolist() == [1, 11]  # the GOPs of batches 0 and 1, not the run to GOP 5
+    w.finish(work, None, None)
+    assert [k for k, _ in events["done"]] == [0, 1]
+    assert w.pick_limit(eager=False) == len(batches)  # then whole chunks in the window
+    work, _ = _take(w, last=last, eager=False)
+    assert work.frames.tolist() == [21, 31, 41, 51]
+    # A new pass starts with the head batches again.
+    w.begin(FakeSampler(batches, 3), 0, len(batches))
+    assert w.pick_limit(eager=False) == _work.GATE
+
+
 def test_batches_complete_in_any_order_and_slots_cycle():
     batches = [[(k % 4, (7 * k) % 100), ((k + 1) % 4, (13 * k) % 100)] for k in range(10)]
     w, events, _ = _window(batches, slots=3)
