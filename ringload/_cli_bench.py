@@ -35,6 +35,16 @@ def _resolution(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: use WxH (e.g. 1920x1080) or 480p/720p/1080p") from None
 
 
+def _bytes(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in "KMG" else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: bytes, e.g. 4G or 536870912") from None
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x)
@@ -82,6 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--sweep", choices=("none", "chunks", "gop", "resolution"), default=None,
                    help="chunks (default without --quick), gop, resolution, or none")
     m.add_argument("--rho", type=float, default=0.5, help="within-chunk correlation for the design-effect bound")
+    m.add_argument("--ring-bytes", type=_bytes, default=None,
+                   help="ring_bytes of the ringload contenders, e.g. 4G (default: the loader's, 1G)")
     m.add_argument("--seed", type=int, default=0)
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="JSON result file (default bench/results/<time>.json or ./)")
@@ -113,6 +125,7 @@ def config_from_args(args) -> "BenchConfig":  # noqa: F821
         chunk_lens=args.chunk_len,
         max_per_chunks=args.max_per_chunk,
         rho=args.rho,
+        ring_bytes=args.ring_bytes,
         seed=args.seed,
         peer_python=args.peer_python,
     )

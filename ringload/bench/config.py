@@ -86,6 +86,7 @@ class BenchConfig:
     max_per_chunks: tuple[int, ...] = ()
     sweep: str = "none"
     rho: float = 0.5
+    ring_bytes: int | None = None  # the ringload contenders' ring_bytes (None: the loader's default)
     seed: int = 0
     peer_python: str | None = None  # the interpreter the peers run in; None: peers skipped
 
@@ -104,6 +105,8 @@ class BenchConfig:
             raise ConfigError(f"--batches={self.batches}: must be >= 1")
         if not self.budget_s > 0:
             raise ConfigError(f"--budget-s={self.budget_s}: must be > 0")
+        if self.ring_bytes is not None and self.ring_bytes < 1 << 20:
+            raise ConfigError(f"--ring-bytes={self.ring_bytes}: at least 1M (e.g. 4G)")
         if not 0.0 <= self.rho <= 1.0:
             raise ConfigError(f"--rho={self.rho}: a correlation in [0, 1]")
         if self.peer_python is not None and not (

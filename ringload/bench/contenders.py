@@ -43,6 +43,14 @@ class Contender:
                 return 0
         return int(self._buffered or 0)
 
+    def decoded_frames(self) -> int | None:
+        """Frames the loader's decoders produced so far (walks from keyframes included), if it counts them."""
+        stats = getattr(self.loader, "stats", None)
+        if not callable(stats):
+            return None
+        value = stats().get("decoded_frames")
+        return int(value) if isinstance(value, (int, float)) else None
+
     def iterate(self):
         epoch = 0
         while True:
@@ -96,6 +104,8 @@ def make_ringload(spec, paths, sampling):
         seed=spec["seed"],
         num_workers=spec["workers"],
     )
+    if spec.get("ring_bytes"):
+        kwargs["ring_bytes"] = spec["ring_bytes"]
     if spec.get("clip_len", 1) > 1:
         kwargs.update(sample="clips", clip_len=spec["clip_len"], frame_stride=spec["frame_stride"])
     if sampling == "bounded":

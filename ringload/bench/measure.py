@@ -47,6 +47,7 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
             windows: list[float] = []
             images = 0
             cpu = 0.0
+            decoded: int | None = 0
             batch = next(it)
             result["first_batch_s"] = time.perf_counter() - t_start
             result["output"] = {"shape": list(batch.shape), "dtype": str(batch.dtype).replace("torch.", "")}
@@ -79,6 +80,7 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
                     result["over_budget"] = True
                     break
                 cpu0 = tree_cpu_seconds(me)
+                dec0 = contender.decoded_frames()
                 t0 = time.perf_counter()
                 n = 0
                 while True:
@@ -98,6 +100,9 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
                         break
                 elapsed = time.perf_counter() - t0
                 cpu += tree_cpu_seconds(me) - cpu0
+                dec1 = contender.decoded_frames()
+                # Decoded over delivered within the windows: the ring's prefetch is steady there.
+                decoded = decoded + dec1 - dec0 if decoded is not None and dec0 is not None and dec1 is not None else None
                 windows.append(n * b.shape[0] / elapsed)
                 images += n * b.shape[0]
             result.update(contender.info())
@@ -112,6 +117,7 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
         images_measured=images,
         cpu_s=cpu,
         cpu_s_per_image=cpu / images if images else None,
+        decoded_per_frame=decoded / images if images and decoded else None,
         wait_ms={f"p{q}": 1000 * percentile(waits, q) for q in (50, 95, 99)},
         wait_ms_batches=[round(1000 * w, 3) for w in waits],
         batches_measured=len(waits),

@@ -141,7 +141,7 @@ def format_table(doc: dict) -> str:
     rat = doc.get("ratios") or {}
     ref = rat.get("reference") or "reference"
     per = rat.get("contenders") or {}
-    head = ["contender", "img/s", "x starter", f"x {ref}", "CPU ms", "wait ms", "start s", "PSS MB"]
+    head = ["contender", "img/s", "x starter", f"x {ref}", "CPU ms", "dec", "wait ms", "start s", "PSS MB"]
     rows, notes, bounds = [head], [], []
     for r in doc["results"]:
         name = _short(r["name"])
@@ -158,6 +158,7 @@ def format_table(doc: dict) -> str:
             _ratio(rr.get("x_starter")),
             _ratio(rr.get("x_reference")),
             _fmt(cpu * 1000 if cpu else None, 1),
+            _fmt(r.get("decoded_per_frame"), 2),
             _fmt(w.get("p95"), 0),
             _fmt(r.get("first_batch_s"), 1),
             _fmt((r.get("peak_pss_bytes") or 0) / 2**20, 0),
@@ -168,7 +169,7 @@ def format_table(doc: dict) -> str:
         if r.get("note"):
             notes.append(f"{r['name']}: {r['note']}")
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    right = {1, 4, 5, 6, 7}
+    right = {1, 4, 5, 6, 7, 8}
 
     def line(row):
         return "  ".join(str(c).rjust(widths[i]) if i in right else str(c).ljust(widths[i]) for i, c in enumerate(row))
@@ -184,7 +185,9 @@ def format_table(doc: dict) -> str:
         "process tree. img/s: median over rounds. x starter, x " + ref + ": img/s over the starter's "
         f"({ref}'s) in the same round" + (", median and min-max over rounds." if n > 1 else "."),
         "CPU ms: CPU milliseconds per image, all its processes. wait ms: 95th percentile of the wait "
-        "for a batch. start s: to the first batch (median). PSS MB: peak, summed over its processes.",
+        "for a batch. start s: to the first batch (median). PSS MB: peak, summed over its processes. "
+        "dec: frames the decoders produced (walks from keyframes included) per delivered image, "
+        "in the timed windows (ringload only).",
     ]
     if any(_short(r["name"]) != r["name"] for r in doc["results"]):
         text.append("c = chunk_len, m = max_per_chunk.")

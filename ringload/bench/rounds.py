@@ -92,6 +92,8 @@ def summarize(entry: dict) -> dict:
     starts = [r["first_batch_s"] for r in ok if r.get("first_batch_s") is not None]
     entry["first_batch_s"] = median(starts)
     entry["first_batch_s_range"] = [min(starts), max(starts)] if starts else None
+    dec = [r["decoded_per_frame"] for r in ok if r.get("decoded_per_frame")]
+    entry["decoded_per_frame"] = median(dec)
     entry["peak_rss_bytes"] = max(r.get("peak_rss_bytes") or 0 for r in ok)
     entry["peak_pss_bytes"] = max(r.get("peak_pss_bytes") or 0 for r in ok)
     if entry.get("kind") == "bounded":

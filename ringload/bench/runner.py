@@ -151,6 +151,7 @@ def plan_runs(cfg: BenchConfig) -> list[dict]:
         "batches": cfg.batches,
         "budget_s": cfg.budget_s,
         "seed": cfg.seed,
+        "ring_bytes": cfg.ring_bytes,
     }
     # (the peers get the same settings; the runner adds their frame counts and sizes)
     if cfg.sweep in ("gop", "resolution"):

@@ -390,3 +390,22 @@ def test_ratio_to_the_fastest_peer_of_each_round():
     assert "fastest peer per round: decord, spdl; over it in the same round: strict 1.55 1.50-1.60." in text
     assert "peers: python 3.11.7, spdl.io 0.8.0 (/v/py)" in text
     assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_ring_bytes_reaches_every_ringload_contender_and_decoded_per_frame_is_summarised():
+    from ringload._cli_bench import config_from_args
+    from ringload.bench.runner import plan_runs
+
+    args = cli.build_parser().parse_args(["bench", "--smoke", "--ring-bytes", "4G", "--contenders", "strict,bounded"])
+    cfg = config_from_args(args)
+    assert cfg.ring_bytes == 4 << 30
+    assert {r["ring_bytes"] for r in plan_runs(cfg)} == {4 << 30}
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["bench", "--ring-bytes", "lots"])
+    with pytest.raises(ConfigError, match="ring-bytes"):
+        config_from_args(cli.build_parser().parse_args(["bench", "--ring-bytes", "10K"]))
+    entry = _entry("strict", [10.0, 20.0, 30.0])
+    assert entry["decoded_per_frame"] is None  # no round counted decoded frames
+    for r, d in zip(entry["rounds"], (3.0, 5.0, 4.0)):
+        r["decoded_per_frame"] = d
+    assert rounds.summarize(entry)["decoded_per_frame"] == 4.0
