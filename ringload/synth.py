@@ -66,7 +66,9 @@ def make_video(
     Every ``gop``-th frame is a keyframe (closed GOPs, no scene-cut keyframes) and, for
     codecs that have them (h264, hevc), ``bframes`` consecutive B-frames are used between
     reference frames. vp9 and av1 have no B-frames; ``bframes`` is then ignored. The same
-    arguments and ``seed`` give the same decoded frames. The container follows the file
+    arguments and ``seed`` give the same pictures; the encoders run on one thread, so
+    the file does not depend on the machine's CPU count, but x264's bits are not
+    reproducible in every process state, so two encodes may differ by encoder noise. The container follows the file
     extension (``.mp4``, ``.mkv``, ``.webm`` ...). ``crf`` overrides the codec's default
     quality setting. The file is written under a temporary name and renamed when complete,
     so a reader never sees a half-written video.
@@ -153,7 +155,7 @@ def _encoder_settings(codec: str, *, gop: int, bframes: int, crf: int | None):
         # b-adapt=0 makes x264 use the B-frames it is given instead of deciding per scene.
         params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:b-adapt=0:open-gop=0"
         # One encoder thread: x264's output depends on its thread count, which follows the
-        # CPUs the process may use, so "same seed, same frames" would not hold across machines.
+        # CPUs the process may use.
         opts = {"preset": "veryfast", "crf": str(crf or 20), "threads": "1", "x264-params": params}
         return "libx264", opts, True
     if codec == "hevc":
