@@ -338,15 +338,16 @@ class Window:
     def pick_limit(self, *, eager: bool) -> int | None:
         """The last batch whose groups may be decoded now. Only groups of the first GATE + 1
         incomplete batches are eligible (bounded mode: also those whose whole chunk is in
-        the window, ``chunk_window`` being how many consecutive batches a chunk reaches); an idle
-        decoder (``eager``) may start on the earliest group rather than wait."""
+        the window, ``chunk_window`` being how many consecutive batches a chunk reaches), and
+        before the pass's first batch is complete only that batch's; an idle decoder
+        (``eager``) may start on the earliest group rather than wait."""
         k0 = self.pending.earliest()
         if k0 is None:
             return None
         heads = [k for k, b in self.active.items() if b.remaining > 0 and not b.failed]
-        limit = (min(heads) if heads else k0) + GATE
-        # Whole chunks only once the pass's first batch is out: before, the decoders would
-        # read every chunk of that batch to its end and the first batch would wait for them.
+        # Until the pass's first batch is out, only its groups (an idle decoder may still
+        # start on the next): neither the gate's next batch nor whole chunks delay it.
+        limit = (min(heads) if heads else k0) + (GATE if self.head_done else 0)
         if self.chunk_window > 1 and self.head_done:
             limit = max(limit, self.next_k - self.chunk_window if self.next_k < self.end_k else self.end_k)
         if k0 > limit:

@@ -42,8 +42,13 @@ class FakeSampler:
         return v, start, np.array([start], np.int64), np.zeros(4, np.int32), False
 
 
-def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4):
+def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4, started=False):
+    """A window over ``batches``; ``started``: after a first batch (the last video's last
+    frame, done at once), so the steady-state rules apply to ``batches``."""
     events = collections.defaultdict(list)
+    if started:
+        batches = [[(n_videos - 1, 99)]] + list(batches)
+        slots += 1
     w = Window(
         num_slots=slots, paths=[f"/v{i}.mp4" for i in range(n_videos)], infos=_infos(n_videos), on_error=on_error,
         task_timeout_s=1.0, counters=collections.Counter(),
@@ -52,6 +57,10 @@ def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4):
     )
     sampler = FakeSampler(batches, chunk_window)
     w.begin(sampler, 0, len(batches))
+    if started:
+        work, _ = _take(w)
+        w.finish(work, None, None)
+        events.clear()
     return w, events, sampler
 
 
@@ -95,7 +104,7 @@ def test_a_gop_shared_by_batches_in_the_window_is_one_task():
 
 
 def test_a_decoder_continues_where_its_last_task_ended():
-    w, _, _ = _window([[(0, 15), (1, 5)], [(1, 25), (2, 5)]])
+    w, _, _ = _window([[(0, 15), (1, 5)], [(1, 25), (2, 5)]], started=True)
     # A decoder whose last task ended in GOP 1 of video 1 takes GOP 2 of video 1 next,
     # although GOP 1 of video 0 feeds an earlier batch.
     work, last = _take(w, last=(1, 1))
@@ -107,7 +116,7 @@ def test_a_decoder_continues_where_its_last_task_ended():
 
 def test_the_gate_keeps_decoders_on_the_earliest_batches():
     batches = [[(k % 4, 10 * k)] for k in range(4)]
-    w, _, _ = _window(batches)
+    w, _, _ = _window(batches, started=True)
     first, _ = _take(w, eager=False)
     second, _ = _take(w, eager=False)
     # Batches 0 and 1 (head + GATE) are eligible; batch 2 waits while they are undone...
@@ -129,22 +138,28 @@ def test_bounded_chunks_wait_until_every_batch_they_reach_is_in_the_window():
     assert work.frames.tolist() == [1, 2, 3, 4, 5, 6]  # one run: the whole chunk at once
 
 
-def test_whole_chunks_wait_for_the_first_batch_of_a_pass():
-    # Before the pass's first batch is out only the head batches' groups are eligible, so
-    # it does not wait while the decoders read its chunks to their ends.
+def test_the_first_batch_of_a_pass_goes_first():
+    # Until the pass's first batch is out only its groups are eligible, so it waits neither
+    # for the gate's next batch nor while the decoders read its chunks to their ends.
     batches = [[(0, 10 * k + 1)] for k in range(6)]  # batch k needs GOP k of video 0
     w, events, _ = _window(batches, slots=6, chunk_window=3)
-    assert w.pick_limit(eager=False) == _work.GATE
+    assert w.pick_limit(eager=False) == 0
     work, last = _take(w, eager=False)
-    assert work.frames.tolist() == [1, 11]  # the GOPs of batches 0 and 1, not the run to GOP 5
+    assert work.frames.tolist() == [1]  # batch 0's GOP alone, not the run to GOP 5
+    assert _take(w, last=last, eager=False) is None
     w.finish(work, None, None)
-    assert [k for k, _ in events["done"]] == [0, 1]
+    assert [k for k, _ in events["done"]] == [0]
     assert w.pick_limit(eager=False) == len(batches)  # then whole chunks in the window
     work, _ = _take(w, last=last, eager=False)
-    assert work.frames.tolist() == [21, 31, 41, 51]
-    # A new pass starts with the head batches again.
+    assert work.frames.tolist() == [11, 21, 31, 41, 51]
+    w.finish(work, None, None)
+    # A new pass starts with its first batch again; an idle decoder still finds work.
     w.begin(FakeSampler(batches, 3), 0, len(batches))
-    assert w.pick_limit(eager=False) == _work.GATE
+    assert w.pick_limit(eager=False) == 0
+    first, _ = _take(w, eager=False)
+    assert first.frames.tolist() == [1]
+    second, _ = _take(w, eager=True)
+    assert second.frames.tolist() == [11]
 
 
 def test_batches_complete_in_any_order_and_slots_cycle():
