@@ -243,10 +243,11 @@ def check_epoch(plan, cfg, rank: int, world: int) -> None:
         )
 
 
-_LATER_DEFAULTS = {"clips_per_video": None, "short_video": "repeat_last"}
+_LATER_DEFAULTS = {"clips_per_video": None, "short_video": "repeat_last", "balance": None, "balance_threshold": None,
+                   "balance_power": None}
 
 
-def settings(cfg, data, rank: int, world: int) -> dict:
+def settings(cfg, data, rank: int, world: int, weights=None) -> dict:
     """What decides the batches (the resume check): every setting but the resources, plus the data."""
     keep = {
         f.name: getattr(cfg, f.name)
@@ -261,6 +262,8 @@ def settings(cfg, data, rank: int, world: int) -> dict:
         rank=rank, world_size=world, size=data.size, num_videos=len(data.paths),
         paths=digest(data.paths), lengths=digest(data.plan_lengths.tolist()),
     )
+    if weights is not None:
+        keep["weights"] = digest([float(w) for w in weights])
     return json.loads(json.dumps(keep, default=str))
 
 
