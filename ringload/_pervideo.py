@@ -23,7 +23,13 @@ With ``views_per_clip=c`` a video has k * c slots: slot j is view ``j % c`` of c
 ``j // c`` (the c views of a clip share its start; the loader gives them different crop
 boxes), and ``plan.views(k)`` says which of each sample of batch k.
 
-Drawing without replacement costs O(k^2) per video of a batch, hence the cap on k.
+With ``weights`` or ``balance`` (``ringload._weights``) video v has ``slot_counts[v]``
+clips this epoch instead of k (``k * r_v`` rounded stochastically; 0 leaves it out): the
+slot plan runs over those counts, and a bounded piece is ``max(chunk_len, slot_counts[v])``
+starts wide. Everything else above holds per video with its own count.
+
+Drawing without replacement costs O(k^2) per video of a batch, hence the cap on k (and on
+``ceil(k * r_v)``).
 """
 
 from __future__ import annotations
