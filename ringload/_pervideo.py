@@ -242,7 +242,6 @@ class PerVideoPlan(Plan):
             return np.stack([ids, np.zeros_like(ids), self.starts_per_video[ids] - 1], axis=1)
         ext = self._inner.chunk_extent(ids)  # (slot video, first slot, last slot)
         video = self._usable[ext[:, 0]]
-        k = self.clips_per_video
         if mode == "strict":
             s = self.starts(video, ext[:, 1] // self.views_per_clip)
             return np.stack([video, s, s], axis=1)
