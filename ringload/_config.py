@@ -46,6 +46,19 @@ def _pair(name: str, value, *, positive_ints: bool) -> tuple:
 
 
 
+def check_weighted(name: str, cfg) -> None:
+    """A ConfigError naming ``name`` (weights or balance) where the settings cannot weigh videos."""
+    if cfg.sample == "segments":
+        raise ConfigError(f"{name} with sample='segments' is not supported yet: use sample='clips' with clips_per_video")
+    if cfg.clips_per_video is None:
+        raise ConfigError(
+            f"{name} weigh videos, and the unit of a weighted epoch is a video's clip: pass clips_per_video "
+            "(clips_per_video=1: one sample per video per epoch on average, times its repeat factor)"
+        )
+    if cfg.sampling == "sequential":
+        raise ConfigError(f"{name} apply to sampling='strict' or 'bounded'; sequential (evaluation) visits every video alike")
+
+
 @dataclasses.dataclass(frozen=True)
 class LoaderConfig:
     """Every setting of a :class:`VideoLoader`, validated. See ``VideoLoader`` for meanings."""
@@ -67,6 +80,9 @@ class LoaderConfig:
     max_per_chunk: int | None = None
     min_effective_batch: int | None = None
     clips_per_video: int | None = None
+    balance: str | None = None
+    balance_threshold: float | None = None
+    balance_power: float | None = None
     short_video: str = "repeat_last"
     seed: int = 0
     num_workers: int | None = None
@@ -163,6 +179,11 @@ class LoaderConfig:
                 f"clips_per_video={self.clips_per_video} does not apply to sample='segments': segments are already "
                 "one sample per video and epoch"
             )
+        from ._weights import check_balance
+
+        check_balance(self.balance, self.balance_threshold, self.balance_power)
+        if self.balance is not None:
+            check_weighted("balance", self)
         if self.sample == "frames" and (self.clip_len != 1 or self.frame_stride != 1):
             raise ConfigError("clip_len/frame_stride apply to sample='clips'; with sample='frames' leave them at 1")
         if (self.rank is None) != (self.world_size is None):

@@ -256,10 +256,11 @@ def check_epoch(plan, cfg, rank: int, world: int) -> None:
         )
 
 
-_LATER_DEFAULTS = {"clips_per_video": None, "short_video": "repeat_last", "min_effective_batch": None}
+_LATER_DEFAULTS = {"clips_per_video": None, "short_video": "repeat_last", "min_effective_batch": None, "balance": None,
+                   "balance_threshold": None, "balance_power": None}
 
 
-def settings(cfg, data, rank: int, world: int) -> dict:
+def settings(cfg, data, rank: int, world: int, weights=None) -> dict:
     """What decides the batches (the resume check): every setting but the resources, plus the data."""
     keep = {
         f.name: getattr(cfg, f.name)
@@ -276,6 +277,8 @@ def settings(cfg, data, rank: int, world: int) -> dict:
     )
     if data.bounded is not None:  # the derived values decide the batches too
         keep.update(chunk_len_in_use=data.chunk_len, max_per_chunk_in_use=data.max_per_chunk)
+    if weights is not None:
+        keep["weights"] = digest([float(w) for w in weights])
     return json.loads(json.dumps(keep, default=str))
 
 

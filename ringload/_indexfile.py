@@ -397,4 +397,6 @@ def source_from_index(path: str):
     labels = idx.column("label")
     if labels is None:
         labels = idx.column("labels")
-    return Source(paths=idx.paths(), labels=labels, class_names=idx.meta.get("class_names"), index=idx)
+    weights = idx.column("weight")
+    return Source(paths=idx.paths(), labels=labels, class_names=idx.meta.get("class_names"), index=idx,
+                  weights=np.asarray(weights, dtype=np.float64) if weights is not None else None)

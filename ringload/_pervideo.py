@@ -23,7 +23,13 @@ With ``views_per_clip=c`` a video has k * c slots: slot j is view ``j % c`` of c
 ``j // c`` (the c views of a clip share its start; the loader gives them different crop
 boxes), and ``plan.views(k)`` says which of each sample of batch k.
 
-Drawing without replacement costs O(k^2) per video of a batch, hence the cap on k.
+With ``weights`` or ``balance`` (``ringload._weights``) video v has ``slot_counts[v]``
+clips this epoch instead of k (``k * r_v`` rounded stochastically; 0 leaves it out): the
+slot plan runs over those counts, and a bounded piece is ``max(chunk_len, slot_counts[v])``
+starts wide. Everything else above holds per video with its own count.
+
+Drawing without replacement costs O(k^2) per video of a batch, hence the cap on k (and on
+``ceil(k * r_v)``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ import dataclasses
 import numpy as np
 
 from ._perm import _derive, _mix
+from ._weights import repeat_factors, slot_counts
+from .errors import ConfigError
 from .plan import DEFAULT_CHUNK_LEN, MAX_CHUNK_LEN, Plan, PlanConfig, _check_lengths
 
 #: Largest accepted ``clips_per_video`` (draws cost O(k^2) per video of a batch).
@@ -41,6 +49,18 @@ MAX_CLIPS_PER_VIDEO = 256
 # Stream tags, after plan.py's 1 to 6: the piece offsets and the draws of one (seed, epoch).
 _S_PIECE = 7
 _S_DRAW = 8
+
+
+def _check_cap(factors: np.ndarray, k: int, by_weights: bool) -> None:
+    """The most slots a video can get, ceil(k * r_v), must stay <= MAX_CLIPS_PER_VIDEO in every epoch."""
+    most = int(np.ceil(k * factors.max())) if len(factors) else 0
+    if most > MAX_CLIPS_PER_VIDEO:
+        v = int(np.argmax(factors))
+        what = "weights" if by_weights else "balance_threshold"
+        raise ConfigError(
+            f"{what}: video {v} would get up to {most} clips per epoch (clips_per_video={k} x repeat factor "
+            f"{factors[v]:.4g}), more than {MAX_CLIPS_PER_VIDEO}: flatten the {what} or lower clips_per_video"
+        )
 
 
 class _SlotPlan(Plan):
@@ -86,7 +106,7 @@ class PerVideoPlan(Plan):
     are slot ids (strict), one id per video's slots (bounded) or the video (sequential).
     """
 
-    def __init__(self, lengths, config: PlanConfig):
+    def __init__(self, lengths, config: PlanConfig, *, weights=None, labels=None):
         cfg = self.config = config
         k = self.clips_per_video = int(cfg.clips_per_video)
         c = self.views_per_clip = int(cfg.views_per_clip)
@@ -94,14 +114,33 @@ class PerVideoPlan(Plan):
         self.lengths.setflags(write=False)
         self.starts_per_video = np.maximum(self.lengths - (cfg.span - 1), 0)
         self.starts_per_video.setflags(write=False)
-        self._usable = np.flatnonzero(self.starts_per_video > 0).astype(np.int64)
-        #: Piece width in bounded mode: the chunk length asked for (default 64), at least k.
-        self.window = max(cfg.chunk_len or DEFAULT_CHUNK_LEN, k)
+        usable = self.starts_per_video > 0
+        #: Repeat factor of every video (1 for usable videos unless weighted), and the clips
+        #: each video gets this epoch (k unless weighted: ``k * r_v`` rounded stochastically).
+        self.repeat_factors = usable.astype(np.float64)
+        self.slot_counts = np.where(usable, k, 0).astype(np.int64)
+        self.weighted = weights is not None or cfg.balance is not None
+        if self.weighted:
+            self.repeat_factors = repeat_factors(
+                usable, weights=weights, labels=labels, balance=cfg.balance,
+                threshold=cfg.balance_threshold, power=cfg.balance_power,
+            )
+            _check_cap(self.repeat_factors, k, weights is not None)
+            self.slot_counts = slot_counts(self.repeat_factors, k, cfg.seed, cfg.epoch)
+        self.repeat_factors.setflags(write=False)
+        self.slot_counts.setflags(write=False)
+        #: Samples an epoch has on average over epochs (all ranks): ``k * views * sum(r_v)``.
+        self.expected_samples = float(k * c * self.repeat_factors.sum())
+        self._usable = np.flatnonzero(self.slot_counts > 0).astype(np.int64)
+        most = max(int(self.slot_counts.max()), 1) if self.weighted and len(self.lengths) else k
+        self._piece_base = cfg.chunk_len or DEFAULT_CHUNK_LEN
+        self.window = max(self._piece_base, most)
         inner = dataclasses.replace(
             cfg, clip_len=1, frame_stride=1, clips_per_video=None, views_per_clip=1,
-            chunk_len=min(k * c, MAX_CHUNK_LEN) if cfg.mode == "bounded" else None,
+            chunk_len=min(most * c, MAX_CHUNK_LEN) if cfg.mode == "bounded" else None,
+            balance=None, balance_threshold=None, balance_power=None,
         )
-        self._inner = _SlotPlan(np.full(len(self._usable), k * c, dtype=np.int64), inner)
+        self._inner = _SlotPlan(self.slot_counts[self._usable] * c, inner)
         i = self._inner
         self.total_samples, self.num_samples, self.num_batches = i.total_samples, i.num_samples, i.num_batches
         self.num_chunks, self.chunk_window, self.max_per_chunk = i.num_chunks, i.chunk_window, i.max_per_chunk
@@ -149,9 +188,11 @@ class PerVideoPlan(Plan):
 
     def _piece(self, video, n):
         """(first start, size) of the video's piece this epoch: the one holding a uniform start."""
-        w, k = self.window, self.clips_per_video
+        # Per video: k its clips this epoch, w = max(chunk_len, k) its piece width.
+        k = self.slot_counts[video]
+        w = np.maximum(self._piece_base, k)
         h = _mix(self._piece_key, video.astype(np.uint64))
-        off = (h % np.uint64(w)).astype(np.int64)
+        off = (h % w.astype(np.uint64)).astype(np.int64)
         u0 = (_mix(self._piece_key, h) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
         first = np.where(off > 0, off, w)  # the first cut inside (0, n), if < n
         last = first + np.maximum(n - 1 - first, 0) // w * w  # the last cut, if first < n
@@ -201,18 +242,24 @@ class PerVideoPlan(Plan):
             return np.stack([ids, np.zeros_like(ids), self.starts_per_video[ids] - 1], axis=1)
         ext = self._inner.chunk_extent(ids)  # (slot video, first slot, last slot)
         video = self._usable[ext[:, 0]]
-        k = self.clips_per_video
         if mode == "strict":
             s = self.starts(video, ext[:, 1] // self.views_per_clip)
             return np.stack([video, s, s], axis=1)
         # A bounded chunk is a video's slots: the extent of all its starts.
-        every = self.starts(np.repeat(video, k), np.tile(np.arange(k), len(video))).reshape(len(video), k)
-        return np.stack([video, every.min(axis=1), every.max(axis=1)], axis=1)
+        if not len(video):
+            return np.zeros((0, 3), dtype=np.int64)
+        cnt = self.slot_counts[video]
+        first = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+        slot = np.arange(int(cnt.sum()), dtype=np.int64) - np.repeat(first, cnt)
+        every = self.starts(np.repeat(video, cnt), slot)
+        return np.stack([video, np.minimum.reduceat(every, first), np.maximum.reduceat(every, first)], axis=1)
 
     def __repr__(self) -> str:
         c = self.config
         return (
-            f"Plan(mode={c.mode!r}, clips_per_video={self.clips_per_video}, epoch={c.epoch}, "
+            f"Plan(mode={c.mode!r}, clips_per_video={self.clips_per_video}, "
+            + (f"weighted (expected samples {self.expected_samples:.6g}), " if self.weighted else "")
+            + f"epoch={c.epoch}, "
             f"rank={c.rank}/{c.world_size}, batches={self.num_batches}, samples={self.num_samples}/{self.total_samples}, "
             f"chunk_len={self.chunk_len}, max_per_chunk={self.max_per_chunk})"
         )

@@ -35,17 +35,21 @@ _LABEL_SEPARATORS = (";", "|")
 class Source:
     """Resolved dataset: ``paths`` (absolute where the source gave a folder or manifest),
     ``labels`` (None, int64 (N,) class ids, or float32 (N, C) multi-hot), ``class_names``
-    (class id -> name, or None when the labels were given as ints); ``index`` the mapped
-    index file (``_indexfile.IndexFile``) when the source is one."""
+    (class id -> name, or None when the labels were given as ints); ``weights`` (None or
+    float64 (N,): a manifest's ``weight`` column); ``index`` the mapped index file
+    (``_indexfile.IndexFile``) when the source is one."""
 
     paths: list[str]
     labels: np.ndarray | None = None
     class_names: list[str] | None = None
     index: object | None = None
+    weights: np.ndarray | None = None
 
     def __post_init__(self):
         if self.labels is not None and len(self.labels) != len(self.paths):
             raise ValueError("Source: labels and paths differ in length")
+        if self.weights is not None and len(self.weights) != len(self.paths):
+            raise ValueError("Source: weights and paths differ in length")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -121,7 +125,8 @@ def resolve_source(
 ) -> Source:
     """Resolve a directory (recursive, video extensions, sorted, each real file once), a glob
     pattern, a list of paths, an index file (``ringload index --out``), or a CSV/JSONL manifest (``path`` relative to the manifest's
-    folder, optional ``label`` int or class name, or ``labels`` list for multi-label) into a
+    folder, optional ``label`` int or class name, or ``labels`` list for multi-label, optional
+    ``weight`` >= 0 per video) into a
     :class:`Source`. ``on_error``: an unreadable folder inside a directory source raises a
     ConfigError ("raise") or is left out with one warning ("skip")."""
     if on_error not in _ON_ERROR:
@@ -205,6 +210,7 @@ def _read_manifest(manifest: str) -> Source:
     paths = []
     single: list = []
     multi: list = []
+    weights = _manifest_weights(manifest, rows)
     for lineno, rec in rows:
         p = rec.get("path")
         if not isinstance(p, str) or not p.strip():
@@ -240,7 +246,7 @@ def _read_manifest(manifest: str) -> Source:
     if n_single and n_multi:
         raise ConfigError(f"{manifest}: mixes 'label' and 'labels' rows; use one of them for every row")
     if n_single == 0 and n_multi == 0:
-        return Source(paths=paths)
+        return Source(paths=paths, weights=weights)
     entries = single if n_single else multi
     for lineno, v in entries:
         if v is None:
@@ -250,13 +256,33 @@ def _read_manifest(manifest: str) -> Source:
     to_id, names = _label_mapping(manifest, values, entries, multi=not n_single)
     if n_single:
         labels = np.asarray([to_id(v) for _, v in entries], dtype=np.int64)
-        return Source(paths=paths, labels=labels, class_names=names)
+        return Source(paths=paths, labels=labels, class_names=names, weights=weights)
     ids = [[to_id(x) for x in v] for _, v in entries]
     num_classes = len(names) if names is not None else (max((max(r) for r in ids if r), default=-1) + 1)
     hot = np.zeros((len(paths), max(num_classes, 0)), dtype=np.float32)
     for r, row in enumerate(ids):
         hot[r, row] = 1.0
-    return Source(paths=paths, labels=hot, class_names=names)
+    return Source(paths=paths, labels=hot, class_names=names, weights=weights)
+
+
+def _manifest_weights(manifest: str, rows) -> np.ndarray | None:
+    """The ``weight`` column: a finite number >= 0 on every row, or on none."""
+    given = [(lineno, rec.get("weight")) for lineno, rec in rows]
+    given = [(lineno, None if v is None or (isinstance(v, str) and not v.strip()) else v) for lineno, v in given]
+    if all(v is None for _, v in given):
+        return None
+    out = np.empty(len(given), dtype=np.float64)
+    for i, (lineno, v) in enumerate(given):
+        if v is None:
+            raise ConfigError(f"{manifest}: line {lineno}: no 'weight' while other rows have one")
+        try:
+            x = float(v) if not isinstance(v, bool) else float("nan")
+        except (TypeError, ValueError):
+            x = float("nan")
+        if not (np.isfinite(x) and x >= 0):
+            raise ConfigError(f"{manifest}: line {lineno}: weight {v!r} must be a finite number >= 0 (0 leaves the video out)")
+        out[i] = x
+    return out
 
 
 def _as_int(v) -> int | None:

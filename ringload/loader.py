@@ -22,7 +22,7 @@ import weakref
 
 
 from ._batch import Batch, make_batch
-from ._config import _MAX_EPOCH, LoaderConfig, _is_int
+from ._config import _MAX_EPOCH, LoaderConfig, _is_int, check_weighted
 from ._dataset import check_epoch, digest, load_dataset, settings, with_skip_hint
 from ._engine import release as _release
 from ._engine import start_engine
@@ -63,6 +63,14 @@ class VideoLoader:
     batch_size // E``). ``stats()`` reports the values in use, the design-effect bound and
     the effective batch size. ``clips_per_video=k`` makes an epoch k samples of
     every video instead of every start (random, or uniformly spaced in sequential mode).
+    Weighted epochs (with ``clips_per_video=k``, strict or bounded): ``weights`` (one number
+    >= 0 per video, or the manifest's ``weight`` column; ``weights=False`` ignores it) give
+    video v ``k * w_v / mean(w)`` clips per epoch in expectation, 0 leaving it out;
+    ``balance="repeat_factor"`` repeats videos of rare classes ``max(1, sqrt(t / f(c)))``
+    times (LVIS; ``balance_threshold=t``, default 1 / classes; a video takes the max over its
+    labels), ``balance="frequency"`` gives class c a share ``~ n_c ** balance_power`` (default
+    0.5; 0: classes equally often). Counts are rounded stochastically per epoch (a video gets
+    the floor or the ceiling); ``stats()`` states the epoch's length.
     A video shorter than one sample gets one sample whose frames past the end repeat the
     last frame (``short_video="repeat_last"``), start it over (``"wrap"``), or is left out
     (``"skip"``) or refused (``"error"``); a warning names how many, ``stats()`` counts them.
@@ -134,6 +142,10 @@ class VideoLoader:
         max_per_chunk: int | None = None,
         min_effective_batch: int | None = None,
         clips_per_video: int | None = None,
+        weights=None,
+        balance: str | None = None,
+        balance_threshold: float | None = None,
+        balance_power: float | None = None,
         short_video: str = "repeat_last",
         seed: int = 0,
         num_workers: int | None = None,
@@ -152,7 +164,8 @@ class VideoLoader:
             batch_size=batch_size, sample=sample, clip_len=clip_len, frame_stride=frame_stride, fps=fps,
             num_segments=num_segments, size=size, crop=crop, scale=scale, ratio=ratio, hflip=hflip,
             orientation=orientation, sampling=sampling, chunk_len=chunk_len, max_per_chunk=max_per_chunk,
-            min_effective_batch=min_effective_batch, clips_per_video=clips_per_video, short_video=short_video, seed=seed,
+            min_effective_batch=min_effective_batch, clips_per_video=clips_per_video, balance=balance,
+            balance_threshold=balance_threshold, balance_power=balance_power, short_video=short_video, seed=seed,
             num_workers=num_workers, decoder_threads=decoder_threads, prefetch_batches=prefetch_batches,
             ring_bytes=ring_bytes, device=str(device), drop_last=drop_last,
             rank=rank, world_size=world_size, on_error=on_error, timeout_s=timeout_s, task_timeout_s=task_timeout_s,
@@ -163,7 +176,12 @@ class VideoLoader:
         self._closed = False
         self._finalizer = None
         self._owner_pid = os.getpid()
+        if weights is not None and weights is not False:
+            check_weighted("weights", cfg)
         self.source = resolve_source(source, on_error=cfg.on_error)
+        self._weights = _resolve_weights(weights, self.source, cfg)
+        if cfg.balance is not None and self.source.labels is None:
+            raise ConfigError(f"balance={cfg.balance!r} needs labels: a manifest with a 'label' or 'labels' column")
         self._rank, self._world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _dist_defaults()
         self._data = data = load_dataset(cfg, self.source)
         self._paths, self._infos, self._size = data.paths, data.infos, data.size
@@ -176,7 +194,7 @@ class VideoLoader:
         self._plan_cache = None
         plan = self._plan()
         check_epoch(plan, cfg, self._rank, self._world)
-        self._settings = settings(cfg, data, self._rank, self._world)
+        self._settings = settings(cfg, data, self._rank, self._world, weights=self._weights)
         self._fingerprint = digest(self._settings)
         self._counters = {"batches": 0, "samples": 0, "frames": 0, "wait_s": 0.0, "busy_s": 0.0}
         self._t_first = None
@@ -208,7 +226,19 @@ class VideoLoader:
             drop_last=bool(cfg.drop_last),
             clips_per_video=cfg.clips_per_video,
             views_per_clip=cfg.views_per_clip,
+            weights=self._weights,
+            labels=self.source.labels if cfg.balance is not None else None,
+            balance=cfg.balance,
+            balance_threshold=cfg.balance_threshold,
+            balance_power=cfg.balance_power,
         )
+        if getattr(plan, "weighted", False) and self._plan_cache is None:
+            log.info(
+                "weighted epochs: %.6g samples per epoch expected over all ranks (epoch %d: %d); repeat factors "
+                "%.4g to %.4g, %d videos left out", plan.expected_samples, self._epoch, plan.total_samples,
+                float(plan.repeat_factors[plan.repeat_factors > 0].min()), float(plan.repeat_factors.max()),
+                int(((plan.repeat_factors == 0) & (plan.starts_per_video > 0)).sum()),
+            )
         self._plan_cache = (self._epoch, plan)
         return plan
 
@@ -376,7 +406,9 @@ class VideoLoader:
         this, ``1 + (m - 1) * rho`` at the worst case rho = 1, m samples of one chunk or video
         per batch: 1 in strict mode) and ``effective_batch_size`` (``batch_size`` divided by
         it; ``ringload.effective_batch_size`` for another rho); ``short_videos`` (videos shorter
-        than one sample) and the ``short_video`` policy applied to them.
+        than one sample) and the ``short_video`` policy applied to them; ``epoch_samples``
+        (samples of the current epoch over all ranks) and ``expected_epoch_samples`` (its mean
+        over epochs: they differ with ``weights``/``balance``, ``weighted``), ``balance``.
         """
         return _stats(self)
 
@@ -445,6 +477,10 @@ def _stats(loader) -> dict:
         "sampling": loader.config.sampling,
         "short_videos": int(loader._data.short.sum()),
         "short_video": loader.config.short_video,
+        "epoch_samples": int(plan.total_samples) if plan is not None else 0,
+        "expected_epoch_samples": float(getattr(plan, "expected_samples", plan.total_samples)) if plan is not None else 0.0,
+        "balance": loader.config.balance,
+        "weighted": bool(getattr(plan, "weighted", False)) if plan is not None else False,
         "chunk_len": plan.chunk_len if plan is not None and loader.config.sampling == "bounded" else None,
         "max_per_chunk": plan.max_per_chunk if plan is not None and loader.config.sampling == "bounded" else None,
         "bounded_rule": loader._data.bounded.reason if loader._data.bounded is not None else None,
@@ -462,6 +498,29 @@ def _design_effect(batch_size: int, plan) -> dict:
 
 
 _STATE_VERSION = 2
+
+
+def _resolve_weights(weights, source, cfg):
+    """float64 per-video weights (``weights=``, else the source's ``weight`` column), or None."""
+    from ._weights import check_weights
+
+    if weights is False:  # the source's weight column is not used
+        return None
+    if weights is not None:
+        if source.weights is not None:
+            raise ConfigError("weights: the source has a 'weight' column and weights= was passed too: pass one "
+                              "(weights=False ignores the column)")
+        return check_weights(weights, len(source.paths))
+    if source.weights is None:
+        return None
+    if cfg.sampling == "sequential":
+        log.info("the source's 'weight' column is not used: sampling='sequential' visits every video alike")
+        return None
+    try:
+        check_weighted("weights", cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"the source has a 'weight' column; {exc} (weights=False ignores the column)") from None
+    return source.weights
 
 
 def _check_state(state, settings: dict, fingerprint: str) -> tuple[int, int, int | None]:

@@ -73,7 +73,8 @@ _S_ROTATE = 2
 _S_OFFSET = 3
 _S_WITHIN = 4
 _S_INBATCH = 5
-# 6 is taken by the permutation's round keys (_perm._S_ROUNDS); 7 and 8 by _pervideo.
+# 6 is taken by the permutation's round keys (_perm._S_ROUNDS); 7 and 8 by _pervideo; 9 by
+# _weights (the stochastic rounding of weighted slot counts).
 
 def _as_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -108,6 +109,9 @@ class PlanConfig:
     drop_last: bool = True
     clips_per_video: int | None = None
     views_per_clip: int = 1
+    balance: str | None = None
+    balance_threshold: float | None = None
+    balance_power: float | None = None
 
     def __post_init__(self):
         _as_int("batch_size", self.batch_size, low=1)
@@ -132,6 +136,9 @@ class PlanConfig:
             _as_int("clips_per_video", self.clips_per_video, low=1, high=MAX_CLIPS_PER_VIDEO)
         if _as_int("views_per_clip", self.views_per_clip, low=1, high=64) > 1 and self.clips_per_video is None:
             raise ConfigError("views_per_clip applies with clips_per_video only")
+        from ._weights import check_balance
+
+        check_balance(self.balance, self.balance_threshold, self.balance_power)
 
     @property
     def span(self) -> int:
@@ -474,6 +481,11 @@ def plan_epoch(
     drop_last: bool = True,
     clips_per_video: int | None = None,
     views_per_clip: int = 1,
+    weights=None,
+    labels=None,
+    balance: str | None = None,
+    balance_threshold: float | None = None,
+    balance_power: float | None = None,
 ) -> Plan:
     """The batches of one epoch on one rank: a lazy, deterministic :class:`Plan`.
 
@@ -484,6 +496,10 @@ def plan_epoch(
     ``chunk_len``/``max_per_chunk`` are ignored outside bounded mode. ``clips_per_video=k``
     makes an epoch k samples of every video with a valid start instead of every start
     (``ringload._pervideo``), each ``views_per_clip`` times (spatial views: ``plan.views(k)``).
+    ``weights`` (one per video, normalised to mean 1) and ``balance`` (``"repeat_factor"``
+    with ``balance_threshold``, or ``"frequency"`` with ``balance_power``, over ``labels``:
+    class ids (N,) or multi-hot (N, C)) make video v's slots ``k * r_v`` rounded
+    stochastically per epoch (``ringload._weights``); they need ``clips_per_video``.
     The module docstring says how ranks and ``drop_last`` split
     the epoch; docs/sampling.md gives the statistics.
     Bad arguments raise :class:`ringload.ConfigError` naming the argument.
@@ -502,11 +518,26 @@ def plan_epoch(
         drop_last=bool(drop_last) if isinstance(drop_last, np.bool_) else drop_last,
         clips_per_video=clips_per_video,
         views_per_clip=views_per_clip,
+        balance=balance,
+        balance_threshold=balance_threshold,
+        balance_power=balance_power,
     )
+    weighted = weights is not None or cfg.balance is not None
+    if weighted and cfg.clips_per_video is None:
+        what = "weights" if weights is not None else "balance"
+        raise ConfigError(
+            f"{what} weigh videos, and the unit of a weighted epoch is a video's clip: pass clips_per_video "
+            "(clips_per_video=1: one sample per video per epoch on average, times its repeat factor)"
+        )
+    if weighted and cfg.mode == "sequential":
+        what = "weights" if weights is not None else "balance"
+        raise ConfigError(f"{what} apply to mode='strict' or 'bounded'; sequential (evaluation) visits every video alike")
+    if labels is not None and cfg.balance is None:
+        raise ConfigError("labels are used by balance only: pass balance='repeat_factor' or 'frequency', or no labels")
     if cfg.clips_per_video is not None:
         from ._pervideo import PerVideoPlan
 
-        return PerVideoPlan(lengths, cfg)
+        return PerVideoPlan(lengths, cfg, weights=weights, labels=labels)
     return Plan(lengths, cfg)
 
 

@@ -87,6 +87,22 @@ def test_jsonl_manifest_int_labels_and_multilabel(tmp_path):
     assert src.class_names is None
 
 
+def test_manifest_weight_column(tmp_path):
+    man = tmp_path / "w.csv"
+    man.write_text("path,label,weight\na.mp4,cat,2.5\nb.mp4,dog,0\n")
+    src = resolve_source(man)
+    np.testing.assert_array_equal(src.weights, [2.5, 0.0])
+    assert src.weights.dtype == np.float64 and src.class_names == ["cat", "dog"]
+    man2 = tmp_path / "w.jsonl"
+    man2.write_text('{"path": "a.mp4", "weight": 1, "labels": [1]}\n{"path": "b.mp4", "weight": 0.5, "labels": [0, 2]}\n'
+                    '{"path": "c.mp4", "weight": 3, "labels": []}\n')
+    src2 = resolve_source(man2)
+    np.testing.assert_array_equal(src2.weights, [1.0, 0.5, 3.0])
+    assert resolve_source(tmp_path / "w.csv").weights is not None
+    (tmp_path / "none.csv").write_text("path\na.mp4\n")
+    assert resolve_source(tmp_path / "none.csv").weights is None
+
+
 @pytest.mark.parametrize(
     "name,text,match",
     [
@@ -98,6 +114,10 @@ def test_jsonl_manifest_int_labels_and_multilabel(tmp_path):
         ("f.jsonl", '[1, 2]\n', "line 1: expected a JSON object"),
         ("g.csv", "path,label\n", "lists no videos"),
         ("h.jsonl", '{"path": "a.mp4", "label": 1}\n{"path": "b.mp4", "labels": [1]}\n', "mixes"),
+        ("i.csv", "path,weight\na.mp4,1\nb.mp4,\n", "line 3: no 'weight'"),
+        ("j.csv", "path,weight\na.mp4,-2\n", "line 2: weight '-2' must be a finite number >= 0"),
+        ("k.jsonl", '{"path": "a.mp4", "weight": "lots"}\n', "line 1: weight 'lots'"),
+        ("l.jsonl", '{"path": "a.mp4", "weight": true}\n', "line 1: weight True"),
     ],
 )
 def test_bad_manifests_name_file_and_line(tmp_path, name, text, match):
