@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     preset = p.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true",
                         help="480p data, 3 rounds of one 2 s window (docs/benchmarks.md gives measured times)")
+    preset.add_argument("--kinetics", action="store_true",
+                        help="Kinetics-shaped workload: 2000 names of 10 s 340p videos, one random 16-frame clip per "
+                             "video per epoch, batch 16, against a per-clip Dataset (starter)")
     preset.add_argument("--smoke", action="store_true",
                         help="tiny data, 2 rounds of 2 batches: checks that every contender runs; not for numbers")
     p.add_argument("--contenders", default=None, help="comma-separated subset (default: all that can run)")
@@ -77,8 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--batch-size", type=int, default=None, help="default 128 (16 with --smoke)")
     m.add_argument("--size", type=int, default=224, help="output side in pixels")
     m.add_argument("--workers", type=int, default=0, help="decoder processes per contender (default: cores)")
-    m.add_argument("--clip-len", type=int, default=1, help="frames per sample (>1: clips)")
-    m.add_argument("--frame-stride", type=int, default=1)
+    m.add_argument("--clip-len", type=int, default=None, help="frames per sample (>1: clips; default 1)")
+    m.add_argument("--frame-stride", type=int, default=None)
+    m.add_argument("--clips-per-video", type=int, default=None,
+                   help="ringload contenders: this many clips per video per epoch (needs --clip-len >= 2)")
     m.add_argument("--rounds", type=int, default=None,
                    help="rounds; each runs every contender once, in the same order (default 3)")
     m.add_argument("--warmup", type=int, default=None, help="warm-up batches, the first included")
@@ -103,7 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> "BenchConfig":  # noqa: F821
-    from .bench.config import BenchConfig, quick_config, smoke_config
+    from .bench.config import BenchConfig, kinetics_config, quick_config, smoke_config
 
     ds_over = {}
     if args.resolution:
@@ -120,8 +125,6 @@ def config_from_args(args) -> "BenchConfig":  # noqa: F821
         data_dir=args.data_dir,
         size=args.size,
         workers=args.workers,
-        clip_len=args.clip_len,
-        frame_stride=args.frame_stride,
         chunk_lens=args.chunk_len,
         max_per_chunks=args.max_per_chunk,
         rho=args.rho,
@@ -131,13 +134,15 @@ def config_from_args(args) -> "BenchConfig":  # noqa: F821
     )
     for arg, field in (("warmup", "warmup_batches"), ("repeats", "repeats"), ("window_s", "window_s"),
                        ("budget_s", "budget_s"), ("rounds", "rounds"), ("batch_size", "batch_size"),
-                       ("batches", "batches")):
+                       ("batches", "batches"), ("clip_len", "clip_len"), ("frame_stride", "frame_stride"),
+                       ("clips_per_video", "clips_per_video")):
         if getattr(args, arg) is not None:
             over[field] = getattr(args, arg)
     if args.contenders:
         over["contenders"] = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
-    over["sweep"] = args.sweep or ("none" if args.quick or args.smoke else "chunks")
-    base = quick_config() if args.quick else smoke_config() if args.smoke else BenchConfig()
+    over["sweep"] = args.sweep or ("none" if args.quick or args.smoke or args.kinetics else "chunks")
+    base = (quick_config() if args.quick else smoke_config() if args.smoke else kinetics_config() if args.kinetics
+            else BenchConfig())
     over["dataset"] = dataclasses.replace(base.dataset, **ds_over)
     return dataclasses.replace(base, **over)
 
@@ -162,7 +167,7 @@ def run(args) -> int:
     def checkpoint(doc):
         doc["system"]["argv"] = sys.argv
         doc["cli_args"] = bench.jsonable(cli_args)
-        doc["preset"] = "quick" if args.quick else "smoke" if args.smoke else None
+        doc["preset"] = "quick" if args.quick else "smoke" if args.smoke else "kinetics" if args.kinetics else None
         doc["complete"] = False
         bench.write_json(doc, out)
 

@@ -76,6 +76,7 @@ class BenchConfig:
     workers: int = 0  # 0: os.cpu_count()
     clip_len: int = 1
     frame_stride: int = 1
+    clips_per_video: int | None = None  # ringload: k clips per video per epoch; starter: k random clips per video
     rounds: int = 3
     warmup_batches: int = 2
     repeats: int = 1  # timed windows per contender per round
@@ -105,6 +106,8 @@ class BenchConfig:
             raise ConfigError(f"--batches={self.batches}: must be >= 1")
         if not self.budget_s > 0:
             raise ConfigError(f"--budget-s={self.budget_s}: must be > 0")
+        if self.clips_per_video is not None and (self.clips_per_video < 1 or self.clip_len < 2):
+            raise ConfigError(f"--clips-per-video={self.clips_per_video}: needs a value >= 1 and --clip-len >= 2")
         if self.ring_bytes is not None and self.ring_bytes < 1 << 20:
             raise ConfigError(f"--ring-bytes={self.ring_bytes}: at least 1M (e.g. 4G)")
         if not 0.0 <= self.rho <= 1.0:
@@ -131,6 +134,25 @@ def quick_config(**overrides) -> BenchConfig:
         repeats=1,
         window_s=2.0,
         budget_s=20.0,
+    )
+    base.update(overrides)
+    return BenchConfig(**base)
+
+
+def kinetics_config(**overrides) -> BenchConfig:
+    """The ``--kinetics`` workload: many short 340p videos, one random 16-frame clip per video
+    per epoch (Kinetics-style training), against the starter-style per-clip Dataset."""
+    base = dict(
+        # 2000 names over 20 distinct contents: the harness's convention (generation cost),
+        # the loader treats every name as its own video.
+        dataset=DatasetSpec(width=604, height=340, seconds=10.0, distinct=20, names=2000),
+        contenders=("starter", "strict", "bounded"),
+        batch_size=16,
+        clip_len=16,
+        clips_per_video=1,
+        rounds=3,
+        window_s=4.0,
+        budget_s=40.0,
     )
     base.update(overrides)
     return BenchConfig(**base)

@@ -88,8 +88,18 @@ def make_starter(spec, paths):
     import torch
 
     torch.manual_seed(spec["seed"])
-    loader = starter.make_loader(paths, batch_size=spec["batch_size"], num_workers=spec["workers"], seed=spec["seed"])
-    note = f"exercise loader, transforms: {starter.TRANSFORMS}; output float32 after ColorJitter"
+    if spec.get("clip_len", 1) > 1:
+        loader = starter.make_clip_loader(
+            paths, clip_len=spec["clip_len"], frame_stride=spec.get("frame_stride", 1),
+            clips_per_video=spec.get("clips_per_video") or 1, batch_size=spec["batch_size"],
+            num_workers=spec["workers"], seed=spec["seed"],
+        )
+        note = (f"per-clip Dataset (seek + decode {spec['clip_len']} frames per item), transforms: "
+                f"{starter.TRANSFORMS}: one RandomResizedCrop box per clip and ToTensor, no ColorJitter")
+    else:
+        loader = starter.make_loader(paths, batch_size=spec["batch_size"], num_workers=spec["workers"],
+                                     seed=spec["seed"])
+        note = f"exercise loader, transforms: {starter.TRANSFORMS}; output float32 after ColorJitter"
     # Each worker builds one batch at a time; at the first batch the others are (nearly) done.
     return Contender(loader, info={"note": note, "shm_bytes": None}, buffered=spec["workers"])
 
@@ -108,6 +118,8 @@ def make_ringload(spec, paths, sampling):
         kwargs["ring_bytes"] = spec["ring_bytes"]
     if spec.get("clip_len", 1) > 1:
         kwargs.update(sample="clips", clip_len=spec["clip_len"], frame_stride=spec["frame_stride"])
+        if spec.get("clips_per_video"):
+            kwargs["clips_per_video"] = spec["clips_per_video"]
     if sampling == "bounded":
         if spec.get("chunk_len"):
             kwargs["chunk_len"] = spec["chunk_len"]

@@ -46,6 +46,7 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
             waits: list[float] = []
             windows: list[float] = []
             images = 0
+            frames_per_sample = 1
             cpu = 0.0
             decoded: int | None = 0
             batch = next(it)
@@ -104,6 +105,7 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
                 # Decoded over delivered within the windows: the ring's prefetch is steady there.
                 decoded = decoded + dec1 - dec0 if decoded is not None and dec0 is not None and dec1 is not None else None
                 windows.append(n * b.shape[0] / elapsed)
+                frames_per_sample = int(b.shape[1]) if b.ndim == 5 else 1  # (B, T, C, H, W) clips
                 images += n * b.shape[0]
             result.update(contender.info())
             mem.sample()  # the peak at the end, while the loader is still open
@@ -117,7 +119,7 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
         images_measured=images,
         cpu_s=cpu,
         cpu_s_per_image=cpu / images if images else None,
-        decoded_per_frame=decoded / images if images and decoded else None,
+        decoded_per_frame=decoded / (images * frames_per_sample) if images and decoded else None,
         wait_ms={f"p{q}": 1000 * percentile(waits, q) for q in (50, 95, 99)},
         wait_ms_batches=[round(1000 * w, 3) for w in waits],
         batches_measured=len(waits),

@@ -141,7 +141,9 @@ def format_table(doc: dict) -> str:
     rat = doc.get("ratios") or {}
     ref = rat.get("reference") or "reference"
     per = rat.get("contenders") or {}
-    head = ["contender", "img/s", "x starter", f"x {ref}", "CPU ms", "dec", "wait ms", "start s", "PSS MB"]
+    # Rates count samples: images, or clips when a sample is a clip.
+    unit = "clips/s" if ((doc.get("config") or {}).get("clip_len") or 1) > 1 else "img/s"
+    head = ["contender", unit, "x starter", f"x {ref}", "CPU ms", "dec", "wait ms", "start s", "PSS MB"]
     rows, notes, bounds = [head], [], []
     for r in doc["results"]:
         name = _short(r["name"])
@@ -182,11 +184,11 @@ def format_table(doc: dict) -> str:
     lines.append("")
     text = [
         f"{n} round{'s' if n != 1 else ''}, contenders interleaved (A B C, A B C, ...), each run in a fresh "
-        "process tree. img/s: median over rounds. x starter, x " + ref + ": img/s over the starter's "
+        f"process tree. {unit}: median over rounds. x starter, x " + ref + f": {unit} over the starter's "
         f"({ref}'s) in the same round" + (", median and min-max over rounds." if n > 1 else "."),
-        "CPU ms: CPU milliseconds per image, all its processes. wait ms: 95th percentile of the wait "
+        f"CPU ms: CPU milliseconds per {'image' if unit == 'img/s' else 'clip'}, all its processes. wait ms: 95th percentile of the wait "
         "for a batch. start s: to the first batch (median). PSS MB: peak, summed over its processes. "
-        "dec: frames the decoders produced (walks from keyframes included) per delivered image, "
+        "dec: frames the decoders produced (walks from keyframes included) per delivered frame, "
         "in the timed windows (ringload only).",
     ]
     if any(_short(r["name"]) != r["name"] for r in doc["results"]):

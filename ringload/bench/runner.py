@@ -144,6 +144,7 @@ def plan_runs(cfg: BenchConfig) -> list[dict]:
         "workers": cfg.num_workers,
         "clip_len": cfg.clip_len,
         "frame_stride": cfg.frame_stride,
+        "clips_per_video": cfg.clips_per_video,
         "warmup_batches": cfg.warmup_batches,
         "repeats": cfg.repeats,
         "window_s": cfg.window_s,

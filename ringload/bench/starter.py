@@ -215,6 +215,61 @@ class VideoFrameDataset(torch.utils.data.Dataset):
         return img
 
 
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Kinetics-style: item i is a random clip of video ``i // clips_per_video``. Each item
+    seeks to the keyframe at or before the clip's first frame and decodes its ``clip_len``
+    frames (every ``frame_stride``-th); one RandomResizedCrop box per clip, then ToTensor:
+    (clip_len, 3, 224, 224) float32, what a per-sample clip Dataset does per item."""
+
+    def __init__(self, paths, *, clip_len, frame_stride=1, clips_per_video=1, size=224):
+        self.paths = [str(p) for p in paths]
+        self.clip_len, self.stride, self.k = clip_len, frame_stride, clips_per_video
+        self.crop = RandomResizedCrop(size, scale=(0.9, 1))
+        self.pts = []
+        span = (clip_len - 1) * frame_stride + 1
+        for path in self.paths:
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+            if len(pts) < span:
+                raise ValueError(f"{path}: {len(pts)} frames, fewer than one clip of {span}")
+            self.pts.append(pts)
+        self._containers = {}
+
+    def __len__(self):
+        return len(self.paths) * self.k
+
+    def __getitem__(self, idx):
+        vi = idx // self.k
+        pts = self.pts[vi]
+        span = (self.clip_len - 1) * self.stride + 1
+        start = int(torch.randint(0, len(pts) - span + 1, (1,)))
+        want = [pts[start + j * self.stride] for j in range(self.clip_len)]
+        container = self._containers.get(vi)
+        if container is None:
+            container = self._containers[vi] = av.open(self.paths[vi])
+        stream = container.streams.video[0]
+        container.seek(want[0], stream=stream, backward=True, any_frame=False)
+        got = {}
+        for frame in container.decode(stream):
+            if frame.pts in want and frame.pts not in got:
+                got[frame.pts] = frame.to_image()
+            if frame.pts is not None and frame.pts >= want[-1]:
+                break
+        if len(got) < len(want):
+            raise RuntimeError(f"{self.paths[vi]}: decoded {len(got)} of the clip's {len(want)} frames")
+        i, j, h, w = self.crop.get_params(*got[want[0]].size)
+        frames = [got[t].crop((j, i, j + w, i + h)).resize(self.crop.size[::-1], Image.BILINEAR) for t in want]
+        return torch.stack([to_tensor(f) for f in frames])
+
+
+def make_clip_loader(paths, *, clip_len, frame_stride=1, clips_per_video=1, batch_size=16, num_workers=2, seed=0):
+    """A shuffled DataLoader over :class:`VideoClipDataset`: k random clips per video per epoch."""
+    torch.manual_seed(seed)
+    dataset = VideoClipDataset(paths, clip_len=clip_len, frame_stride=frame_stride, clips_per_video=clips_per_video)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+
+
 def make_loader(paths, *, batch_size=128, num_workers=2, seed=0):
     """The exercise's DataLoader over ``paths``."""
     torch.manual_seed(seed)

@@ -409,3 +409,39 @@ def test_ring_bytes_reaches_every_ringload_contender_and_decoded_per_frame_is_su
     for r, d in zip(entry["rounds"], (3.0, 5.0, 4.0)):
         r["decoded_per_frame"] = d
     assert rounds.summarize(entry)["decoded_per_frame"] == 4.0
+
+
+def test_kinetics_preset_is_one_random_clip_per_video_against_the_clip_dataset():
+    from ringload._cli_bench import config_from_args
+    from ringload.bench.runner import plan_runs
+
+    cfg = config_from_args(cli.build_parser().parse_args(["bench", "--kinetics"]))
+    assert (cfg.clip_len, cfg.clips_per_video, cfg.batch_size) == (16, 1, 16)
+    assert (cfg.dataset.height, cfg.dataset.seconds, cfg.dataset.names) == (340, 10.0, 2000)
+    assert {r["clips_per_video"] for r in plan_runs(cfg)} == {1}
+    with pytest.raises(ConfigError, match="clips-per-video"):
+        config_from_args(cli.build_parser().parse_args(["bench", "--smoke", "--clips-per-video", "1"]))
+
+
+def test_clip_dataset_reads_the_frames_of_one_clip(tmp_path):
+    import numpy as np
+    import torch
+
+    from ringload import read_frames
+    from ringload.bench import starter
+    from ringload.synth import make_video
+
+    path = make_video(tmp_path / "v.mp4", width=160, height=120, fps=30, seconds=2, gop=10, bframes=2, seed=1)
+    ds = starter.VideoClipDataset([path], clip_len=4, frame_stride=2, clips_per_video=3, size=120)
+    ds.crop.scale = (1.0, 1.0)
+    ds.crop.ratio = (160 / 120, 160 / 120)  # the whole frame: compare pixels with the decoder's
+    assert len(ds) == 3
+    torch.manual_seed(0)
+    clip = ds[1]
+    assert clip.shape == (4, 3, 120, 120) and clip.dtype == torch.float32
+    # The clip is 4 frames 2 apart of the video: find its start by matching the first frame.
+    whole = read_frames(path, list(range(60)), size=(120, 120)).data.numpy().astype(np.float32) / 255
+    got = clip.numpy()  # (T, 3, H, W), as read_frames gives
+    nearest = [int(np.argmin([np.abs(whole[i] - got[j]).mean() for i in range(60)])) for j in range(4)]
+    assert np.diff(nearest).tolist() == [2, 2, 2]  # each clip frame is nearest to its own frame
+    assert max(np.abs(whole[i] - got[j]).mean() for j, i in enumerate(nearest)) < 0.02
