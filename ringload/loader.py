@@ -48,7 +48,9 @@ class VideoLoader:
     """Iterate batches of frames, clips or segments from many videos.
 
     ``source``: a directory (recursive), a glob, a list of paths, or a CSV/JSONL manifest
-    with ``path`` and optional ``label``/``labels``.
+    with ``path`` and optional ``label``/``labels``, ``start``/``end`` (seconds: the row is
+    the frames of its file whose timestamps lie in [start, end); rows may share a file)
+    and other columns (per sample in ``Batch.meta``).
 
     Sampling: ``sample`` is ``"frames"`` (one frame), ``"clips"`` (``clip_len`` frames
     every ``frame_stride``, or at a target ``fps``: frame j is the one on screen at
@@ -162,7 +164,7 @@ class VideoLoader:
         self.source = resolve_source(source, on_error=cfg.on_error)
         self._rank, self._world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _dist_defaults()
         self._data = data = load_dataset(cfg, self.source)
-        self._paths, self._infos, self._size = data.paths, data.infos, data.size
+        self._paths, self._infos, self._size = data.rows.paths, data.infos, data.size
         self._epoch = 0  # epoch of the current (or last, or resumed) pass
         self._next_batch = 0  # position in it
         self._pinned: int | None = None  # set_epoch(e): every pass is epoch e until the next set_epoch
@@ -271,7 +273,7 @@ class VideoLoader:
         plan = self._plan()
         n = len(plan)
         self._next_batch = first
-        sampler = Sampler(self.config, self._infos, self._data.counts, plan, self._epoch)
+        sampler = Sampler(self.config, self._infos, self._data.counts, plan, self._epoch, self._data.rows)
         gen = self._gen = self._sched.start_epoch(sampler, first, n)
         return self._batches(gen, first, n)
 
