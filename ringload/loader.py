@@ -26,6 +26,7 @@ from ._config import _MAX_EPOCH, LoaderConfig, _is_int
 from ._dataset import check_epoch, digest, load_dataset, settings, with_skip_hint
 from ._engine import release as _release
 from ._engine import start_engine
+from ._listplan import list_plan
 from ._samples import Sampler
 from .errors import ConfigError, LoaderStateError, LoaderTimeoutError, VideoError
 
@@ -65,6 +66,13 @@ class VideoLoader:
     A video shorter than one sample gets one sample whose frames past the end repeat the
     last frame (``short_video="repeat_last"``), start it over (``"wrap"``), or is left out
     (``"skip"``) or refused (``"error"``); a warning names how many, ``stats()`` counts them.
+    ``samples``: your own order instead of a plan (like DataLoader's ``sampler=``): an int
+    array (N, 2) of (video, start) pairs (video: the source's row; start: as in
+    ``ringload.plan_epoch``) cut into batches in its order, ranks taking contiguous parts
+    as in sequential mode; or this rank's batches (a ``ringload.Plan``, or a list of (b, 2)
+    arrays); or a callable ``epoch -> either``. Every sample is checked (a ``ConfigError``
+    names ``samples``) and they are part of the resume check. ``sampling`` then only picks
+    centred (sequential) or random segments.
 
     Pixels: ``crop`` is ``"random_resized"`` (torchvision's RandomResizedCrop with
     ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``),
@@ -133,6 +141,7 @@ class VideoLoader:
         max_per_chunk: int | None = None,
         clips_per_video: int | None = None,
         short_video: str = "repeat_last",
+        samples=None,
         seed: int = 0,
         num_workers: int | None = None,
         decoder_threads: int | None = None,
@@ -172,9 +181,13 @@ class VideoLoader:
         self._passes = 0
         self._gen = None  # the scheduler generation of the live pass
         self._plan_cache = None
+        self._samples, self._samples_fn = self._take_samples(samples)
         plan = self._plan()
         check_epoch(plan, cfg, self._rank, self._world)
         self._settings = settings(cfg, data, self._rank, self._world)
+        if samples is not None:
+            # Fixed samples are part of the fingerprint; a callable's are checked per epoch (state_dict).
+            self._settings["samples"] = self._samples.digest() if self._samples is not None else "callable"
         self._fingerprint = digest(self._settings)
         self._counters = {"batches": 0, "samples": 0, "frames": 0, "wait_s": 0.0, "busy_s": 0.0}
         self._t_first = None
@@ -184,18 +197,41 @@ class VideoLoader:
 
     # ------------------------------------------------------------------ epochs
 
-    def _plan(self):
-        if self._plan_cache is not None and self._plan_cache[0] == self._epoch:
+    def _take_samples(self, samples):
+        """(fixed sample list, or None; callable epoch -> list, or None) from ``samples=``."""
+        if samples is None:
+            return None, None
+        cfg = self.config
+        for name in ("clips_per_video", "chunk_len", "max_per_chunk"):
+            if getattr(cfg, name) is not None:
+                raise ConfigError(f"samples= gives the order of every sample; {name}={getattr(cfg, name)!r} shapes a "
+                                  f"plan ringload would make: leave {name} unset")
+        if callable(samples):
+            return None, samples
+        return self._list_plan(samples, "samples"), None
+
+    def _list_plan(self, value, name: str):
+        cfg = self.config
+        return list_plan(value, self._data.counts, self._paths, batch_size=cfg.batch_size, rank=self._rank,
+                         world_size=self._world, drop_last=bool(cfg.drop_last), name=name)
+
+    def _plan(self, epoch: int | None = None):
+        epoch = self._epoch if epoch is None else epoch
+        if self._plan_cache is not None and self._plan_cache[0] == epoch:
             return self._plan_cache[1]
+        cfg = self.config
+        if self._samples is not None or self._samples_fn is not None:
+            plan = self._samples if self._samples is not None else self._list_plan(self._samples_fn(epoch), f"samples({epoch})")
+            self._plan_cache = (epoch, plan)
+            return plan
         from .plan import plan_epoch
 
-        cfg = self.config
         clips_native = cfg.sample == "clips" and cfg.fps is None
         plan = plan_epoch(
             self._data.plan_lengths,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
-            epoch=self._epoch,
+            epoch=epoch,
             mode=cfg.sampling,
             clip_len=cfg.clip_len if clips_native else 1,
             frame_stride=cfg.frame_stride if clips_native else 1,
@@ -207,7 +243,7 @@ class VideoLoader:
             clips_per_video=cfg.clips_per_video,
             views_per_clip=cfg.views_per_clip,
         )
-        self._plan_cache = (self._epoch, plan)
+        self._plan_cache = (epoch, plan)
         return plan
 
     def __len__(self) -> int:
@@ -333,7 +369,11 @@ class VideoLoader:
 
     def state_dict(self) -> dict:
         """Where the loader stands: batch ``next_batch`` of ``epoch`` comes next (``load_state_dict``)."""
+        extra = {}
+        if self._samples_fn is not None:
+            extra["samples_digest"] = self._plan().digest()
         return {
+            **extra,
             "version": _STATE_VERSION,
             "seed": self.config.seed,
             "epoch": self._epoch,
@@ -347,6 +387,11 @@ class VideoLoader:
         """Resume: the next pass yields exactly the rest of the saved pass (a state saved
         after a whole pass resumes with the pass that would have followed)."""
         epoch, nxt, pinned = _check_state(state, self._settings, self._fingerprint)
+        if self._samples_fn is not None and state.get("samples_digest") != self._plan(epoch).digest():
+            raise ConfigError(
+                f"load_state_dict: samples({epoch}) returns another list than the one the state was saved with; "
+                "pass a samples callable that gives the same list for the same epoch"
+            )
         self._epoch, self._next_batch = int(epoch), int(nxt)
         self._pinned = int(pinned) if pinned is not None else None
         self._passes = 1
@@ -368,7 +413,8 @@ class VideoLoader:
         including those walked from a keyframe) and ``tasks``; ``decoder_busy_s`` and
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
         and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
-        ``quarantined`` ({path: reason}) for bad files; ``sampling``, and the ``chunk_len`` and
+        ``quarantined`` ({path: reason}) for bad files (and "manifest: line N" for rows whose
+        range holds no frame); ``sampling`` ("samples" with ``samples=``), and the ``chunk_len`` and
         ``max_per_chunk`` in use (bounded mode, else None); ``short_videos`` (videos shorter
         than one sample) and the ``short_video`` policy applied to them.
         """
@@ -413,6 +459,8 @@ def _stats(loader) -> dict:
     busy = c.pop("busy_s")
     layout = loader._engine.ring.layout if not loader._closed else None
     plan = loader._plan() if not loader._closed else None
+    listed = loader._samples is not None or loader._samples_fn is not None
+    sampling = "samples" if listed else loader.config.sampling
     return {
         **c,
         "seconds": busy,
@@ -436,11 +484,11 @@ def _stats(loader) -> dict:
         "failed_samples": sc.get("failed_samples", 0),
         "replaced_samples": sc.get("replaced_samples", 0),
         "quarantined": snap["quarantined"],
-        "sampling": loader.config.sampling,
+        "sampling": sampling,
         "short_videos": int(loader._data.short.sum()),
         "short_video": loader.config.short_video,
-        "chunk_len": plan.chunk_len if plan is not None and loader.config.sampling == "bounded" else None,
-        "max_per_chunk": plan.max_per_chunk if plan is not None and loader.config.sampling == "bounded" else None,
+        "chunk_len": plan.chunk_len if plan is not None and sampling == "bounded" else None,
+        "max_per_chunk": plan.max_per_chunk if plan is not None and sampling == "bounded" else None,
     }
 
 
