@@ -170,3 +170,30 @@ def test_trimmed_rows_resume_bitwise_and_the_ranges_are_in_the_fingerprint(engin
     with ringload.VideoLoader(moved, **kw) as loader:
         with pytest.raises(ConfigError, match="rows: saved"):
             loader.load_state_dict(state)
+
+
+def test_rows_of_a_file_that_fails_to_decode_are_replaced_by_other_rows(engine_videos, tmp_path):
+    import pathlib
+    import shutil
+
+    folder = pathlib.Path(engine_videos[0]).parent
+    good, bad = tmp_path / "good.mp4", tmp_path / "bad.mp4"
+    shutil.copy(folder / "a.mp4", good)
+    shutil.copy(folder / "b.mp4", bad)
+    rows = [(str(good), "0.5", "1.5", "run", "g0"), (str(bad), "0", "1", "run", "b0"), (str(good), "2", "", "jump", "g1"),
+            (str(bad), "1", "", "jump", "b1")]
+    man = write_manifest(tmp_path, rows)
+    ranges = row_frames(rows, tmp_path)
+    with ringload.VideoLoader(man, batch_size=8, size=(16, 16), crop="none", sampling="strict", num_workers=1,
+                              on_error="skip") as loader:
+        with open(bad, "ab") as fh:  # after indexing: decoders refuse the changed file
+            fh.write(b"\0" * 100)
+        batches = collect(loader)
+        stats = loader.stats()
+    assert str(bad) in stats["quarantined"] and stats["replaced_samples"] > 0
+    seen = samples_of(batches)
+    assert len(seen) == sum(hi - lo for lo, hi, _, _ in ranges)  # replaced, not dropped
+    assert {v for v, _ in seen} == {0, 2}
+    for v, f in seen:
+        assert ranges[v][0] <= f < ranges[v][1]
+    assert check_exact(batches, [r[0] for r in rows], (16, 16)) == len(seen)
