@@ -22,7 +22,12 @@ class Batch:
     centre, 2 right or bottom) each sample is, 0 without them
     (``ringload.average_per_video`` averages scores over a video's views); ``sample_keys``
     (B,) int64: each sample's key (its video and plan start), which ``ringload.augment``
-    draws from. On the CPU every tensor is the caller's own copy."""
+    draws from. ``meta``: the manifest's other columns (not path, label(s), start, end,
+    weight) for the batch's samples, as a dict column -> list of B values as read (CSV:
+    str, "" for an empty cell; JSONL: the JSON values; None where a row lacks the column); {} without
+    such columns. For a row of a trimmed manifest (``start``/``end``) ``video_index`` is
+    the row, ``frame_index`` and ``pts_seconds`` are frames and times of its file. On the
+    CPU every tensor is the caller's own copy."""
 
     frames: object
     video_index: object
@@ -32,11 +37,12 @@ class Batch:
     clip_index: object = None
     crop_index: object = None
     sample_keys: object = None
+    meta: dict = dataclasses.field(default_factory=dict)
     _paths: Sequence[str] = dataclasses.field(repr=False, compare=False, default=())
 
     @property
     def paths(self) -> list[str]:
-        """Path of each sample's video."""
+        """Path of each sample's video file."""
         return [self._paths[i] for i in self.video_index.tolist()]
 
     def __len__(self) -> int:
@@ -60,16 +66,19 @@ def make_batch(loader, done, plan, k: int) -> Batch:
     if cfg.sample == "frames":
         frame_index, pts = done.frames[:, 0], pts[:, 0]
     labels = loader.source.labels
+    rows = done.entry  # the source rows: labels and meta are per row
     views = plan.views(k) if hasattr(plan, "views") else np.zeros((n, 2), dtype=np.int64)
+    meta = getattr(loader.source, "meta", None) or {}
     return Batch(
         frames=frames,
-        video_index=torch.from_numpy(done.video.copy()),
+        video_index=torch.from_numpy(rows.copy()),
         frame_index=torch.from_numpy(np.ascontiguousarray(frame_index)),
         pts_seconds=torch.from_numpy(np.ascontiguousarray(pts)),
-        labels=torch.from_numpy(np.ascontiguousarray(labels[done.video])) if labels is not None else None,
+        labels=torch.from_numpy(np.ascontiguousarray(labels[rows])) if labels is not None else None,
         clip_index=torch.from_numpy(views[:, 0].copy()),
         crop_index=torch.from_numpy(views[:, 1].copy()),
         # The key its crop and flip came from (keys fit in 63 bits: videos < 2^31).
-        sample_keys=torch.from_numpy(_rng.sample_keys(done.video, done.start).astype(np.int64)),
+        sample_keys=torch.from_numpy(_rng.sample_keys(rows, done.start).astype(np.int64)),
+        meta={name: [values[r] for r in rows.tolist()] for name, values in meta.items()},
         _paths=loader._paths,
     )

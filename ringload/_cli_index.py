@@ -81,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
         bar.total = len(range(shard[0], len(src.paths), shard[1]))
     try:
         if args.out is None:
-            results = index_paths(src.paths, stream=args.stream, cache=cache, workers=args.workers, on_result=on_result)
+            # Rows that are segments of one file (start/end) index it once.
+            paths = list(dict.fromkeys(src.paths)) if src.segments is not None else src.paths
+            if bar is not None:
+                bar.total = len(paths)
+            results = index_paths(paths, stream=args.stream, cache=cache, workers=args.workers, on_result=on_result)
         else:
             from ._indexfile_build import build_index
 

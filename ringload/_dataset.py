@@ -30,7 +30,10 @@ class Dataset:
     ``plan_lengths`` what ``plan_epoch`` is given; ``chunk_len`` and ``max_per_chunk`` the
     bounded values in use and ``bounded`` why (``ringload._bounded``; outside bounded mode
     the settings as given, ``bounded`` None); ``size`` the output (h, w);
-    ``short`` the videos shorter than one sample (``short_video`` says what they get)."""
+    ``short`` the videos shorter than one sample (``short_video`` says what they get).
+    ``paths`` and ``infos`` are the index's files; ``rows`` maps the plan's videos (the
+    source's rows: a trimmed manifest row is a segment of a file) to them, and ``counts``,
+    ``plan_lengths`` and ``short`` are per row."""
 
     paths: list[str]
     infos: list
@@ -43,6 +46,31 @@ class Dataset:
     bounded: object = None  # _bounded.BoundedDefaults in bounded mode
     index: object = None  # the mapped _indexfile.IndexFile every decoder maps too
     short: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
+    rows: Rows | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Rows:
+    """The plan's videos: row r is frames ``first[r]`` to ``first[r] + frames[r] - 1`` of
+    file ``file[r]`` (``paths[r]`` its path); ``trimmed``: the source gave ranges."""
+
+    file: np.ndarray
+    first: np.ndarray
+    frames: np.ndarray
+    paths: list[str]
+    trimmed: bool = False
+
+    def __len__(self) -> int:
+        return len(self.file)
+
+    @staticmethod
+    def whole(paths: list[str], infos) -> Rows:
+        """One row per file, all its frames."""
+        if hasattr(infos, "column"):
+            n = np.where(infos.column("ok") != 0, infos.column("num_frames"), 0).astype(np.int64)
+        else:  # a list of VideoInfo (None: quarantined)
+            n = np.array([0 if i is None else i.num_frames for i in infos], dtype=np.int64)
+        return Rows(np.arange(len(paths), dtype=np.int64), np.zeros(len(paths), dtype=np.int64), n, list(paths))
 
 
 def load_dataset(cfg: LoaderConfig, source) -> Dataset:
@@ -53,33 +81,78 @@ def load_dataset(cfg: LoaderConfig, source) -> Dataset:
 
     quarantined: dict[str, str] = {}
     index = getattr(source, "index", None)
+    segments = getattr(source, "segments", None)
+    row_file = None
     if index is None:
-        paths = [os.path.abspath(p) for p in source.paths]
+        paths = row_paths = [os.path.abspath(p) for p in source.paths]
+        if segments is not None:
+            # Rows of one file share its index entry (and its decodes).
+            first_row: dict[str, int] = {}
+            row_file = np.array([first_row.setdefault(p, len(first_row)) for p in row_paths], dtype=np.int64)
+            paths = list(first_row)
         index = temporary_index(_index(cfg, paths, quarantined))
     else:
         paths = source.paths  # absolute, as the build wrote them
         _failed_rows(cfg, index, quarantined)
     infos = index.infos()
+    rows = Rows.whole(paths, infos) if row_file is None else _trimmed_rows(cfg, source, row_paths, row_file, infos, quarantined)
     ok = index.column("ok").astype(bool)
     short = np.flatnonzero(ok & (index.column("container_frames") > index.column("num_frames")))
     warning = short_files_warning([infos[int(i)] for i in short])
     if warning is not None:
         log.warning("%s", warning)  # every time a loader is built, cached index or not
-    counts, lengths = _sample_counts(cfg, infos)
-    short = _short_videos(cfg, paths, infos, counts, lengths)
+    counts, lengths = _sample_counts(cfg, infos, rows)
+    short = _short_videos(cfg, rows, counts, lengths)
     if not counts.any():
         raise ConfigError(
             f"no video in source has a full sample (sample={cfg.sample!r}, clip_len={cfg.clip_len}, "
             f"frame_stride={cfg.frame_stride}, fps={cfg.fps}); {len(quarantined)} files are unusable"
         )
-    size = _output_size(cfg, infos, counts)
+    used = np.bincount(rows.file[counts > 0], minlength=len(paths)) > 0
+    size = _output_size(cfg, infos, used)
     bounded = _bounded_defaults(cfg, infos, size)
     return Dataset(
         paths, infos, quarantined, counts, lengths,
         bounded.chunk_len if bounded else cfg.chunk_len, size,
         max_per_chunk=bounded.max_per_chunk if bounded else cfg.max_per_chunk, bounded=bounded,
-        index=index, short=short,
+        index=index, short=short, rows=rows,
     )
+
+
+# Slack when a range's bounds are compared with frame timestamps (float seconds).
+_RANGE_EPS = 1e-6
+
+
+def _trimmed_rows(cfg: LoaderConfig, source, row_paths: list[str], row_file: np.ndarray, infos,
+                  quarantined: dict[str, str]) -> Rows:
+    """Each row's frames: those of its file whose timestamps lie in [start, end). A range
+    that holds no frame raises a ConfigError naming the manifest line, or with
+    ``on_error="skip"`` the row is left out (``quarantined``, keyed by its line)."""
+    seg = source.segments
+    first = np.zeros(len(row_file), dtype=np.int64)
+    frames = np.zeros(len(row_file), dtype=np.int64)
+    ok = infos.column("ok") != 0
+    order = np.argsort(row_file, kind="stable")
+    bounds = np.flatnonzero(np.diff(row_file[order])) + 1
+    for group in np.split(order, bounds):
+        f = int(row_file[group[0]])
+        if not ok[f]:
+            continue  # the file is quarantined: its rows have no frames
+        pts = infos[f].pts_seconds
+        lo = np.searchsorted(pts, seg[group, 0] - _RANGE_EPS, side="left")
+        hi = np.searchsorted(pts, seg[group, 1] - _RANGE_EPS, side="left")
+        first[group], frames[group] = lo, np.maximum(hi - lo, 0)
+        for r in group[hi <= lo].tolist():
+            a, b = seg[r]
+            col = "start" if len(pts) and a > pts[-1] else "start/end"
+            span = f"[{pts[0]:g}, {pts[-1]:g}] s" if len(pts) else "nowhere (no frames)"
+            reason = (f"column '{col}': the range [{a:g}, {b:g}) s holds no frame of {row_paths[r]} "
+                      f"(its frames lie in {span})")
+            if cfg.on_error == "raise":
+                raise ConfigError(f"{source.where(r)}: {reason}; fix the row, or pass on_error='skip' to leave it out")
+            log.warning("quarantined %s: %s", source.where(r), reason)
+            quarantined[source.where(r)] = reason
+    return Rows(row_file, first, frames, list(row_paths), trimmed=True)
 
 
 def with_skip_hint(exc: VideoError) -> VideoError:
@@ -159,9 +232,9 @@ def _index(cfg: LoaderConfig, paths: list[str], quarantined: dict[str, str]) -> 
     return rows
 
 
-def _sample_counts(cfg: LoaderConfig, infos):
-    """(valid starts per video, the lengths handed to plan_epoch)."""
-    n = np.where(infos.column("ok") != 0, infos.column("num_frames"), 0).astype(np.int64)
+def _sample_counts(cfg: LoaderConfig, infos, rows: Rows):
+    """(valid starts per row, the lengths handed to plan_epoch)."""
+    n = rows.frames.copy()
     if cfg.sample == "frames":
         return n.copy(), n
     if cfg.sample == "segments":
@@ -171,21 +244,24 @@ def _sample_counts(cfg: LoaderConfig, infos):
         return np.maximum(n - (cfg.clip_len - 1) * cfg.frame_stride, 0), n
     m = np.zeros(len(n), dtype=np.int64)
     for v in np.flatnonzero(n).tolist():
-        m[v] = _fps_starts(infos[v].pts_seconds, cfg.clip_len, cfg.fps)
+        lo = int(rows.first[v])
+        m[v] = _fps_starts(infos[int(rows.file[v])].pts_seconds[lo : lo + n[v]], cfg.clip_len, cfg.fps)
     return m, m.copy()
 
 
-def _short_videos(cfg: LoaderConfig, paths, infos, counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Videos with frames but no full sample: one start each unless ``short_video`` skips
-    them (counts and lengths are updated in place); a warning or an error says so."""
-    short = np.array([i is not None and i.num_frames > 0 for i in infos], dtype=bool) & (counts == 0)
+def _short_videos(cfg: LoaderConfig, rows: Rows, counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Videos (rows) with frames but no full sample: one start each unless ``short_video``
+    skips them (counts and lengths are updated in place); a warning or an error says so."""
+    paths = rows.paths
+    short = (rows.frames > 0) & (counts == 0)
     n = int(short.sum())
     if n == 0:
         return short
     what = (f"sample={cfg.sample!r}, clip_len={cfg.clip_len}, "
             + (f"fps={cfg.fps:g}" if cfg.fps is not None else f"frame_stride={cfg.frame_stride}"))
     names = ", ".join(os.path.basename(paths[v]) for v in np.flatnonzero(short)[:3]) + (", ..." if n > 3 else "")
-    head = f"{n} of {len(paths)} videos are shorter than one sample ({what}: {names})"
+    what_rows = "rows" if rows.trimmed else "videos"
+    head = f"{n} of {len(paths)} {what_rows} are shorter than one sample ({what}: {names})"
     if cfg.short_video == "error":
         raise ConfigError(f"{head}; short_video='error': pass short_video='repeat_last', 'wrap' or 'skip', "
                           "or shorter clips")
@@ -225,13 +301,13 @@ def _bounded_defaults(cfg: LoaderConfig, infos, size):
     return chosen
 
 
-def _output_size(cfg: LoaderConfig, infos, counts) -> tuple[int, int]:
+def _output_size(cfg: LoaderConfig, infos, used) -> tuple[int, int]:
     if cfg.size is not None:
         return cfg.size
     from ._indexfile import video_dims
 
     w, h, turn, _ = video_dims(infos, cfg.orientation)
-    use = counts > 0
+    use = used
     quarter = (turn % 180) == 90
     hs, ws = np.where(quarter, w, h)[use], np.where(quarter, h, w)[use]
     dims = set(zip(hs.tolist(), ws.tolist())) if len(hs) < 4096 else {tuple(r) for r in np.unique(np.stack([hs, ws], 1), axis=0).tolist()}
@@ -279,6 +355,9 @@ def settings(cfg, data, rank: int, world: int, weights=None) -> dict:
         keep.update(chunk_len_in_use=data.chunk_len, max_per_chunk_in_use=data.max_per_chunk)
     if weights is not None:
         keep["weights"] = digest([float(w) for w in weights])
+    rows = data.rows
+    if rows is not None and rows.trimmed:
+        keep["rows"] = digest([rows.file.tolist(), rows.first.tolist(), rows.frames.tolist()])
     return json.loads(json.dumps(keep, default=str))
 
 

@@ -51,6 +51,14 @@ def build_index(src, out, *, shard=None, stream=None, cache=True, workers=None, 
     and write the index file ``out``. Returns the per-file results, in row order."""
     from .probe import index_paths
 
+    if getattr(src, "segments", None) is not None:
+        raise ConfigError(
+            f"{src.manifest}: its rows have start/end, segments of files, and an index file holds whole files: "
+            f"run `ringload index {src.manifest}` without --out (it fills the cache) and pass the manifest to VideoLoader"
+        )
+    if getattr(src, "meta", None):
+        log.warning("%s: the columns %s are not kept in the index file; pass the manifest to VideoLoader for Batch.meta",
+                    src.manifest, ", ".join(sorted(src.meta)))
     paths = [os.path.abspath(p) for p in src.paths]
     rows_at = np.arange(len(paths), dtype=np.int64)
     if shard is not None:

@@ -27,11 +27,15 @@ _TIME_EPS = 1e-6
 
 @dataclasses.dataclass(frozen=True)
 class _Content:
+    """Samples as decoders see them: ``video`` the file, ``frames`` its frame indices;
+    ``entry`` the plan's video (a source row) and ``start`` the plan's start in it."""
+
     video: np.ndarray
     start: np.ndarray
     frames: np.ndarray
     crop: np.ndarray
     flip: np.ndarray
+    entry: np.ndarray
 
 
 def random_resized_boxes(width, height, u, scale, ratio) -> np.ndarray:
@@ -87,13 +91,19 @@ def _snap_even(boxes: np.ndarray) -> np.ndarray:
 class Sampler:
     """What batch k holds: samples from the plan, their frames, crop boxes and flips."""
 
-    def __init__(self, cfg: LoaderConfig, infos, counts: np.ndarray, plan, epoch: int):
+    def __init__(self, cfg: LoaderConfig, infos, counts: np.ndarray, plan, epoch: int, rows=None):
         self.cfg = cfg
         self.infos = infos
         self.plan = plan
         self.epoch = epoch
         self.width, self.height, self.turn, self.mirror = video_dims(infos, cfg.orientation)
         self.counts = counts
+        # The plan's videos are rows: frames [first, first + frames) of a file (the whole file by default).
+        if rows is None:
+            from ._dataset import Rows
+
+            rows = Rows.whole([""] * len(infos), infos)
+        self.row_file, self.row_first, self.row_frames = rows.file, rows.first, rows.frames
         # Consecutive batches a bounded chunk can reach (the scheduler's look-ahead unit).
         self.chunk_window = plan.chunk_window if cfg.sampling == "bounded" else 1
         self.eligible = np.flatnonzero(counts > 0)
@@ -104,34 +114,41 @@ class Sampler:
         views = self.plan.views(k)[:, 1] if self.cfg.views_per_clip > 1 else None
         return self.content(vs[:, 0], vs[:, 1], views)
 
-    def content(self, video: np.ndarray, start: np.ndarray, views=None) -> _Content:
-        keys = _rng.sample_keys(video, start)
+    def content(self, entry: np.ndarray, start: np.ndarray, views=None) -> _Content:
+        keys = _rng.sample_keys(entry, start)
+        video = self.row_file[entry]
         crops = self.crops(video, keys, views)
-        return _Content(video, start, self.frames(video, start, keys), crops, self.flips(keys))
+        frames = self.frames(entry, start, keys) + self.row_first[entry][:, None]
+        return _Content(video, start, frames, crops, self.flips(keys), entry)
 
-    def frames(self, video, start, keys) -> np.ndarray:
+    def frames(self, entry, start, keys) -> np.ndarray:
+        """Frame indices inside each sample's row (0: the row's first frame)."""
         cfg = self.cfg
         T = cfg.frames_per_sample
+        n = self.row_frames[entry]
         if cfg.sample == "frames":
             return start[:, None].copy()
         if cfg.sample == "clips":
             if cfg.fps is None:
                 idx = start[:, None] + np.arange(T, dtype=np.int64)[None, :] * cfg.frame_stride
-                # Only a video shorter than one sample reaches past its end (short_video).
-                n = np.array([self.infos[v].num_frames for v in video.tolist()], dtype=np.int64)[:, None]
-                return np.minimum(idx, n - 1) if cfg.short_video != "wrap" else idx % n
-            out = np.empty((len(video), T), dtype=np.int64)
-            for i, (v, s) in enumerate(zip(video.tolist(), start.tolist())):
-                out[i] = _clip_frames(self.infos[v].pts_seconds, s, T, cfg.fps, wrap=cfg.short_video == "wrap")
+                # Only a row shorter than one sample reaches past its end (short_video).
+                return np.minimum(idx, n[:, None] - 1) if cfg.short_video != "wrap" else idx % n[:, None]
+            out = np.empty((len(entry), T), dtype=np.int64)
+            for i, (e, s) in enumerate(zip(entry.tolist(), start.tolist())):
+                out[i] = _clip_frames(self._pts(e), s, T, cfg.fps, wrap=cfg.short_video == "wrap")
             return out
         mode = "center" if cfg.sampling == "sequential" else "random"
         seeds = (_rng.uniforms(cfg.seed, self.epoch, keys, _rng.STREAM_SEGMENTS, 1)[:, 0] * (1 << 53)).astype(np.int64)
         from .plan import segment_indices
 
-        out = np.empty((len(video), T), dtype=np.int64)
-        for i, v in enumerate(video.tolist()):
-            out[i] = segment_indices(self.infos[v].num_frames, T, seed=int(seeds[i]), mode=mode)
+        out = np.empty((len(entry), T), dtype=np.int64)
+        for i, m in enumerate(n.tolist()):
+            out[i] = segment_indices(m, T, seed=int(seeds[i]), mode=mode)
         return out
+
+    def _pts(self, entry: int) -> np.ndarray:
+        lo = int(self.row_first[entry])
+        return self.infos[int(self.row_file[entry])].pts_seconds[lo : lo + int(self.row_frames[entry])]
 
     def crops(self, video, keys, views=None) -> np.ndarray:
         """Boxes in coded pixels, chosen on the frames as delivered (displayed, or coded)."""
@@ -164,7 +181,8 @@ class Sampler:
 
     def replacement(self, key_video: int, key_start: int, attempt: int):
         """Redraw ``attempt`` (1, 2, ...) for the plan's sample (key_video, key_start):
-        a uniform sample over all samples, keyed by the original sample only."""
+        a uniform sample over all samples, keyed by the original sample only. Returns
+        (file, start, frames, crop, flip, row)."""
         if len(self.eligible) == 0:
             raise VideoError("<dataset>", "no usable video is left to draw a replacement sample from")
         u = _rng.uniforms(self.cfg.seed, self.epoch, _rng.sample_keys([key_video], [key_start]), _rng.STREAM_SKIP, 2 * attempt)
@@ -175,7 +193,7 @@ class Sampler:
         if self.cfg.sample == "segments":
             s = 0
         c = self.content(np.array([v], np.int64), np.array([s], np.int64))
-        return v, s, c.frames[0], c.crop[0], bool(c.flip[0])
+        return int(c.video[0]), s, c.frames[0], c.crop[0], bool(c.flip[0]), v
 
 
 def _clip_frames(pts_seconds: np.ndarray, start: int, clip_len: int, fps: float, wrap: bool = False) -> np.ndarray:

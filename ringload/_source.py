@@ -8,6 +8,7 @@ import glob
 import heapq
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -31,25 +32,42 @@ MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".ndjson"})
 _LABEL_SEPARATORS = (";", "|")
 
 
+# Manifest columns that are not passed through as per-sample metadata (``Source.meta``).
+_RESERVED = frozenset({"path", "label", "labels", "start", "end", "weight"})
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Source:
     """Resolved dataset: ``paths`` (absolute where the source gave a folder or manifest),
     ``labels`` (None, int64 (N,) class ids, or float32 (N, C) multi-hot), ``class_names``
     (class id -> name, or None when the labels were given as ints); ``weights`` (None or
     float64 (N,): a manifest's ``weight`` column); ``index`` the mapped index file
-    (``_indexfile.IndexFile``) when the source is one."""
+    (``_indexfile.IndexFile``) when the source is one. A manifest adds
+    ``segments`` (float64 (N, 2): each row's [start, end) in seconds, 0 and inf where not
+    given; None when no row has ``start``/``end``), ``meta`` (its other columns: name ->
+    one value per row, None where a row lacks it), ``manifest`` and ``lines`` (each row's
+    line in it, for errors)."""
 
     paths: list[str]
     labels: np.ndarray | None = None
     class_names: list[str] | None = None
     index: object | None = None
     weights: np.ndarray | None = None
+    segments: np.ndarray | None = None
+    meta: dict[str, list] | None = None
+    manifest: str | None = None
+    lines: np.ndarray | None = None
 
     def __post_init__(self):
-        if self.labels is not None and len(self.labels) != len(self.paths):
-            raise ValueError("Source: labels and paths differ in length")
-        if self.weights is not None and len(self.weights) != len(self.paths):
-            raise ValueError("Source: weights and paths differ in length")
+        for name in ("labels", "weights", "segments", "lines"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != len(self.paths):
+                raise ValueError(f"Source: {name} and paths differ in length")
+
+    def where(self, row: int) -> str:
+        """Where row ``row`` comes from, for messages: "manifest.csv: line 7" or its path."""
+        if self.manifest is not None and self.lines is not None:
+            return f"{self.manifest}: line {int(self.lines[row])}"
+        return self.paths[row]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -126,8 +144,8 @@ def resolve_source(
     """Resolve a directory (recursive, video extensions, sorted, each real file once), a glob
     pattern, a list of paths, an index file (``ringload index --out``), or a CSV/JSONL manifest (``path`` relative to the manifest's
     folder, optional ``label`` int or class name, or ``labels`` list for multi-label, optional
-    ``weight`` >= 0 per video) into a
-    :class:`Source`. ``on_error``: an unreadable folder inside a directory source raises a
+    ``weight`` >= 0 per row, optional ``start``/``end`` seconds making the row a segment of
+    its file, any other columns kept as per-row ``meta``) into a :class:`Source`. ``on_error``: an unreadable folder inside a directory source raises a
     ConfigError ("raise") or is left out with one warning ("skip")."""
     if on_error not in _ON_ERROR:
         raise ConfigError(f"on_error={on_error!r}: pass 'raise' or 'skip'")
@@ -239,6 +257,10 @@ def _read_manifest(manifest: str) -> Source:
         else:
             multi.append((lineno, None))
 
+    extra = dict(
+        segments=_segments(manifest, rows), meta=_meta(rows), manifest=manifest,
+        lines=np.asarray([lineno for lineno, _ in rows], dtype=np.int64),
+    )
     n_single = sum(v is not None for _, v in single)
     n_multi = sum(v is not None for _, v in multi)
     if not any(v for _, v in multi):
@@ -246,7 +268,7 @@ def _read_manifest(manifest: str) -> Source:
     if n_single and n_multi:
         raise ConfigError(f"{manifest}: mixes 'label' and 'labels' rows; use one of them for every row")
     if n_single == 0 and n_multi == 0:
-        return Source(paths=paths, weights=weights)
+        return Source(paths=paths, weights=weights, **extra)
     entries = single if n_single else multi
     for lineno, v in entries:
         if v is None:
@@ -256,13 +278,13 @@ def _read_manifest(manifest: str) -> Source:
     to_id, names = _label_mapping(manifest, values, entries, multi=not n_single)
     if n_single:
         labels = np.asarray([to_id(v) for _, v in entries], dtype=np.int64)
-        return Source(paths=paths, labels=labels, class_names=names, weights=weights)
+        return Source(paths=paths, labels=labels, class_names=names, weights=weights, **extra)
     ids = [[to_id(x) for x in v] for _, v in entries]
     num_classes = len(names) if names is not None else (max((max(r) for r in ids if r), default=-1) + 1)
     hot = np.zeros((len(paths), max(num_classes, 0)), dtype=np.float32)
     for r, row in enumerate(ids):
         hot[r, row] = 1.0
-    return Source(paths=paths, labels=hot, class_names=names, weights=weights)
+    return Source(paths=paths, labels=hot, class_names=names, weights=weights, **extra)
 
 
 def _manifest_weights(manifest: str, rows) -> np.ndarray | None:
@@ -283,6 +305,50 @@ def _manifest_weights(manifest: str, rows) -> np.ndarray | None:
             raise ConfigError(f"{manifest}: line {lineno}: weight {v!r} must be a finite number >= 0 (0 leaves the video out)")
         out[i] = x
     return out
+
+
+def _seconds(manifest: str, lineno: int, column: str, v) -> float | None:
+    """A ``start``/``end`` cell as seconds (None: empty), or a ConfigError naming the cell."""
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        x = float(v.strip() if isinstance(v, str) else v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{manifest}: line {lineno}: column '{column}' = {v!r} is not a number of seconds") from None
+    if not math.isfinite(x) or x < 0:
+        raise ConfigError(f"{manifest}: line {lineno}: column '{column}' = {v!r}: pass a finite number of seconds >= 0")
+    return x
+
+
+def _segments(manifest: str, rows) -> np.ndarray | None:
+    """Each row's [start, end) in seconds; None when no row has a ``start`` or ``end`` column."""
+    if not any("start" in rec or "end" in rec for _, rec in rows):
+        return None
+    out = np.empty((len(rows), 2), dtype=np.float64)
+    for i, (lineno, rec) in enumerate(rows):
+        a = _seconds(manifest, lineno, "start", rec.get("start"))
+        b = _seconds(manifest, lineno, "end", rec.get("end"))
+        a = 0.0 if a is None else a
+        b = math.inf if b is None else b
+        if b <= a:
+            raise ConfigError(f"{manifest}: line {lineno}: column 'end' = {b:g} is not after 'start' = {a:g}: "
+                              "a row's range is [start, end) in seconds")
+        out[i] = a, b
+    return out
+
+
+def _meta(rows) -> dict[str, list] | None:
+    """The other columns, per row, as read (CSV: strings; JSONL: JSON values); None where a row lacks one."""
+    names: dict[str, None] = {}
+    for _, rec in rows:
+        for k in rec:
+            if k and k not in _RESERVED:
+                names.setdefault(k, None)
+    if not names:
+        return None
+    return {k: [rec.get(k) for _, rec in rows] for k in names}
 
 
 def _as_int(v) -> int | None:

@@ -41,18 +41,22 @@ class Completed:
     """A batch whose frames are all in ``slot``: what each of its ``n`` rows holds."""
 
     slot: int
-    video: np.ndarray  # (n,) int64
-    start: np.ndarray  # (n,) int64
-    frames: np.ndarray  # (n, T) int64
+    video: np.ndarray  # (n,) int64: the file
+    start: np.ndarray  # (n,) int64: the plan's start in the row
+    frames: np.ndarray  # (n, T) int64: frames of the file
+    entry: np.ndarray  # (n,) int64: the plan's video (a source row)
 
 
 class Sample:
-    __slots__ = ("batch", "row", "key", "video", "start", "frames", "crop", "flip", "attempt", "remaining", "inflight", "needs_replace")
+    __slots__ = ("batch", "row", "key", "video", "entry", "start", "frames", "crop", "flip", "attempt", "remaining",
+                 "inflight", "needs_replace")
 
-    def __init__(self, batch, row, video, start, frames, crop, flip):
+    def __init__(self, batch, row, video, start, frames, crop, flip, entry):
         self.batch = batch
         self.row = row
-        self.key = (video, start)  # the plan's sample: redraws are keyed by it
+        # The plan's video: a source row (the file itself unless rows are segments of files).
+        self.entry = entry
+        self.key = (self.entry, start)  # the plan's sample: redraws are keyed by it
         self.video = video
         self.start = start
         self.frames = frames
@@ -277,9 +281,11 @@ class Window:
             self.slot_batch[slot] = batch
             self.active[k] = batch
             content = self.sampler.batch(k)
+            entry = content.entry
             for b in range(len(content.video)):
                 batch.samples.append(
-                    Sample(batch, b, int(content.video[b]), int(content.start[b]), content.frames[b], content.crop[b], bool(content.flip[b]))
+                    Sample(batch, b, int(content.video[b]), int(content.start[b]), content.frames[b], content.crop[b],
+                           bool(content.flip[b]), int(entry[b]))
                 )
             batch.remaining = len(batch.samples)
             for s in batch.samples:
@@ -474,12 +480,13 @@ class Window:
                     f"{MAX_ATTEMPTS} replacement draws in a row hit bad files; "
                     f"{len(self.quarantined)} files are quarantined (see stats()['quarantined'])"
                 )
-            video, start, frames, crop, flip = self.sampler.replacement(s.key[0], s.key[1], s.attempt)
+            video, start, frames, crop, flip, entry = self.sampler.replacement(s.key[0], s.key[1], s.attempt)
             if video not in self.dead_videos:
                 break
             s.attempt += 1
         self.counters["replaced_samples"] += 1
         s.video, s.start, s.frames, s.crop, s.flip = video, start, frames, crop, flip
+        s.entry = entry
         s.remaining = len(frames)
         self._enqueue(s)
 
@@ -492,4 +499,5 @@ class Window:
         video = np.array([s.video for s in samples], dtype=np.int64)
         start = np.array([s.start for s in samples], dtype=np.int64)
         frames = np.stack([s.frames for s in samples]).astype(np.int64) if samples else np.zeros((0, 1), np.int64)
-        self.on_complete(batch, Completed(batch.slot, video, start, frames))
+        entry = np.array([s.entry for s in samples], dtype=np.int64)
+        self.on_complete(batch, Completed(batch.slot, video, start, frames, entry))

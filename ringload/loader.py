@@ -26,6 +26,7 @@ from ._config import _MAX_EPOCH, LoaderConfig, _is_int, check_weighted
 from ._dataset import check_epoch, digest, load_dataset, settings, with_skip_hint
 from ._engine import release as _release
 from ._engine import start_engine
+from ._listplan import list_plan
 from ._samples import Sampler
 from .errors import ConfigError, LoaderStateError, LoaderTimeoutError, VideoError
 
@@ -48,7 +49,9 @@ class VideoLoader:
     """Iterate batches of frames, clips or segments from many videos.
 
     ``source``: a directory (recursive), a glob, a list of paths, or a CSV/JSONL manifest
-    with ``path`` and optional ``label``/``labels``.
+    with ``path`` and optional ``label``/``labels``, ``start``/``end`` (seconds: the row is
+    the frames of its file whose timestamps lie in [start, end); rows may share a file)
+    and other columns (per sample in ``Batch.meta``).
 
     Sampling: ``sample`` is ``"frames"`` (one frame), ``"clips"`` (``clip_len`` frames
     every ``frame_stride``, or at a target ``fps``: frame j is the one on screen at
@@ -74,6 +77,13 @@ class VideoLoader:
     A video shorter than one sample gets one sample whose frames past the end repeat the
     last frame (``short_video="repeat_last"``), start it over (``"wrap"``), or is left out
     (``"skip"``) or refused (``"error"``); a warning names how many, ``stats()`` counts them.
+    ``samples``: your own order instead of a plan (like DataLoader's ``sampler=``): an int
+    array (N, 2) of (video, start) pairs (video: the source's row; start: as in
+    ``ringload.plan_epoch``) cut into batches in its order, ranks taking contiguous parts
+    as in sequential mode; or this rank's batches (a ``ringload.Plan``, or a list of (b, 2)
+    arrays); or a callable ``epoch -> either``. Every sample is checked (a ``ConfigError``
+    names ``samples``) and they are part of the resume check. ``sampling`` then only picks
+    centred (sequential) or random segments.
 
     Pixels: ``crop`` is ``"random_resized"`` (torchvision's RandomResizedCrop with
     ``scale``/``ratio``), ``"center"`` (largest centred box with the aspect of ``size``),
@@ -147,6 +157,7 @@ class VideoLoader:
         balance_threshold: float | None = None,
         balance_power: float | None = None,
         short_video: str = "repeat_last",
+        samples=None,
         seed: int = 0,
         num_workers: int | None = None,
         decoder_threads: int | None = None,
@@ -184,7 +195,7 @@ class VideoLoader:
             raise ConfigError(f"balance={cfg.balance!r} needs labels: a manifest with a 'label' or 'labels' column")
         self._rank, self._world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _dist_defaults()
         self._data = data = load_dataset(cfg, self.source)
-        self._paths, self._infos, self._size = data.paths, data.infos, data.size
+        self._paths, self._infos, self._size = data.rows.paths, data.infos, data.size
         self._epoch = 0  # epoch of the current (or last, or resumed) pass
         self._next_batch = 0  # position in it
         self._pinned: int | None = None  # set_epoch(e): every pass is epoch e until the next set_epoch
@@ -192,9 +203,13 @@ class VideoLoader:
         self._passes = 0
         self._gen = None  # the scheduler generation of the live pass
         self._plan_cache = None
+        self._samples, self._samples_fn = self._take_samples(samples)
         plan = self._plan()
         check_epoch(plan, cfg, self._rank, self._world)
         self._settings = settings(cfg, data, self._rank, self._world, weights=self._weights)
+        if samples is not None:
+            # Fixed samples are part of the fingerprint; a callable's are checked per epoch (state_dict).
+            self._settings["samples"] = self._samples.digest() if self._samples is not None else "callable"
         self._fingerprint = digest(self._settings)
         self._counters = {"batches": 0, "samples": 0, "frames": 0, "wait_s": 0.0, "busy_s": 0.0}
         self._t_first = None
@@ -204,18 +219,44 @@ class VideoLoader:
 
     # ------------------------------------------------------------------ epochs
 
-    def _plan(self):
-        if self._plan_cache is not None and self._plan_cache[0] == self._epoch:
+    def _take_samples(self, samples):
+        """(fixed sample list, or None; callable epoch -> list, or None) from ``samples=``."""
+        if samples is None:
+            return None, None
+        cfg = self.config
+        for name in ("clips_per_video", "chunk_len", "max_per_chunk", "min_effective_batch", "balance"):
+            if getattr(cfg, name) is not None:
+                raise ConfigError(f"samples= gives the order of every sample; {name}={getattr(cfg, name)!r} shapes a "
+                                  f"plan ringload would make: leave {name} unset")
+        if self._weights is not None:
+            raise ConfigError("samples= gives the order of every sample; weights shape a plan ringload would make: "
+                              "leave weights unset (weights=False ignores a manifest's 'weight' column)")
+        if callable(samples):
+            return None, samples
+        return self._list_plan(samples, "samples"), None
+
+    def _list_plan(self, value, name: str):
+        cfg = self.config
+        return list_plan(value, self._data.counts, self._paths, batch_size=cfg.batch_size, rank=self._rank,
+                         world_size=self._world, drop_last=bool(cfg.drop_last), name=name)
+
+    def _plan(self, epoch: int | None = None):
+        epoch = self._epoch if epoch is None else epoch
+        if self._plan_cache is not None and self._plan_cache[0] == epoch:
             return self._plan_cache[1]
+        cfg = self.config
+        if self._samples is not None or self._samples_fn is not None:
+            plan = self._samples if self._samples is not None else self._list_plan(self._samples_fn(epoch), f"samples({epoch})")
+            self._plan_cache = (epoch, plan)
+            return plan
         from .plan import plan_epoch
 
-        cfg = self.config
         clips_native = cfg.sample == "clips" and cfg.fps is None
         plan = plan_epoch(
             self._data.plan_lengths,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
-            epoch=self._epoch,
+            epoch=epoch,
             mode=cfg.sampling,
             clip_len=cfg.clip_len if clips_native else 1,
             frame_stride=cfg.frame_stride if clips_native else 1,
@@ -235,11 +276,11 @@ class VideoLoader:
         if getattr(plan, "weighted", False) and self._plan_cache is None:
             log.info(
                 "weighted epochs: %.6g samples per epoch expected over all ranks (epoch %d: %d); repeat factors "
-                "%.4g to %.4g, %d videos left out", plan.expected_samples, self._epoch, plan.total_samples,
+                "%.4g to %.4g, %d videos left out", plan.expected_samples, epoch, plan.total_samples,
                 float(plan.repeat_factors[plan.repeat_factors > 0].min()), float(plan.repeat_factors.max()),
                 int(((plan.repeat_factors == 0) & (plan.starts_per_video > 0)).sum()),
             )
-        self._plan_cache = (self._epoch, plan)
+        self._plan_cache = (epoch, plan)
         return plan
 
     def __len__(self) -> int:
@@ -305,7 +346,7 @@ class VideoLoader:
         plan = self._plan()
         n = len(plan)
         self._next_batch = first
-        sampler = Sampler(self.config, self._infos, self._data.counts, plan, self._epoch)
+        sampler = Sampler(self.config, self._infos, self._data.counts, plan, self._epoch, self._data.rows)
         gen = self._gen = self._sched.start_epoch(sampler, first, n)
         return self._batches(gen, first, n)
 
@@ -365,7 +406,11 @@ class VideoLoader:
 
     def state_dict(self) -> dict:
         """Where the loader stands: batch ``next_batch`` of ``epoch`` comes next (``load_state_dict``)."""
+        extra = {}
+        if self._samples_fn is not None:
+            extra["samples_digest"] = self._plan().digest()
         return {
+            **extra,
             "version": _STATE_VERSION,
             "seed": self.config.seed,
             "epoch": self._epoch,
@@ -379,6 +424,11 @@ class VideoLoader:
         """Resume: the next pass yields exactly the rest of the saved pass (a state saved
         after a whole pass resumes with the pass that would have followed)."""
         epoch, nxt, pinned = _check_state(state, self._settings, self._fingerprint)
+        if self._samples_fn is not None and state.get("samples_digest") != self._plan(epoch).digest():
+            raise ConfigError(
+                f"load_state_dict: samples({epoch}) returns another list than the one the state was saved with; "
+                "pass a samples callable that gives the same list for the same epoch"
+            )
         self._epoch, self._next_batch = int(epoch), int(nxt)
         self._pinned = int(pinned) if pinned is not None else None
         self._passes = 1
@@ -400,7 +450,8 @@ class VideoLoader:
         including those walked from a keyframe) and ``tasks``; ``decoder_busy_s`` and
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
         and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
-        ``quarantined`` ({path: reason}) for bad files; ``sampling``, and the ``chunk_len`` and
+        ``quarantined`` ({path: reason}) for bad files (and "manifest: line N" for rows whose
+        range holds no frame); ``sampling`` ("samples" with ``samples=``), and the ``chunk_len`` and
         ``max_per_chunk`` in use (bounded mode, else None) with ``bounded_rule`` (why those);
         ``design_effect_bound`` (a batch mean's variance against strict sampling is at most
         this, ``1 + (m - 1) * rho`` at the worst case rho = 1, m samples of one chunk or video
@@ -451,6 +502,8 @@ def _stats(loader) -> dict:
     busy = c.pop("busy_s")
     layout = loader._engine.ring.layout if not loader._closed else None
     plan = loader._plan() if not loader._closed else None
+    listed = loader._samples is not None or loader._samples_fn is not None
+    sampling = "samples" if listed else loader.config.sampling
     return {
         **c,
         "seconds": busy,
@@ -474,15 +527,15 @@ def _stats(loader) -> dict:
         "failed_samples": sc.get("failed_samples", 0),
         "replaced_samples": sc.get("replaced_samples", 0),
         "quarantined": snap["quarantined"],
-        "sampling": loader.config.sampling,
+        "sampling": sampling,
         "short_videos": int(loader._data.short.sum()),
         "short_video": loader.config.short_video,
         "epoch_samples": int(plan.total_samples) if plan is not None else 0,
         "expected_epoch_samples": float(getattr(plan, "expected_samples", plan.total_samples)) if plan is not None else 0.0,
         "balance": loader.config.balance,
         "weighted": bool(getattr(plan, "weighted", False)) if plan is not None else False,
-        "chunk_len": plan.chunk_len if plan is not None and loader.config.sampling == "bounded" else None,
-        "max_per_chunk": plan.max_per_chunk if plan is not None and loader.config.sampling == "bounded" else None,
+        "chunk_len": plan.chunk_len if plan is not None and sampling == "bounded" else None,
+        "max_per_chunk": plan.max_per_chunk if plan is not None and sampling == "bounded" else None,
         "bounded_rule": loader._data.bounded.reason if loader._data.bounded is not None else None,
         **_design_effect(loader.config.batch_size, plan),
     }

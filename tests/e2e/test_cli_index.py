@@ -90,3 +90,15 @@ def test_short_files_are_indexed_and_listed_in_every_summary(videos_dir, tmp_pat
     cold, warm = runs
     assert "decodes 28 of the 50 frames its container claims" in cold.stderr  # the warning, once: when indexed
     assert "frames its container claims" not in warm.stderr and "decord_corrupted" not in warm.stderr
+
+
+def test_a_manifest_of_segments_indexes_each_file_once_and_refuses_out(dataset, tmp_path):
+    man = tmp_path / "segments.csv"
+    bikes = dataset / "a" / "bikes.mp4"
+    man.write_text(f"path,start,end\n{bikes},0,1\n{bikes},2,3\n{dataset / 'pancake.mkv'},,2\n")
+    out = _cli(str(man), "--workers", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "indexed 2 of 2 videos" in out.stdout
+    out = _cli(str(man), "--out", str(tmp_path / "x.ringindex"), "--no-progress")
+    assert out.returncode != 0 and "its rows have start/end" in out.stderr
+    assert not (tmp_path / "x.ringindex").exists()

@@ -95,6 +95,7 @@ class _Data:
     chunk_len: int | None
     max_per_chunk: int | None
     bounded: object
+    rows: object = None
 
 
 def test_resume_fingerprint_covers_the_derived_values():

@@ -248,3 +248,57 @@ def test_an_all_empty_labels_column_means_no_labels(tmp_path):
     m = tmp_path / "m.csv"
     m.write_text("path,labels\na.mp4,\n")
     assert resolve_source(str(m)).labels is None
+
+
+def test_manifest_rows_carry_their_range_and_other_columns(tmp_path):
+    csv_man = tmp_path / "k.csv"
+    csv_man.write_text("path,start,end,label,caption,clip_id\nx.mp4,1.5,4,run,a man runs,7\nx.mp4,,2.25,jump,,8\n"
+                       "y.mp4,3,,run,a dog,9\n")
+    src = resolve_source(csv_man)
+    assert src.paths == [str(tmp_path / "x.mp4")] * 2 + [str(tmp_path / "y.mp4")]
+    # Empty cells: from the first frame, to the last one.
+    np.testing.assert_array_equal(src.segments, [[1.5, 4.0], [0.0, 2.25], [3.0, np.inf]])
+    # CSV cells arrive as the strings read; the label columns are labels, not meta.
+    assert src.meta == {"caption": ["a man runs", "", "a dog"], "clip_id": ["7", "8", "9"]}
+    assert src.class_names == ["jump", "run"] and src.labels.tolist() == [1, 0, 1]
+    assert src.where(2) == f"{csv_man}: line 4"
+
+    jl = tmp_path / "t.jsonl"
+    jl.write_text('{"path": "x.mp4", "start": 0, "end": 1.5, "text": "hi", "n": 3}\n{"path": "y.mp4", "tags": ["a"]}\n')
+    src = resolve_source(jl)
+    np.testing.assert_array_equal(src.segments, [[0.0, 1.5], [0.0, np.inf]])
+    assert src.meta == {"text": ["hi", None], "n": [3, None], "tags": [None, ["a"]]}
+    # Without start/end or other columns nothing is added.
+    plain = tmp_path / "p.csv"
+    plain.write_text("path,label\nx.mp4,1\n")
+    src = resolve_source(plain)
+    assert src.segments is None and src.meta is None
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("path,start,end\nx.mp4,2,1\n", "line 2: column 'end' = 1 is not after 'start' = 2"),
+        ("path,start,end\nx.mp4,1,1\n", "line 2: column 'end' = 1 is not after"),
+        ("path,start,end\nx.mp4,1,2\nx.mp4,abc,3\n", "line 3: column 'start' = 'abc' is not a number"),
+        ("path,start,end\nx.mp4,-1,2\n", "line 2: column 'start' = '-1': pass a finite number"),
+        ("path,start,end\nx.mp4,0,inf\n", "line 2: column 'end' = 'inf': pass a finite number"),
+        ('{"path": "x.mp4", "end": true}\n', "line 1: column 'end' = True is not a number"),
+    ],
+)
+def test_bad_ranges_name_the_manifest_line_and_column(tmp_path, text, match):
+    man = tmp_path / ("m.jsonl" if text.startswith("{") else "m.csv")
+    man.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        resolve_source(man)
+    assert str(man) in str(info.value)
+
+
+def test_an_index_file_refuses_rows_that_are_segments(tmp_path):
+    from ringload._indexfile_build import build_index
+
+    man = tmp_path / "m.csv"
+    man.write_text("path,start,end\nx.mp4,0,1\n")
+    with pytest.raises(ConfigError, match="m.csv: its rows have start/end"):
+        build_index(resolve_source(man), str(tmp_path / "out.ringindex"))
+    assert not (tmp_path / "out.ringindex").exists()

@@ -33,13 +33,14 @@ class FakeSampler:
         vs = np.array(self.batches[k], dtype=np.int64).reshape(-1, 2)
         n = len(vs)
         return types.SimpleNamespace(
-            video=vs[:, 0], start=vs[:, 1], frames=vs[:, 1:2].copy(), crop=np.zeros((n, 4), np.int32), flip=np.zeros(n, bool)
+            video=vs[:, 0], start=vs[:, 1], frames=vs[:, 1:2].copy(), crop=np.zeros((n, 4), np.int32), flip=np.zeros(n, bool),
+            entry=vs[:, 0],
         )
 
     def replacement(self, video, start, attempt):
         self.redraws.append((video, start, attempt))
         v = (video + attempt) % 4
-        return v, start, np.array([start], np.int64), np.zeros(4, np.int32), False
+        return v, start, np.array([start], np.int64), np.zeros(4, np.int32), False, v
 
 
 def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4, started=False):
