@@ -67,8 +67,11 @@ def test_classify_example(multi, data_dir):
     res = _result(_run("classify.py", *(["--multi-label"] if multi else []), data_dir=data_dir))
     _check_training(res, "clips")
     assert res["metric"] == ("mAP" if multi else "top1")
-    for key in ("center_clip", "tsn_segments"):
+    for key in ("center_clip", "views", "tsn_segments"):
         assert 0.0 <= res[key] <= 1.0
+    # Smoke: 2 held-out videos, each evaluated on 1 view and on 2 clips x 3 crops through the loader.
+    assert res["val_videos"] == 2
+    assert (res["eval_clips"], res["eval_crops"], res["views_per_video"]) == (2, 3, 6)
 
 
 def _torchrun(*args, data_dir):
