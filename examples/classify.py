@@ -201,7 +201,7 @@ def main(argv=None) -> int:
             assert loader.classes == classes, "train and val must map class names to the same ids"
             scores[name] = evaluate(model, loader, multi_label=args.multi_label)
 
-    (one, n_videos, one_views), (multi, _, multi_views), (tsn, _, _) = (scores[k] for k in ("center_clip", "views", "tsn_segments"))
+    (one, n_videos, _), (multi, _, multi_views), (tsn, _, _) = scores["center_clip"], scores["views"], scores["tsn_segments"]
     result = {
         "example": "classify",
         "metric": metric,
@@ -215,8 +215,8 @@ def main(argv=None) -> int:
         **meter.summary(),
     }
     print(f"{metric} on {n_videos} held-out videos:")
-    print(f"  {'1 view (1 clip x centre crop)':<34}{'%d views (%d clips x 3 crops)' % (multi_views // n_videos, args.eval_clips):<34}"
-          f"TSN {args.segments} segments")
+    many = f"{multi_views // n_videos} views ({args.eval_clips} clips x 3 crops)"
+    print(f"  {'1 view (1 clip x centre crop)':<34}{many:<34}TSN {args.segments} segments")
     print(f"  {one:<34.3f}{multi:<34.3f}{tsn:.3f}")
     print(f"{result['clips_per_s']:.1f} clips/s while training")
     print_result(result)

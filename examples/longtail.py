@@ -135,7 +135,7 @@ def class_colour(c: int, n: int) -> np.ndarray:
     return np.array([r, g, b]) * 255.0
 
 
-def render(background: np.ndarray, labels: list[int], n_classes: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
+def render(background: np.ndarray, labels: list[int], n_classes: int, alpha: float, rng) -> np.ndarray:
     """uint8 (FRAMES, SIZE, SIZE, 3): a stretch of a background video with one marker per label."""
     start = int(rng.integers(0, len(background) - FRAMES + 1))
     frames = background[start : start + FRAMES].astype(np.float64)
@@ -147,9 +147,8 @@ def render(background: np.ndarray, labels: list[int], n_classes: int, alpha: flo
         for t in range(FRAMES):
             dy, dx = rng.integers(-2, 3, size=2)
             y, x = y0 + dy, x0 + dx
-            frames[t, y : y + side, x : x + side] = (1 - alpha) * frames[t, y : y + side, x : x + side] + alpha * class_colour(
-                c, n_classes
-            )
+            box = frames[t, y : y + side, x : x + side]
+            box[:] = (1 - alpha) * box + alpha * class_colour(c, n_classes)
     return np.clip(np.round(frames), 0, 255).astype(np.uint8)
 
 
@@ -159,8 +158,8 @@ def encode(path: pathlib.Path, frames: np.ndarray) -> None:
 
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     with av.open(str(tmp), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"crf": "18", "preset": "veryfast", "threads": "1",
-                                                                    "x264-params": "keyint=8:min-keyint=8:scenecut=0"})
+        options = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "keyint=8:min-keyint=8:scenecut=0"}
+        stream = container.add_stream("libx264", rate=FPS, options=options)
         stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -194,7 +193,8 @@ def make_dataset(args) -> tuple[pathlib.Path, pathlib.Path, list[int]]:
         backgrounds.append(ringload.read_frames(path, range(info.num_frames)).data.permute(0, 2, 3, 1).numpy())
     rng = np.random.default_rng(args.seed)
     names = [f"class{c:02d}" for c in range(args.classes)]
-    for split, split_counts, manifest in (("train", counts, train_m), ("test", [args.test_per_class] * args.classes, test_m)):
+    test_counts = [args.test_per_class] * args.classes
+    for split, split_counts, manifest in (("train", counts, train_m), ("test", test_counts, test_m)):
         rows = []
         for i, labels in enumerate(assign_labels(split_counts, rng)):
             path = folder / f"{split}_{i:04d}.mp4"
@@ -236,7 +236,7 @@ def train_once(args, manifest, num_classes: int, balance: str | None):
     loader = ringload.VideoLoader(
         str(manifest), batch_size=args.batch_size, sample="clips", clip_len=args.clip_len,
         frame_stride=args.frame_stride, size=(SIZE, SIZE), crop="center", clips_per_video=1,
-        balance=balance, seed=args.seed, num_workers=args.num_workers,
+        balance=balance, drop_last=True, seed=args.seed, num_workers=args.num_workers,
     )  # fmt: skip
     name = balance or "uniform"
     meter = Meter("clips")
@@ -315,7 +315,8 @@ def main(argv=None) -> int:
     def cell(v):
         return f"{v:>15.3f}" if v is not None else f"{'-':>15}"
 
-    print(f"test mAP ({args.test_per_class} positive test videos per class), {args.steps} steps of {args.batch_size} clips each:")
+    print(f"test mAP ({args.test_per_class} positive test videos per class), "
+          f"{args.steps} steps of {args.batch_size} clips each:")
     print(f"{'':<8}{'classes':>8}{'uniform':>15}{'repeat_factor':>15}")
     for seg in ("head", "middle", "tail", "all"):
         n = split.get(seg, args.classes)
