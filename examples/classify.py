@@ -22,20 +22,20 @@ of all videos cut into equal groups); ``--val-per-class`` videos of each class a
 out for the evaluation. The last line is ``RESULT {json}``.
 
 A run on a busy 2-core machine (a benchmark ran beside it), ``python examples/classify.py``,
-48.9 s wall with the videos already generated (the ``step`` lines left out)::
+47.5 s wall with the videos already generated (the ``step`` lines left out)::
 
     train: 12 videos, 4 classes, one clip per video per epoch (1 batch per epoch); ...
     top1 on 8 held-out videos:
       1 view (1 clip x centre crop)     15 views (5 clips x 3 crops)      TSN 8 segments
       0.375                             0.750                             0.750
-    38.9 clips/s while training
+    30.1 clips/s while training
 
-and ``python examples/classify.py --multi-label``, 56.1 s wall::
+and ``python examples/classify.py --multi-label``, 35.9 s wall::
 
     mAP on 8 held-out videos:
       1 view (1 clip x centre crop)     15 views (5 clips x 3 crops)      TSN 8 segments
       0.718                             0.761                             0.811
-    38.6 clips/s while training
+    39.9 clips/s while training
 
 Eight held-out videos are few: one video is 0.125 of top-1, so read these as "more views
 see more of each video", not as a measured gain.

@@ -21,7 +21,7 @@ background. A video carries 1 to 3 labels. The test set is separate videos with
 same arguments give the same dataset, batches and model. The last line is ``RESULT {json}``.
 
 A run on a busy 2-core machine (a benchmark ran beside it), ``python examples/longtail.py``,
-3 min 19 s wall with the dataset already generated (it takes a few seconds; the ``step`` lines
+2 min 30 s wall with the dataset already generated (it takes a few seconds; the ``step`` lines
 left out)::
 
     14 classes, training videos per class [160, 51, 50, 22, 10, 9, 7, 6, 5, 4, 4, 3, 2, 2]: head 2 (> 50), middle 3 (10 to 50), tail 9 (< 10); data ready in 0.0 s
@@ -34,7 +34,7 @@ left out)::
     tail           9          0.581          0.595
     all           14          0.730          0.740
     tail      labels          0.125          0.192   (share of the labels seen in training)
-    total 197.5 s
+    total 148.5 s
 
 Class balance does what it says: tail labels are 19 % of what the model sees instead of
 12.5 %. On this data it does not buy tail mAP: ``--seed 1`` (another dataset) gave tail
