@@ -177,17 +177,24 @@ class TinyPredictor(nn.Module):
         return self.decode(z).view(-1, 3, self.out_hw, self.out_hw)
 
 
-def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """mAP over classes that have at least one positive (scores, targets: (N, K))."""
+def average_precisions(scores: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """Average precision of each class (scores, targets: (N, K)); NaN for a class without positives."""
     aps = []
     for k in range(targets.shape[1]):
         t = targets[:, k] > 0
         if not t.any():
+            aps.append(float("nan"))
             continue
-        order = torch.argsort(scores[:, k], descending=True)
+        order = torch.argsort(scores[:, k], descending=True, stable=True)
         hits = t[order].float()
         precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
         aps.append(float((precision * hits).sum() / hits.sum()))
+    return aps
+
+
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """mAP over classes that have at least one positive (scores, targets: (N, K))."""
+    aps = [a for a in average_precisions(scores, targets) if not math.isnan(a)]
     return sum(aps) / len(aps) if aps else float("nan")
 
 

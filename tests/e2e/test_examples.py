@@ -67,8 +67,28 @@ def test_classify_example(multi, data_dir):
     res = _result(_run("classify.py", *(["--multi-label"] if multi else []), data_dir=data_dir))
     _check_training(res, "clips")
     assert res["metric"] == ("mAP" if multi else "top1")
-    for key in ("center_clip", "tsn_segments"):
+    for key in ("center_clip", "views", "tsn_segments"):
         assert 0.0 <= res[key] <= 1.0
+    # Smoke: 2 held-out videos, each evaluated on 1 view and on 2 clips x 3 crops through the loader.
+    assert res["val_videos"] == 2
+    assert (res["eval_clips"], res["eval_crops"], res["views_per_video"]) == (2, 3, 6)
+
+
+def test_longtail_example(data_dir):
+    res = _result(_run("longtail.py", data_dir=data_dir))
+    assert res["example"] == "longtail"
+    # Smoke: 4 classes, the seed's split scaled by 0.04: head > 20, middle 4 to 20, tail < 4 videos.
+    assert res["train_counts"] == sorted(res["train_counts"], reverse=True)
+    assert res["segments"] == {"head": 1, "middle": 1, "tail": 2}
+    for run in ("uniform", "repeat_factor"):
+        _check_training(res[run], "clips")
+        assert set(res[run]["mAP"]) == {"head", "middle", "tail", "all"}
+        for v in res[run]["mAP"].values():
+            assert 0.0 <= v <= 1.0
+    # Class balance repeats the tail's videos: a larger share of the labels seen is a tail label.
+    share = res["tail_label_share"]
+    assert share["repeat_factor"] > share["uniform"] > 0
+    assert res["repeat_factor"]["steps"] == res["uniform"]["steps"] == res["steps"]
 
 
 def _torchrun(*args, data_dir):
