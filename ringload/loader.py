@@ -546,7 +546,11 @@ def _design_effect(batch_size: int, plan) -> dict:
 
     if plan is None:
         return {"design_effect_bound": None, "effective_batch_size": None}
-    bound = design_effect_bound(min(plan.max_per_chunk, batch_size))
+    m = min(plan.max_per_chunk, batch_size)
+    k = getattr(getattr(plan, "config", None), "clips_per_video", None)
+    if k is not None:  # a video's slots are one chunk: at most its clips x views share a batch
+        m = min(m, k * plan.config.views_per_clip)
+    bound = design_effect_bound(m)
     return {"design_effect_bound": bound, "effective_batch_size": batch_size / bound}
 
 

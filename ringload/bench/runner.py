@@ -30,7 +30,7 @@ from .data import file_size, frame_counts, list_source, prepare_dataset, warm_in
 from .measure import PROTO
 from .peers import CHILD_SCRIPT, enable_hint
 from .report import _PACKAGE_ROOT, SCHEMA, system_info
-from .rounds import ratios, summarize
+from .rounds import CLIP_TARGETS, TARGETS, ratios, summarize
 
 log = logging.getLogger(__name__)
 
@@ -264,12 +264,12 @@ def run(cfg: BenchConfig, *, progress: bool = True, checkpoint=None) -> dict:
                 if result.get("status") != "ok":
                     log.info("%s, round %d: %s (%s)", spec["name"], r + 1, result.get("status"), result.get("note"))
                 if checkpoint is not None:
-                    doc["ratios"] = ratios(doc["results"])
+                    doc["ratios"] = ratios(doc["results"], CLIP_TARGETS if cfg.clips_per_video else TARGETS)
                     checkpoint(doc)
     finally:
         bar.close()
     doc["system"]["loadavg_end"] = list(os.getloadavg())
-    doc["ratios"] = ratios(doc["results"])
+    doc["ratios"] = ratios(doc["results"], CLIP_TARGETS if cfg.clips_per_video else TARGETS)
     return doc
 
 

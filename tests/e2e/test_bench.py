@@ -445,3 +445,10 @@ def test_clip_dataset_reads_the_frames_of_one_clip(tmp_path):
     nearest = [int(np.argmin([np.abs(whole[i] - got[j]).mean() for i in range(60)])) for j in range(4)]
     assert np.diff(nearest).tolist() == [2, 2, 2]  # each clip frame is nearest to its own frame
     assert max(np.abs(whole[i] - got[j]).mean() for j, i in enumerate(nearest)) < 0.02
+
+
+def test_clip_workloads_are_judged_by_the_clip_targets():
+    results = [_entry("starter", [10.0, 10.0]), _entry("bounded", [60.0, 40.0])]
+    got = {t["target"]: t["verdict"] for t in rounds.ratios(results, rounds.CLIP_TARGETS)["targets"]}
+    assert got["bounded >= 5 x starter"] == "unclear"
+    assert not any("10 x" in t for t in got)
