@@ -111,3 +111,15 @@ def test_resume_fingerprint_covers_the_derived_values():
     assert fp(120, 4) != fp(256, 4)
     # Outside bounded mode nothing is derived: the fingerprint has no such key.
     assert "max_per_chunk_in_use" not in fp(None, None, bounded=False)
+
+
+def test_stats_bound_in_per_video_epochs_counts_a_videos_clips_as_its_chunk():
+    from ringload.loader import _design_effect
+
+    lengths = np.full(40, 300)
+    plain = plan_epoch(lengths, batch_size=16, seed=0, mode="bounded", max_per_chunk=8)
+    assert _design_effect(16, plain) == {"design_effect_bound": 8.0, "effective_batch_size": 2.0}
+    one = plan_epoch(lengths, batch_size=16, seed=0, mode="bounded", max_per_chunk=8, clips_per_video=1)
+    assert _design_effect(16, one)["design_effect_bound"] == 1.0  # one clip per video: no two share a chunk
+    three = plan_epoch(lengths, batch_size=16, seed=0, mode="bounded", max_per_chunk=8, clips_per_video=3)
+    assert _design_effect(16, three)["design_effect_bound"] == 3.0
