@@ -20,13 +20,13 @@ import os
 import time
 import weakref
 
-
 from ._batch import Batch, make_batch
 from ._config import _MAX_EPOCH, LoaderConfig, _is_int, check_weighted
 from ._dataset import check_epoch, digest, load_dataset, settings, with_skip_hint
 from ._engine import release as _release
 from ._engine import start_engine
-from ._listplan import list_plan
+from ._epochs import Epochs, resolve_weights
+from ._loader_stats import loader_stats
 from ._samples import Sampler
 from .errors import ConfigError, LoaderStateError, LoaderTimeoutError, VideoError
 
@@ -190,7 +190,7 @@ class VideoLoader:
         if weights is not None and weights is not False:
             check_weighted("weights", cfg)
         self.source = resolve_source(source, on_error=cfg.on_error)
-        self._weights = _resolve_weights(weights, self.source, cfg)
+        weights = resolve_weights(weights, self.source, cfg)
         if cfg.balance is not None and self.source.labels is None:
             raise ConfigError(f"balance={cfg.balance!r} needs labels: a manifest with a 'label' or 'labels' column")
         self._rank, self._world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _dist_defaults()
@@ -202,14 +202,13 @@ class VideoLoader:
         self._resume = False  # load_state_dict: the next pass continues (epoch, next_batch)
         self._passes = 0
         self._gen = None  # the scheduler generation of the live pass
-        self._plan_cache = None
-        self._samples, self._samples_fn = self._take_samples(samples)
+        self._epochs = Epochs(cfg, data, self.source.labels, self._rank, self._world, weights, samples)
         plan = self._plan()
         check_epoch(plan, cfg, self._rank, self._world)
-        self._settings = settings(cfg, data, self._rank, self._world, weights=self._weights)
+        self._settings = settings(cfg, data, self._rank, self._world, weights=weights)
         if samples is not None:
             # Fixed samples are part of the fingerprint; a callable's are checked per epoch (state_dict).
-            self._settings["samples"] = self._samples.digest() if self._samples is not None else "callable"
+            self._settings["samples"] = self._epochs.samples_digest()
         self._fingerprint = digest(self._settings)
         self._counters = {"batches": 0, "samples": 0, "frames": 0, "wait_s": 0.0, "busy_s": 0.0}
         self._t_first = None
@@ -219,69 +218,8 @@ class VideoLoader:
 
     # ------------------------------------------------------------------ epochs
 
-    def _take_samples(self, samples):
-        """(fixed sample list, or None; callable epoch -> list, or None) from ``samples=``."""
-        if samples is None:
-            return None, None
-        cfg = self.config
-        for name in ("clips_per_video", "chunk_len", "max_per_chunk", "min_effective_batch", "balance"):
-            if getattr(cfg, name) is not None:
-                raise ConfigError(f"samples= gives the order of every sample; {name}={getattr(cfg, name)!r} shapes a "
-                                  f"plan ringload would make: leave {name} unset")
-        if self._weights is not None:
-            raise ConfigError("samples= gives the order of every sample; weights shape a plan ringload would make: "
-                              "leave weights unset (weights=False ignores a manifest's 'weight' column)")
-        if callable(samples):
-            return None, samples
-        return self._list_plan(samples, "samples"), None
-
-    def _list_plan(self, value, name: str):
-        cfg = self.config
-        return list_plan(value, self._data.counts, self._paths, batch_size=cfg.batch_size, rank=self._rank,
-                         world_size=self._world, drop_last=bool(cfg.drop_last), name=name)
-
     def _plan(self, epoch: int | None = None):
-        epoch = self._epoch if epoch is None else epoch
-        if self._plan_cache is not None and self._plan_cache[0] == epoch:
-            return self._plan_cache[1]
-        cfg = self.config
-        if self._samples is not None or self._samples_fn is not None:
-            plan = self._samples if self._samples is not None else self._list_plan(self._samples_fn(epoch), f"samples({epoch})")
-            self._plan_cache = (epoch, plan)
-            return plan
-        from .plan import plan_epoch
-
-        clips_native = cfg.sample == "clips" and cfg.fps is None
-        plan = plan_epoch(
-            self._data.plan_lengths,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            epoch=epoch,
-            mode=cfg.sampling,
-            clip_len=cfg.clip_len if clips_native else 1,
-            frame_stride=cfg.frame_stride if clips_native else 1,
-            chunk_len=self._data.chunk_len,
-            max_per_chunk=self._data.max_per_chunk,
-            rank=self._rank,
-            world_size=self._world,
-            drop_last=bool(cfg.drop_last),
-            clips_per_video=cfg.clips_per_video,
-            views_per_clip=cfg.views_per_clip,
-            weights=self._weights,
-            labels=self.source.labels if cfg.balance is not None else None,
-            balance=cfg.balance,
-            balance_threshold=cfg.balance_threshold,
-            balance_power=cfg.balance_power,
-        )
-        if getattr(plan, "weighted", False) and self._plan_cache is None:
-            log.info(
-                "weighted epochs: %.6g samples per epoch expected over all ranks (epoch %d: %d); repeat factors "
-                "%.4g to %.4g, %d videos left out", plan.expected_samples, epoch, plan.total_samples,
-                float(plan.repeat_factors[plan.repeat_factors > 0].min()), float(plan.repeat_factors.max()),
-                int(((plan.repeat_factors == 0) & (plan.starts_per_video > 0)).sum()),
-            )
-        self._plan_cache = (epoch, plan)
-        return plan
+        return self._epochs.plan(self._epoch if epoch is None else epoch)
 
     def __len__(self) -> int:
         return len(self._plan())
@@ -407,7 +345,7 @@ class VideoLoader:
     def state_dict(self) -> dict:
         """Where the loader stands: batch ``next_batch`` of ``epoch`` comes next (``load_state_dict``)."""
         extra = {}
-        if self._samples_fn is not None:
+        if self._epochs.from_callable:
             extra["samples_digest"] = self._plan().digest()
         return {
             **extra,
@@ -424,7 +362,7 @@ class VideoLoader:
         """Resume: the next pass yields exactly the rest of the saved pass (a state saved
         after a whole pass resumes with the pass that would have followed)."""
         epoch, nxt, pinned = _check_state(state, self._settings, self._fingerprint)
-        if self._samples_fn is not None and state.get("samples_digest") != self._plan(epoch).digest():
+        if self._epochs.from_callable and state.get("samples_digest") != self._plan(epoch).digest():
             raise ConfigError(
                 f"load_state_dict: samples({epoch}) returns another list than the one the state was saved with; "
                 "pass a samples callable that gives the same list for the same epoch"
@@ -461,7 +399,7 @@ class VideoLoader:
         (samples of the current epoch over all ranks) and ``expected_epoch_samples`` (its mean
         over epochs: they differ with ``weights``/``balance``, ``weighted``), ``balance``.
         """
-        return _stats(self)
+        return loader_stats(self)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -495,89 +433,7 @@ class VideoLoader:
         )
 
 
-def _stats(loader) -> dict:
-    snap = loader._sched.snapshot()  # also after close(): the counters stay
-    sc = snap["counters"]
-    c = dict(loader._counters)
-    busy = c.pop("busy_s")
-    layout = loader._engine.ring.layout if not loader._closed else None
-    plan = loader._plan() if not loader._closed else None
-    listed = loader._samples is not None or loader._samples_fn is not None
-    sampling = "samples" if listed else loader.config.sampling
-    return {
-        **c,
-        "seconds": busy,
-        "images_per_s": c["frames"] / busy if busy > 0 else 0.0,
-        "samples_per_s": c["samples"] / busy if busy > 0 else 0.0,
-        "ring_bytes": layout.nbytes if layout else 0,
-        "num_slots": layout.num_slots if layout else 0,
-        "ready_batches": snap.get("ready_batches", 0),
-        "slot_bytes": layout.slot_stride if layout else 0,
-        "num_workers": loader._engine.num_workers,
-        "decoder_threads": loader._engine.decoder_threads,
-        "window_batches": loader._engine.depth,
-        "decoder_pids": snap.get("decoder_pids", []),
-        "decoders": snap.get("decoders", []),
-        "decoder_restarts": sc.get("decoder_restarts", 0),
-        "hung_decoders_killed": sc.get("hung_decoders_killed", 0),
-        "decoded_frames": sc.get("decoded_frames", 0),
-        "decoder_busy_s": sc.get("decoder_busy_s", 0.0),
-        "decoder_idle_s": sc.get("decoder_idle_s", 0.0),
-        "tasks": sc.get("tasks", 0),
-        "failed_samples": sc.get("failed_samples", 0),
-        "replaced_samples": sc.get("replaced_samples", 0),
-        "quarantined": snap["quarantined"],
-        "sampling": sampling,
-        "short_videos": int(loader._data.short.sum()),
-        "short_video": loader.config.short_video,
-        "epoch_samples": int(plan.total_samples) if plan is not None else 0,
-        "expected_epoch_samples": float(getattr(plan, "expected_samples", plan.total_samples)) if plan is not None else 0.0,
-        "balance": loader.config.balance,
-        "weighted": bool(getattr(plan, "weighted", False)) if plan is not None else False,
-        "chunk_len": plan.chunk_len if plan is not None and sampling == "bounded" else None,
-        "max_per_chunk": plan.max_per_chunk if plan is not None and sampling == "bounded" else None,
-        "bounded_rule": loader._data.bounded.reason if loader._data.bounded is not None else None,
-        **_design_effect(loader.config.batch_size, plan),
-    }
-
-
-def _design_effect(batch_size: int, plan) -> dict:
-    from ._bounded import design_effect_bound
-
-    if plan is None:
-        return {"design_effect_bound": None, "effective_batch_size": None}
-    m = min(plan.max_per_chunk, batch_size)
-    k = getattr(getattr(plan, "config", None), "clips_per_video", None)
-    if k is not None:  # a video's slots are one chunk: at most its clips x views share a batch
-        m = min(m, k * plan.config.views_per_clip)
-    bound = design_effect_bound(m)
-    return {"design_effect_bound": bound, "effective_batch_size": batch_size / bound}
-
-
 _STATE_VERSION = 2
-
-
-def _resolve_weights(weights, source, cfg):
-    """float64 per-video weights (``weights=``, else the source's ``weight`` column), or None."""
-    from ._weights import check_weights
-
-    if weights is False:  # the source's weight column is not used
-        return None
-    if weights is not None:
-        if source.weights is not None:
-            raise ConfigError("weights: the source has a 'weight' column and weights= was passed too: pass one "
-                              "(weights=False ignores the column)")
-        return check_weights(weights, len(source.paths))
-    if source.weights is None:
-        return None
-    if cfg.sampling == "sequential":
-        log.info("the source's 'weight' column is not used: sampling='sequential' visits every video alike")
-        return None
-    try:
-        check_weighted("weights", cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"the source has a 'weight' column; {exc} (weights=False ignores the column)") from None
-    return source.weights
 
 
 def _check_state(state, settings: dict, fingerprint: str) -> tuple[int, int, int | None]:

@@ -114,7 +114,7 @@ def test_resume_fingerprint_covers_the_derived_values():
 
 
 def test_stats_bound_in_per_video_epochs_counts_a_videos_clips_as_its_chunk():
-    from ringload.loader import _design_effect
+    from ringload._loader_stats import design_effect as _design_effect
 
     lengths = np.full(40, 300)
     plain = plan_epoch(lengths, batch_size=16, seed=0, mode="bounded", max_per_chunk=8)
