@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 #: max_per_chunk values the rule chooses from, smallest bound first.
@@ -58,9 +60,20 @@ def chunk_window(chunk_len: int, batch_size: int, max_per_chunk: int) -> int:
     return 1 + -(-(chunk_len - 1) // min_block(batch_size, max_per_chunk))
 
 
-def ring_batches(slot_bytes: int) -> int:
-    """Batches the look-ahead may hold in the default ring (one slot is the consumer's)."""
-    return DEFAULT_RING_BYTES // max(1, slot_bytes) - 1
+def ring_batches(slot_bytes: int, ring_bytes: int | None = None) -> int:
+    """Batches the look-ahead may hold in a ring of ``ring_bytes`` (None: the default) beside
+    the consumer's slot. The rule always uses the default."""
+    budget = ring_bytes if ring_bytes is not None else DEFAULT_RING_BYTES
+    return budget // max(1, slot_bytes) - 1
+
+
+def median_gop(keyframes, offsets) -> float | None:
+    """Median keyframe interval over the complete intervals of all videos (video i's
+    keyframes are ``keyframes[offsets[i]:offsets[i + 1]]``); None when no video has two."""
+    kf, off = np.asarray(keyframes, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+    owner = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    gaps = np.diff(kf)[owner[1:] == owner[:-1]]
+    return float(np.median(gaps)) if len(gaps) else None
 
 
 def design_effect_bound(max_per_chunk: int, rho: float = 1.0) -> float:

@@ -283,16 +283,13 @@ def _bounded_defaults(cfg: LoaderConfig, infos, size):
     # Bounded chunk_len and max_per_chunk from the data's GOPs and the ring (ringload._bounded).
     if cfg.sampling != "bounded":
         return None
-    from ._bounded import choose
+    from ._bounded import choose, median_gop
     from ._ring import RingLayout
 
-    # Keyframe gaps within each video (the index's keyframes, concatenated over videos).
-    kf, off = infos.column("keyframes"), infos.column("kf_off")
-    owner = np.repeat(np.arange(len(off) - 1), np.diff(off))
-    gaps = np.diff(kf)[owner[1:] == owner[:-1]]
     slot_bytes = RingLayout(1, (cfg.batch_size, cfg.frames_per_sample, *size, 3)).slot_stride
     chosen = choose(
-        median_gop=float(np.median(gaps)) if len(gaps) else None, batch_size=cfg.batch_size, slot_bytes=slot_bytes,
+        median_gop=median_gop(infos.column("keyframes"), infos.column("kf_off")), batch_size=cfg.batch_size,
+        slot_bytes=slot_bytes,
         chunk_len=cfg.chunk_len, max_per_chunk=cfg.max_per_chunk,
         min_effective_batch=cfg.min_effective_batch,
     )

@@ -8,7 +8,7 @@ import logging
 import os
 import weakref
 
-from ._bounded import DEFAULT_RING_BYTES
+from ._bounded import ring_batches
 from ._config import LoaderConfig
 from .errors import ConfigError
 
@@ -67,8 +67,7 @@ def window_depth(cfg: LoaderConfig, slot_bytes: int, chunk_window: int, workers:
     the settings and the slot size alone, never from the machine."""
     if cfg.prefetch_batches is not None:
         return cfg.prefetch_batches
-    budget = cfg.ring_bytes if cfg.ring_bytes is not None else DEFAULT_RING_BYTES
-    fit = budget // slot_bytes - 1
+    fit = ring_batches(slot_bytes, cfg.ring_bytes)
     if fit < MIN_DEPTH:
         if cfg.ring_bytes is not None:
             raise ConfigError(

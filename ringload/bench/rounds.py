@@ -104,8 +104,10 @@ def summarize(entry: dict) -> dict:
     if entry.get("kind") == "bounded":
         entry["chunk_len"] = first.get("chunk_len", entry.get("chunk_len"))
         entry["max_per_chunk"] = m = first.get("max_per_chunk", entry.get("max_per_chunk"))
+        from .._bounded import design_effect_bound
+
         rho = entry.get("rho")
-        entry["design_effect_bound"] = 1 + (m - 1) * rho if isinstance(m, int) and rho is not None else None
+        entry["design_effect_bound"] = design_effect_bound(m, rho) if isinstance(m, int) and rho is not None else None
     return entry
 
 
