@@ -14,7 +14,9 @@ of sequential speed with chunks of C. Four GOPs keep that near 89 %; the output 
 expected share. Longer chunks also raise the statistical cost over many steps (the same
 document), hence the cap.
 
-Below the files it prints the bounded defaults for all of them at ``--batch-size``,
+For all the files together it takes, as the loader does, the median over every complete
+keyframe interval of every file (``_bounded.median_gop``), and prints the bounded
+defaults for them at ``--batch-size``,
 and ``--size`` (the loader's defaults unless given): ``chunk_len``, the
 ``max_per_chunk`` the loader would choose (``ringload._bounded``), the design-effect bound
 ``1 + (max_per_chunk - 1) * rho`` and the effective batch size it implies, at ``--rho``
@@ -95,7 +97,8 @@ def sequential_speed_share(chunk_len: int, median_gop: float) -> float:
     return chunk_len / (chunk_len + walk) if chunk_len > 0 else 0.0
 
 
-def _describe(path: str, stream: int | None, cache: bool) -> dict:
+def _describe(path: str, stream: int | None, cache: bool) -> tuple[dict, np.ndarray]:
+    """The file's record and its keyframes (sorted, unique)."""
     from .probe import fps_fraction, probe
 
     info = probe(path, stream=stream, cache=cache)
@@ -130,7 +133,7 @@ def _describe(path: str, stream: int | None, cache: bool) -> dict:
         "gop": gops.as_dict(),
         "suggested_chunk_len": chunk,
         "speed_vs_sequential": speed,
-    }
+    }, np.unique(np.asarray(info.keyframes, dtype=np.int64))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,13 +202,13 @@ def _records(args: argparse.Namespace):
         try:
             paths = _videos(arg)
         except RingloadError as exc:
-            yield _failed(arg, exc)
+            yield _failed(arg, exc), None
             continue
         for path in paths:
             try:
                 yield _describe(path, args.stream, cache)
             except RingloadError as exc:
-                yield _failed(path, exc)
+                yield _failed(path, exc), None
 
 
 def bounded_summary(median_gop: float | None, args: argparse.Namespace) -> dict:
@@ -247,9 +250,11 @@ def _correlation(text: str) -> float:
 
 def run(args: argparse.Namespace, *, out=None) -> int:
     out = sys.stdout if out is None else out
-    records = []
-    for rec in _records(args):
+    records, keyframes = [], []
+    for rec, kf in _records(args):
         records.append(rec)
+        if kf is not None:
+            keyframes.append(kf)
         if not args.json:
             if rec["ok"]:
                 out.write(_text(rec) + "\n")
@@ -259,10 +264,13 @@ def run(args: argparse.Namespace, *, out=None) -> int:
     good = [r for r in records if r["ok"]]
     overall = None
     if good:
-        # Files with a single keyframe say nothing about the encoder's GOP: leave them out.
-        gops = [r["gop"]["median"] for r in good if r["gop"]["keyframes"] > 1]
-        overall = suggest_chunk_len(float(np.median(gops))) if gops else _plan_defaults()[0]
-        bounded = bounded_summary(float(np.median(gops)) if gops else None, args)
+        # The loader's median: over every complete interval of every file (files with a single
+        # keyframe have none, and say nothing about the encoder's GOP).
+        from ._bounded import median_gop
+
+        gop = median_gop(np.concatenate(keyframes), np.cumsum([0] + [len(k) for k in keyframes]))
+        overall = suggest_chunk_len(gop) if gop is not None else _plan_defaults()[0]
+        bounded = bounded_summary(gop, args)
     if args.json:
         json.dump({"files": records, "suggested_chunk_len": overall, "default_chunk_len": _plan_defaults()[0],
                    "bounded": bounded if good else None}, out, indent=2)

@@ -6,6 +6,7 @@ import re
 import subprocess
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from helpers import console_script
@@ -275,3 +276,18 @@ def test_inspect_uses_the_index_for_the_container_count(videos_dir, tmp_path, mo
     rc = _cli_inspect.run(SimpleNamespace(paths=[str(path)], stream=None, json=False, no_cache=False), out=out)
     assert rc == 0
     assert "frames 28 (its container claims 50)" in out.getvalue()
+
+
+def test_inspect_takes_the_median_gop_over_all_files_as_the_loader_does(videos_dir, tmp_path):
+    # bikes.mp4 has 5 GOPs of 30-61 frames, the other file 3 of 250: the median of the two
+    # files' medians (150) is not the loader's median over all 8 intervals.
+    from ringload import plan, probe
+    from ringload._bounded import median_gop
+
+    files = [videos_dir / "bikes.mp4", videos_dir / "sample_with_increasing_timestamps_320w_240h.mp4"]
+    kfs = [np.unique(np.asarray(probe(str(f)).keyframes, dtype=np.int64)) for f in files]
+    want = plan.chunk_len_for_gop(median_gop(np.concatenate(kfs), np.cumsum([0] + [len(k) for k in kfs])))
+    proc = _cli("inspect", "--json", *map(str, files), cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["bounded"]["chunk_len"] == doc["suggested_chunk_len"] == want
