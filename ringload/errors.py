@@ -42,6 +42,11 @@ class VideoChangedError(VideoOpenError):
     """The file is not the one that was indexed: its size or modification time differs."""
 
 
+class RemoteReadError(VideoOpenError):
+    """Bytes of a remote object could not be read: the request failed on every retry or ran
+    past its timeout. ``path`` is the URL; the reason names the byte range and the last error."""
+
+
 class NoVideoStreamError(VideoError):
     """The container holds no (decodable) video stream, or the chosen stream is not video."""
 
