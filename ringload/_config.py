@@ -96,6 +96,9 @@ class LoaderConfig:
     on_error: str = "raise"
     timeout_s: float = 300.0
     task_timeout_s: float = 60.0
+    remote_cache_bytes: int = 256 << 20
+    remote_retries: int = 3
+    remote_timeout_s: float = 30.0
 
     def __post_init__(self):
         def need_int(name, low, *, none_ok=False, high=None):
@@ -190,7 +193,9 @@ class LoaderConfig:
             raise ConfigError("pass rank and world_size together (or neither, to take them from torch.distributed)")
         if self.rank is not None and self.rank >= self.world_size:
             raise ConfigError(f"rank={self.rank} must be < world_size={self.world_size}")
-        for name in ("timeout_s", "task_timeout_s"):
+        need_int("remote_cache_bytes", 0)
+        need_int("remote_retries", 0, high=100)
+        for name in ("timeout_s", "task_timeout_s", "remote_timeout_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ConfigError(f"{name}={v!r}: pass a positive number of seconds")

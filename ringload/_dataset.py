@@ -338,7 +338,8 @@ def settings(cfg, data, rank: int, world: int, weights=None) -> dict:
     keep = {
         f.name: getattr(cfg, f.name)
         for f in dataclasses.fields(cfg)
-        if f.name not in ("num_workers", "prefetch_batches", "device", "timeout_s", "task_timeout_s", "rank", "world_size")
+        if f.name not in ("num_workers", "prefetch_batches", "device", "timeout_s", "task_timeout_s", "rank", "world_size",
+                          "remote_cache_bytes", "remote_retries", "remote_timeout_s")
     }
     # Settings added later are left out at their defaults, so states saved before still resume.
     for name, default in _LATER_DEFAULTS.items():

@@ -15,8 +15,15 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .errors import ConfigError, DecodeError, FrameIndexError, VideoChangedError, VideoOpenError
+from . import _remote
 from ._videoinfo import TS_COUNT, TS_PTS, VideoInfo, frame_timestamp
+from .errors import (
+    ConfigError,
+    DecodeError,
+    FrameIndexError,
+    VideoChangedError,
+    VideoOpenError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,10 @@ log = logging.getLogger(__name__)
 # (flush + demuxer seek + refilling the decoder's reorder buffer), so requests closer
 # than this continue forward instead of seeking.
 SEEK_COST_FRAMES = 8
+
+# Bytes fetched past a run of GOPs with it: packets the decoder reads beyond the next
+# keyframe before the run's last frame comes out of its reorder buffer.
+_PREFETCH_TAIL = 64 << 10
 
 # How many earlier keyframes to try when a seek lands after the keyframe asked for,
 # before decoding from the start.
@@ -67,6 +78,8 @@ class VideoReader:
         self.decoded_frames = 0
         self._container = None
         self._fd = None  # descriptor of the file that was checked against info; FFmpeg reads it
+        self._file = None  # the file object FFmpeg reads a remote object or a shard's member through
+        self.gop_bytes = 0  # bytes of the GOPs that decode calls asked for (where their positions are known)
         self._stream = None
         self._frames = None  # live frame generator of the current decode position
         self._last = None  # index of the last frame identified since the last seek
@@ -94,6 +107,9 @@ class VideoReader:
                     self._container = None
                     self._stream = None
         finally:
+            if self._file is not None:
+                f, self._file = self._file, None
+                f.close()
             if self._fd is not None:
                 fd, self._fd = self._fd, None
                 os.close(fd)
@@ -108,18 +124,21 @@ class VideoReader:
         import av
 
         self.close()
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise VideoOpenError(self.path, "no such file (it was indexed: moved or deleted since?)") from None
-        except OSError as exc:
-            raise VideoOpenError(self.path, f"cannot open: {exc.strerror or exc}") from None
-        self._fd = fd
+        if not _remote.is_local(self.path):
+            self._open_object()
+        else:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise VideoOpenError(self.path, "no such file (it was indexed: moved or deleted since?)") from None
+            except OSError as exc:
+                raise VideoOpenError(self.path, f"cannot open: {exc.strerror or exc}") from None
+            self._fd = fd
         try:
             self._check_unchanged()
             try:
                 # FFmpeg opens the very file checked above, whatever the path names by now.
-                self._container = av.open(_fd_path(fd), "r")
+                self._container = av.open(self._file if self._file is not None else _fd_path(self._fd), "r")
             except av.FFmpegError as exc:
                 raise VideoOpenError(self.path, f"FFmpeg cannot open it: {exc.strerror or exc}") from None
             except OSError as exc:
@@ -139,6 +158,35 @@ class VideoReader:
         self._last = None
         self._count = 0
         self._frames = self._generate()
+
+    def _open_object(self) -> None:
+        """Open a remote object or a shard's member (checked against the index) as a file object."""
+        info = self.info
+        self._file, self._fd = _remote.current().open(
+            self.path, offset=info.data_offset, size=info.data_size, expect_size=info.file_size,
+            expect_mtime_ns=info.file_mtime_ns, expect_etag=info.file_etag,
+        )  # fmt: skip
+
+    def _prefetch(self, targets: list[int]) -> None:
+        """Fetch the bytes of the GOPs holding ``targets`` in one request per run of GOPs."""
+        f = self._file
+        pos = self.info.keyframe_pos
+        if f is None or not hasattr(f, "prefetch") or len(pos) == 0 or bool(np.any(pos < 0)):
+            return
+        gops = sorted({max(self._kf_pos(t), 0) for t in targets})
+        size = f.size
+        runs = []
+        for g in gops:
+            if runs and g == runs[-1][1] + 1:
+                runs[-1][1] = g
+            else:
+                runs.append([g, g])
+        for a, b in runs:
+            start = int(pos[a]) if a > 0 else 0
+            end = int(pos[b + 1]) if b + 1 < len(pos) else size
+            self.gop_bytes += max(0, end - start)
+            # The decoder reads a little past the next keyframe (packets it reorders).
+            f.prefetch(start, min(size, end + _PREFETCH_TAIL))
 
     def _check_unchanged(self) -> None:
         """Raise VideoChangedError (closing the reader) when the open file is not the indexed one."""
@@ -249,6 +297,9 @@ class VideoReader:
             wanted.setdefault(i, []).append(pos)
         targets = sorted(wanted)
         try:
+            if self._container is None and self._file is None and not _remote.is_local(self.path):
+                self._open()
+            self._prefetch(targets)
             self._decode_sorted(targets, wanted, sink)
         except _Corrupt as exc:
             # The decoder itself is fine and stands just past the frame: the reader stays usable.

@@ -119,6 +119,13 @@ class TaskRunner:
         self.index = index
         self.readers: collections.OrderedDict = collections.OrderedDict()
         self.infos: collections.OrderedDict = collections.OrderedDict()
+        from . import _remote
+
+        so, cache_bytes, retries, timeout_s = options.storage
+        self.storage = _remote.Storage(so, cache_bytes=cache_bytes, retries=retries, timeout_s=timeout_s)
+        _remote.set_process_storage(self.storage)
+        self._reported = dict.fromkeys(P.REMOTE_COUNTERS, 0)
+        self._gop_bytes = 0  # of readers closed since
 
     def _info(self, video: int):
         info = self.infos.get(video)
@@ -137,6 +144,7 @@ class TaskRunner:
             self.readers[video] = reader
             while len(self.readers) > self.options.max_open:
                 _, old = self.readers.popitem(last=False)
+                self._gop_bytes += old.gop_bytes
                 _close(old)
         self.readers.move_to_end(video)
         return reader
@@ -144,7 +152,16 @@ class TaskRunner:
     def _drop_reader(self, video: int) -> None:
         reader = self.readers.pop(video, None)
         if reader is not None:
+            self._gop_bytes += reader.gop_bytes
             _close(reader)
+
+    def _remote_delta(self) -> tuple:
+        """Counters of remote reads since the last reply (all zero for local files)."""
+        now = self.storage.stats.as_dict()
+        now["gop_bytes"] = self._gop_bytes + sum(r.gop_bytes for r in self.readers.values())
+        delta = tuple(int(now.get(k, 0)) - self._reported[k] for k in P.REMOTE_COUNTERS)
+        self._reported = {k: int(now.get(k, 0)) for k in P.REMOTE_COUNTERS}
+        return delta if any(delta) else ()
 
     def close(self) -> None:
         for video in list(self.readers):
@@ -186,8 +203,8 @@ class TaskRunner:
                 exc = DecodeError(task.path, f"{type(exc).__name__}: {exc}")
             decoded = reader.decoded_frames - before if reader is not None else 0
             self._drop_reader(task.video)
-            return P.Failed(task.task_id, exc, delivered, decoded, idle_s, time.perf_counter() - t1)
-        return P.Done(task.task_id, reader.decoded_frames - before, idle_s, time.perf_counter() - t1)
+            return P.Failed(task.task_id, exc, delivered, decoded, idle_s, time.perf_counter() - t1, self._remote_delta())
+        return P.Done(task.task_id, reader.decoded_frames - before, idle_s, time.perf_counter() - t1, self._remote_delta())
 
 
 def _close(reader) -> None:

@@ -89,7 +89,12 @@ def window_depth(cfg: LoaderConfig, slot_bytes: int, chunk_window: int, workers:
     return min(fit, want)
 
 
-def start_engine(cfg: LoaderConfig, data, chunk_window: int) -> Engine:
+def storage_settings(cfg: LoaderConfig, storage_options: dict | None) -> tuple:
+    """What decoders need to read remote objects: (storage_options, cache bytes, retries, timeout)."""
+    return (dict(storage_options or {}), cfg.remote_cache_bytes, cfg.remote_retries, cfg.remote_timeout_s)
+
+
+def start_engine(cfg: LoaderConfig, data, chunk_window: int, storage_options: dict | None = None) -> Engine:
     """Allocate the ring (sized from the settings and, in bounded mode, the plan's
     ``chunk_window``), register it with the transfer and start the scheduler."""
     import torch
@@ -122,7 +127,8 @@ def start_engine(cfg: LoaderConfig, data, chunk_window: int) -> Engine:
         sched = Scheduler(
             ring=ring, index=data.index, num_workers=workers, paths=data.paths, infos=data.infos, size=(h, w),
             on_error=cfg.on_error,
-            options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s, orientation=cfg.orientation, decoder_threads=threads),
+            options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s, orientation=cfg.orientation, decoder_threads=threads,
+                                     storage=storage_settings(cfg, storage_options)),
             quarantined=data.quarantined,
         )
         sched.start()

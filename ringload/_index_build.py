@@ -7,13 +7,25 @@ whole stream is decoded and what decodes wins. docs/indexing.md explains the rul
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from fractions import Fraction
 
 import numpy as np
 
+from . import _remote
+from ._videoinfo import (
+    TS_COUNT,
+    TS_DTS,
+    TS_PTS,
+    VideoInfo,
+    _exact_orientation,
+    _fps_from,
+    _seconds,
+    display_orientation,
+)
 from .errors import DecodeError, NoVideoStreamError, VideoOpenError
-from ._videoinfo import TS_COUNT, TS_DTS, TS_PTS, VideoInfo, _exact_orientation, _fps_from, _seconds, display_orientation
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +38,36 @@ _PACKET_EXACT = frozenset(
 )
 
 
-def _open(path: str):
+@contextlib.contextmanager
+def _open(path: str, loc: dict | None = None):
+    """The container of ``path``: a local file by name, anything else through the current
+    storage (``loc``: the member's byte range and the object's identity)."""
     import av
 
+    f = fd = None
     try:
-        return av.open(path, "r")
-    except av.FFmpegError as exc:
-        raise VideoOpenError(path, f"FFmpeg cannot open it: {exc}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise VideoOpenError(path, f"cannot open: {exc}") from None
+        if _remote.is_local(path):
+            target = path
+        else:
+            loc = loc or {}
+            f, fd = _remote.current().open(
+                path, offset=loc.get("data_offset", 0), size=loc.get("data_size", -1),
+                expect_size=loc.get("file_size", -1), expect_etag=loc.get("file_etag", ""),
+            )  # fmt: skip
+            target = f
+        try:
+            c = av.open(target, "r")
+        except av.FFmpegError as exc:
+            raise VideoOpenError(path, f"FFmpeg cannot open it: {exc}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise VideoOpenError(path, f"cannot open: {exc}") from None
+        with c:
+            yield c
+    finally:
+        if f is not None:
+            f.close()
+        if fd is not None:
+            os.close(fd)
 
 
 def _is_attached_pic(st) -> bool:
@@ -229,13 +262,13 @@ def _packet_index(container, st, codec: str):
     return arr, key_pts, discarded
 
 
-def _discarded_packets(path: str, stream_index: int) -> int:
+def _discarded_packets(path: str, stream_index: int, loc: dict | None = None) -> int:
     """Packets of the stream that the container marks to be dropped (before an edit list's start)."""
     import av
 
     n = 0
     try:
-        with _open(path) as c:
+        with _open(path, loc) as c:
             for pkt in c.demux(list(c.streams)[stream_index]):
                 if pkt.size and pkt.is_discard:
                     n += 1
@@ -244,14 +277,15 @@ def _discarded_packets(path: str, stream_index: int) -> int:
     return n
 
 
-def _verify(path: str, stream_index: int, pts: np.ndarray, keyframes: np.ndarray, tb: Fraction, threads: int | None):
+def _verify(path: str, stream_index: int, pts: np.ndarray, keyframes: np.ndarray, tb: Fraction, threads: int | None,
+            loc: dict | None = None):
     """Decode the first GOP and the last GOP through the reader; return (ok, first frame or None)."""
     from ._decode import VideoReader
 
     n = len(pts)
     provisional = VideoInfo(
         path=path, stream=stream_index, num_frames=n, pts=pts, pts_seconds=_seconds(pts, tb), keyframes=keyframes,
-        fps=0.0, width=0, height=0, rotation=0, codec="", pix_fmt="", time_base=tb,
+        fps=0.0, width=0, height=0, rotation=0, codec="", pix_fmt="", time_base=tb, **(loc or {}),
     )
     first = []
 
@@ -265,7 +299,7 @@ def _verify(path: str, stream_index: int, pts: np.ndarray, keyframes: np.ndarray
     # Indexing counts what decodes: a concealed (corrupt) frame is still a frame of the stream.
     reader = VideoReader(path, provisional, threads=1 if threads is None else threads, allow_corrupt=True)
     try:
-        reader.decode(range(0, head), keep_first)
+        reader.decode(range(head), keep_first)
         if len(keyframes) > 1:
             reader.decode(range(int(keyframes[-1]), n), lambda pos, frame: None)
         extra = reader.drain()
@@ -318,9 +352,11 @@ def _seek_is_exact(path: str, info: VideoInfo, threads: int | None) -> bool:
     return all(np.array_equal(through[i], seeked[i]) for i in span)
 
 
-def _build(path: str, stream: int | None, threads: int | None = None) -> VideoInfo:
-
-    with _open(path) as c:
+def _build(path: str, stream: int | None, threads: int | None = None, loc: dict | None = None) -> VideoInfo:
+    """The index of ``path``; ``loc`` (VideoInfo fields: the object's identity, a member's
+    byte range) says how to open it when it is not a local file."""
+    loc = dict(loc or {})
+    with _open(path, loc) as c:
         st = select_stream(c, path, stream)
         idx = st.index
         cc = st.codec_context
@@ -348,12 +384,12 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
     if packet_pts is not None and len(packet_pts) > 0 and key_pts:
         pos = {int(p): i for i, p in enumerate(packet_pts)}
         keyframes = np.asarray(sorted(pos[p] for p in key_pts), dtype=np.int64)
-        ok, first = _verify(path, idx, packet_pts, keyframes, tb, threads)
+        ok, first = _verify(path, idx, packet_pts, keyframes, tb, threads, loc)
         if ok:
             ts = packet_pts
             key_pos = np.asarray([key_pts[int(packet_pts[k])] for k in keyframes], dtype=np.int64)
     if ts is None:
-        with _open(path) as c:
+        with _open(path, loc) as c:
             st = list(c.streams)[idx]
             pts_l, dts_l, key_l, first, error = _decode_all(c, st, path, threads)
         if not pts_l:
@@ -374,7 +410,7 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
         candidate = VideoInfo(
             path=path, stream=idx, num_frames=len(ts), pts=ts, pts_seconds=_seconds(ts, tb), keyframes=keyframes,
             fps=0.0, width=0, height=0, rotation=0, codec=codec, pix_fmt="", time_base=tb, timestamps=rule,
-            decoder=decoder,
+            decoder=decoder, **loc,
         )
         if not _seek_is_exact(path, candidate, threads):
             log.warning(
@@ -391,7 +427,7 @@ def _build(path: str, stream: int | None, threads: int | None = None) -> VideoIn
     container_frames = -1
     if header_frames > 0:
         if header_frames > n and discarded is None:
-            discarded = _discarded_packets(path, idx)
+            discarded = _discarded_packets(path, idx, loc)
         container_frames = max(1, header_frames - (discarded or 0))
     if container_frames > n:
         log.warning(

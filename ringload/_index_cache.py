@@ -41,7 +41,9 @@ def _cache_dir(cache) -> str | None:
 
 
 def _cache_key(path: str, st: os.stat_result, stream: int | None) -> str:
-    ident = json.dumps([path, st.st_size, st.st_mtime_ns, stream, CACHE_FORMAT])
+    # ``st`` may also be a remote object's identity (size, etag; a member's byte range).
+    extra = [getattr(st, "etag", ""), getattr(st, "offset", 0), getattr(st, "length", -1)]
+    ident = json.dumps([path, st.st_size, st.st_mtime_ns, stream, CACHE_FORMAT, *extra])
     return hashlib.sha256(ident.encode()).hexdigest()
 
 
@@ -85,6 +87,7 @@ _ENTRY_KEYS = frozenset(
         "format", "path", "stream", "num_frames", "pts", "keyframes", "fps", "width", "height", "rotation",
         "codec", "pix_fmt", "time_base", "timestamps", "file_size", "file_mtime_ns",
         "display_matrix", "display_rotation", "display_hflip", "container_frames", "decoder", "keyframe_pos",
+        "file_etag", "data_offset", "data_size",
     }
 )  # fmt: skip
 _I64 = 1 << 63
@@ -111,6 +114,10 @@ def _check_entry(d, path: str, st: os.stat_result, stream: int | None) -> None:
         raise ValueError("entry is for another file (path, size or mtime differ)")
     if not _is_int(d["file_size"]) or not _is_int(d["file_mtime_ns"]):
         raise ValueError("file_size or file_mtime_ns is not an int")
+    if (d["file_etag"], d["data_offset"], d["data_size"]) != (
+        getattr(st, "etag", ""), getattr(st, "offset", 0), getattr(st, "length", -1)
+    ):
+        raise ValueError("entry is for another object version or member (etag, offset or size differ)")
     if not _is_int(d["stream"], 0, 1 << 20) or (stream is not None and d["stream"] != stream):
         raise ValueError("stream is wrong")
     n = d["num_frames"]

@@ -34,7 +34,7 @@ MAGIC = b"RINGIDX\0"
 #: Version of the file layout; a reader refuses any other (``ringload index --out`` rebuilds).
 FORMAT_VERSION = 1
 #: Columns this reader understands; a file whose ``required`` lists another is refused.
-KNOWN_FEATURES = frozenset({"base"})
+KNOWN_FEATURES = frozenset({"base", "members"})  # members: rows that are byte ranges of tar shards
 SUFFIX = ".ringindex"
 _PREFIX = struct.Struct("<8sIII")  # magic, format version, header length, header CRC-32
 _ALIGN = 64
@@ -182,6 +182,13 @@ class IndexFile:
                 raise ValueError(f"offsets {off} do not cover {data}")
         if len(c["keyframe_pos"]) != len(c["keyframes"]):
             raise ValueError("keyframe_pos and keyframes differ in length")
+        for name in ("data_offset", "data_size"):
+            if name in c and len(c[name]) != n:
+                raise ValueError(f"column {name} has {len(c[name])} rows for {n} videos")
+        if "etag_off" in c:
+            o = c["etag_off"]
+            if len(o) != n + 1 or o[0] != 0 or o[-1] != len(c["etag_data"]) or bool(np.any(np.diff(o) < 0)):
+                raise ValueError("offsets etag_off do not cover etag_data")
         ok = c["ok"].astype(bool)
         nf, step = c["num_frames"], c["pts_step"]
         exact = np.diff(c["pts_off"])
@@ -275,6 +282,9 @@ class IndexFile:
             display_rotation=int(c["display_rotation"][i]), display_hflip=bool(c["display_hflip"][i]),
             container_frames=int(c["container_frames"][i]), decoder=self._cat("decoder", i),
             keyframe_pos=c["keyframe_pos"][int(o[i]) : int(o[i + 1])],
+            file_etag=self._string("etag", i) if "etag_off" in c else "",
+            data_offset=int(c["data_offset"][i]) if "data_offset" in c else 0,
+            data_size=int(c["data_size"][i]) if "data_size" in c else -1,
         )  # fmt: skip
 
     def infos(self, cache: int = 4096) -> IndexInfos:

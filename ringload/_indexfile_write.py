@@ -22,7 +22,6 @@ from ._indexfile import (
     _ROW,
     _ROW2,
     FORMAT_VERSION,
-    KNOWN_FEATURES,
     MAGIC,
     IndexFile,
     _data_start,
@@ -89,7 +88,9 @@ def columns_from_rows(rows, *, labels=None, weights=None) -> tuple[dict, dict]:
             cats[cat].append(value)
         codes[cat][i] = table[value]
 
-    paths, errors = [], []
+    paths, errors, etags = [], [], []
+    data_offset = np.zeros(n, dtype="<i8")
+    data_size = np.full(n, -1, dtype="<i8")
     pts_parts, kf_parts, kp_parts = [], [], []
     pts_len = np.zeros(n, dtype="<i8")
     kf_len = np.zeros(n, dtype="<i8")
@@ -98,6 +99,7 @@ def columns_from_rows(rows, *, labels=None, weights=None) -> tuple[dict, dict]:
             path, etype, reason = r
             paths.append(os.fspath(path))
             errors.append(str(reason))
+            etags.append("")
             code("error_type", i, str(etype))
             for cat in ("codec", "decoder", "pix_fmt", "timestamps"):
                 code(cat, i, "")
@@ -106,6 +108,8 @@ def columns_from_rows(rows, *, labels=None, weights=None) -> tuple[dict, dict]:
             continue
         paths.append(r.path)
         errors.append("")
+        etags.append(r.file_etag)
+        data_offset[i], data_size[i] = r.data_offset, r.data_size
         code("error_type", i, "")
         c = cols
         c["ok"][i] = 1
@@ -131,6 +135,11 @@ def columns_from_rows(rows, *, labels=None, weights=None) -> tuple[dict, dict]:
         kf_len[i] = len(r.keyframes)
     cols["path_off"], cols["path_data"] = _strings(paths)
     cols["error_off"], cols["error_data"] = _strings(errors)
+    # Remote objects' versions and tar members' byte ranges: columns only where some row has one.
+    if any(etags):
+        cols["etag_off"], cols["etag_data"] = _strings(etags)
+    if bool(np.any(data_offset != 0)) or bool(np.any(data_size != -1)):
+        cols["data_offset"], cols["data_size"] = data_offset, data_size
     for cat in _CATEGORIES:
         cols[cat] = codes[cat]
     cols["pts_off"] = np.concatenate([[0], np.cumsum(pts_len)]).astype("<i8")
@@ -162,7 +171,9 @@ def write_index(dest, cols: dict, cats: dict, meta: dict | None = None) -> int:
         blobs.append(b)
         off += len(b) + (-len(b)) % _ALIGN
     header = {
-        "format": FORMAT_VERSION, "videos": n, "required": sorted(KNOWN_FEATURES), "columns": specs,
+        "format": FORMAT_VERSION, "videos": n,
+        # A reader that ignored members' byte ranges would decode whole shards: it must refuse.
+        "required": ["base", "members"] if "data_offset" in cols else ["base"], "columns": specs,
         "categories": {k: list(v) for k, v in cats.items()}, "meta": meta or {}, "data_size": off,
     }  # fmt: skip
     # Column offsets count from the data start: the header's end, aligned.

@@ -46,7 +46,17 @@ def loader_stats(loader) -> dict:
         "max_per_chunk": plan.max_per_chunk if plan is not None and sampling == "bounded" else None,
         "bounded_rule": loader._data.bounded.reason if loader._data.bounded is not None else None,
         **design_effect(loader.config.batch_size, plan),
+        "remote": remote_stats(sc, loader.config.remote_cache_bytes),
     }
+
+
+def remote_stats(counters, cache_bytes: int) -> dict:
+    """Reads of remote objects and shard members, summed over the decoders (zeros for local files)."""
+    from ._protocol import REMOTE_COUNTERS
+
+    out = {k: int(counters.get("remote_" + k, 0)) for k in REMOTE_COUNTERS}
+    out["cache_bytes"] = int(cache_bytes)
+    return out
 
 
 def design_effect(batch_size: int, plan) -> dict:

@@ -40,6 +40,8 @@ class DecoderOptions:
     info_cache: int = 256
     threads: int = 1
     orientation: str = "display"  # "display": turn frames as the video's display matrix says
+    # How remote objects and shards are read: (storage_options, cache_bytes, retries, timeout_s).
+    storage: tuple = ({}, 256 << 20, 3, 30.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,7 @@ class Done:
     decoded_frames: int
     idle_s: float
     busy_s: float
+    remote: tuple = ()  # counters of reads since the last reply (REMOTE_COUNTERS order)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -106,7 +109,11 @@ class Failed:
     decoded_frames: int
     idle_s: float
     busy_s: float
+    remote: tuple = ()
 
+
+# What Done.remote and Failed.remote count, in order (stats()["remote"]).
+REMOTE_COUNTERS = ("bytes_fetched", "requests", "retries", "cache_hits", "cache_misses", "header_hits", "gop_bytes")
 
 _MESSAGES = (Hello, Ring, Ready, Task, Done, Failed)
 

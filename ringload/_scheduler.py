@@ -41,6 +41,7 @@ class SchedulerOptions:
     max_open: int = 4
     orientation: str = "display"
     decoder_threads: int = 1
+    storage: tuple = ({}, 256 << 20, 3, 30.0)  # _protocol.DecoderOptions.storage
 
 
 class Scheduler:
@@ -196,7 +197,8 @@ class Scheduler:
         opts = self.options
         self._pool = DecoderPool(
             owner=self, loop=loop, ring=self.ring, index=self.index, num_workers=self.num_workers,
-            options=P.DecoderOptions(max_open=opts.max_open, orientation=opts.orientation, threads=opts.decoder_threads),
+            options=P.DecoderOptions(max_open=opts.max_open, orientation=opts.orientation, threads=opts.decoder_threads,
+                                     storage=opts.storage),
             startup_timeout_s=max(MIN_STARTUP_TIMEOUT_S, opts.task_timeout_s),
         )
         try:
@@ -237,6 +239,8 @@ class Scheduler:
         elif isinstance(msg, (P.Done, P.Failed)):
             self.counters["decoder_idle_s"] += msg.idle_s
             self.counters["decoder_busy_s"] += msg.busy_s
+            for name, v in zip(P.REMOTE_COUNTERS, msg.remote):
+                self.counters["remote_" + name] += int(v)
             work = self._pool.finished(dec, msg.task_id)
             if work is None:
                 return

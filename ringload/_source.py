@@ -6,10 +6,12 @@ import csv
 import dataclasses
 import glob
 import heapq
+import io
 import json
 import logging
 import math
 import os
+import posixpath
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +29,9 @@ VIDEO_EXTENSIONS = frozenset(
 )  # fmt: skip
 
 MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".ndjson"})
+
+#: File name endings read as tar shards of videos (uncompressed: members are byte ranges).
+SHARD_EXTENSIONS = frozenset({".tar"})
 
 # Separators accepted inside a CSV `labels` cell ("cat;dog" or "cat|dog").
 _LABEL_SEPARATORS = (";", "|")
@@ -46,7 +51,8 @@ class Source:
     ``segments`` (float64 (N, 2): each row's [start, end) in seconds, 0 and inf where not
     given; None when no row has ``start``/``end``), ``meta`` (its other columns: name ->
     one value per row, None where a row lacks it), ``manifest`` and ``lines`` (each row's
-    line in it, for errors)."""
+    line in it, for errors). ``members`` (int64 (N, 2): a tar member's offset and size in
+    its shard, -1 for rows that are not members; None when none is) comes from shards."""
 
     paths: list[str]
     labels: np.ndarray | None = None
@@ -57,9 +63,10 @@ class Source:
     meta: dict[str, list] | None = None
     manifest: str | None = None
     lines: np.ndarray | None = None
+    members: np.ndarray | None = None
 
     def __post_init__(self):
-        for name in ("labels", "weights", "segments", "lines"):
+        for name in ("labels", "weights", "segments", "lines", "members"):
             if getattr(self, name) is not None and len(getattr(self, name)) != len(self.paths):
                 raise ValueError(f"Source: {name} and paths differ in length")
 
@@ -77,7 +84,7 @@ def _is_video(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
 
 
-def _scan_dir(folder: str, on_error: str = "raise") -> list[str]:
+def _scan_dir(folder: str, on_error: str = "raise", exts=VIDEO_EXTENSIONS) -> list[str]:
     """Video files under ``folder``, following links, sorted by their path relative to it.
 
     Each real file is listed once, under the first of its names in that order, and a folder
@@ -108,7 +115,7 @@ def _scan_dir(folder: str, on_error: str = "raise") -> list[str]:
                 is_dir = False
             if is_dir:
                 heapq.heappush(heap, ([*parts, e.name], e.path))
-            elif _is_video(e.name) and not e.name.startswith("."):
+            elif os.path.splitext(e.name)[1].lower() in exts and not e.name.startswith("."):
                 try:
                     linked = e.is_symlink()
                 except OSError:
@@ -155,10 +162,21 @@ def resolve_source(
         text = os.fspath(source)
         if not text:
             raise ConfigError("source='' is empty: pass a directory, glob, list of paths or manifest")
+        from . import _remote
+
+        if text.startswith("file://"):
+            text = text[len("file://") :]
+        if _remote.split_member(text):
+            return Source(paths=[_remote.normalize(text)])
+        if _remote.is_url(text):
+            return _resolve_url(text)
         if os.path.isdir(text):
             folder = os.path.abspath(text)
             paths = _scan_dir(folder, on_error)
             if not paths:
+                shards = _scan_dir(folder, on_error, exts=SHARD_EXTENSIONS)
+                if shards:
+                    return _with_shards(shards, on_error)
                 exts = ", ".join(sorted(VIDEO_EXTENSIONS))
                 raise ConfigError(f"source={text!r}: the directory holds no video files (looked for {exts})")
             return Source(paths=paths)
@@ -169,12 +187,12 @@ def resolve_source(
                 return source_from_index(text)
             if os.path.splitext(text)[1].lower() in MANIFEST_EXTENSIONS:
                 return _read_manifest(text)
-            return Source(paths=[os.path.abspath(text)])
+            return _with_shards([os.path.abspath(text)], on_error)
         if glob.has_magic(text):
             paths = sorted(os.path.abspath(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p))
             if not paths:
                 raise ConfigError(f"source={text!r}: the glob pattern matches no files")
-            return Source(paths=paths)
+            return _with_shards(paths, on_error)
         raise ConfigError(f"source={text!r}: no such file or directory (and not a glob pattern)")
     if isinstance(source, (bytes, bytearray)):
         raise ConfigError("source: pass paths as str, not bytes")
@@ -191,15 +209,76 @@ def resolve_source(
         paths.append(os.fspath(item))
     if not paths:
         raise ConfigError("source=[]: the list of paths is empty")
-    return Source(paths=paths)
+    return _with_shards(paths, on_error)
+
+
+def _with_shards(paths: list[str], on_error: str) -> Source:
+    """``paths``, with every tar shard among them replaced by its video members."""
+    if not any(is_shard(p) for p in paths):
+        return Source(paths=paths)
+    from ._shards import shards_source
+
+    return shards_source(paths, on_error)
+
+
+def is_shard(path: str) -> bool:
+    """A tar shard (by its name), not a member of one."""
+    from . import _remote
+
+    return not _remote.split_member(path) and os.path.splitext(path)[1].lower() in SHARD_EXTENSIONS
+
+
+def _resolve_url(url: str) -> Source:
+    """A URL: an object (video, shard, manifest or index file), a folder, or a glob."""
+    from . import _remote
+    from ._indexfile import SUFFIX
+
+    storage = _remote.current()
+    fs, path = storage.filesystem(url)
+    protocol = url.split("://", 1)[0]
+
+    def listed(found) -> list[str]:
+        return sorted(p if _remote.is_url(p) else f"{protocol}://{p.lstrip('/')}" if protocol != "file" else p
+                      for p in found)  # fmt: skip
+
+    if glob.has_magic(path):
+        found = [p for p, d in fs.glob(path, detail=True).items() if d.get("type") != "directory"]
+        if not found:
+            raise ConfigError(f"source={url!r}: the glob pattern matches no objects")
+        return _with_shards(listed(found), "raise")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in VIDEO_EXTENSIONS or ext in SHARD_EXTENSIONS:
+        return _with_shards([url], "raise")
+    if ext in MANIFEST_EXTENSIONS:
+        return _read_manifest(url)
+    if ext == SUFFIX:
+        from ._indexfile import source_from_index
+
+        return source_from_index(_remote.local_copy(url))
+    try:
+        is_dir = fs.isdir(path)
+    except Exception as exc:  # noqa: BLE001 - any client error: say what failed
+        raise ConfigError(f"source={url!r}: cannot list it ({type(exc).__name__}: {exc})") from None
+    if is_dir:
+        found = [p for p in fs.find(path) if os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS]
+        if not found:
+            found = [p for p in fs.find(path) if os.path.splitext(p)[1].lower() in SHARD_EXTENSIONS]
+        if not found:
+            exts = ", ".join(sorted(VIDEO_EXTENSIONS | SHARD_EXTENSIONS))
+            raise ConfigError(f"source={url!r}: the folder holds no video files or tar shards (looked for {exts})")
+        return _with_shards(listed(found), "raise")
+    return Source(paths=[url])
 
 
 def _read_manifest(manifest: str) -> Source:
-    folder = os.path.dirname(os.path.abspath(manifest))
+    from . import _remote
+
+    remote = _remote.is_url(manifest)
+    folder = posixpath.dirname(manifest) if remote else os.path.dirname(os.path.abspath(manifest))
     ext = os.path.splitext(manifest)[1].lower()
     rows: list[tuple[int, dict]] = []  # (line number, record)
     try:
-        with open(manifest, encoding="utf-8", newline="") as fh:
+        with _manifest_text(manifest) as fh:
             if ext == ".csv":
                 reader = csv.DictReader(fh)
                 if not reader.fieldnames or "path" not in [f.strip() for f in reader.fieldnames]:
@@ -224,6 +303,23 @@ def _read_manifest(manifest: str) -> Source:
         raise ConfigError(f"{manifest}: cannot read the manifest ({exc.strerror or exc})") from None
     if not rows:
         raise ConfigError(f"{manifest}: the manifest lists no videos")
+    return rows_source(manifest, rows, folder)
+
+
+def _manifest_text(manifest: str):
+    from . import _remote
+
+    if not _remote.is_url(manifest):
+        return open(manifest, encoding="utf-8", newline="")
+    data = _remote.current().read_all(manifest)
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline="")
+
+
+def rows_source(manifest: str, rows: list[tuple[int, dict]], folder: str | None, *, members=None,
+                lines: bool = True) -> Source:
+    """A Source of manifest-like records (line number, {"path", "label"/"labels", "weight",
+    "start", "end", other columns}); relative paths are resolved against ``folder``."""
+    from . import _remote
 
     paths = []
     single: list = []
@@ -234,7 +330,12 @@ def _read_manifest(manifest: str) -> Source:
         if not isinstance(p, str) or not p.strip():
             raise ConfigError(f"{manifest}: line {lineno}: missing or empty 'path'")
         p = p.strip()
-        paths.append(p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p)))
+        if folder is None or not _remote.is_local(p) or os.path.isabs(p):
+            paths.append(p)
+        elif _remote.is_url(folder):
+            paths.append(posixpath.normpath(posixpath.join(folder, p)).replace(":/", "://", 1))
+        else:
+            paths.append(os.path.normpath(os.path.join(folder, p)))
         has_label = rec.get("label") not in (None, "")
         # A present but empty 'labels' cell is a video with none of the classes (all zeros).
         has_labels = rec.get("labels") is not None
@@ -258,8 +359,8 @@ def _read_manifest(manifest: str) -> Source:
             multi.append((lineno, None))
 
     extra = dict(
-        segments=_segments(manifest, rows), meta=_meta(rows), manifest=manifest,
-        lines=np.asarray([lineno for lineno, _ in rows], dtype=np.int64),
+        segments=_segments(manifest, rows), meta=_meta(rows), manifest=manifest if lines else None,
+        lines=np.asarray([lineno for lineno, _ in rows], dtype=np.int64) if lines else None, members=members,
     )
     n_single = sum(v is not None for _, v in single)
     n_multi = sum(v is not None for _, v in multi)

@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 # Bump when the meaning or layout of a cache entry changes: old entries are then ignored.
 # 3: the display matrix and the orientation derived from it; 4: container_frames and decoder;
-# 5: keyframe_pos.
-CACHE_FORMAT = 5
+# 5: keyframe_pos; 6: file_etag, data_offset and data_size (remote objects, tar members).
+CACHE_FORMAT = 6
 
 # How frames are delivered: "display" as a player shows them (the display matrix applied),
 # "coded" as the decoder outputs them.
@@ -52,6 +52,9 @@ class VideoInfo:
     (``ringload.probe.short_files_warning``). ``keyframe_pos`` is the byte position in the
     file of each keyframe's packet (int64, one per keyframe; -1: unknown, e.g. for files
     indexed by a full decode), for reads of exactly a GOP's bytes from remote storage.
+    ``file_etag`` is a remote object's version (its ETag or version id; "": local or
+    unknown). A member of a tar shard is bytes [``data_offset``, ``data_offset + data_size``)
+    of its shard, whose size and version ``file_*`` then describe (-1: the whole file).
     """
 
     path: str
@@ -76,6 +79,9 @@ class VideoInfo:
     container_frames: int = -1
     decoder: str = ""
     keyframe_pos: np.ndarray | None = None
+    file_etag: str = ""
+    data_offset: int = 0
+    data_size: int = -1
 
     def __post_init__(self):
         kp = self.keyframe_pos
@@ -144,6 +150,9 @@ class VideoInfo:
             "container_frames": self.container_frames,
             "decoder": self.decoder,
             "keyframe_pos": self.keyframe_pos.tolist(),
+            "file_etag": self.file_etag,
+            "data_offset": self.data_offset,
+            "data_size": self.data_size,
         }
 
     @classmethod
@@ -175,6 +184,9 @@ class VideoInfo:
             container_frames=int(d["container_frames"]),
             decoder=str(d["decoder"]),
             keyframe_pos=np.asarray(d["keyframe_pos"], dtype=np.int64),
+            file_etag=str(d["file_etag"]),
+            data_offset=int(d["data_offset"]),
+            data_size=int(d["data_size"]),
         )
 
 

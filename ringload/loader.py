@@ -170,6 +170,10 @@ class VideoLoader:
         on_error: str = "raise",
         timeout_s: float = 300.0,
         task_timeout_s: float = 60.0,
+        storage_options: dict | None = None,
+        remote_cache_bytes: int = 256 << 20,
+        remote_retries: int = 3,
+        remote_timeout_s: float = 30.0,
     ):
         self.config = cfg = LoaderConfig(
             batch_size=batch_size, sample=sample, clip_len=clip_len, frame_stride=frame_stride, fps=fps,
@@ -180,7 +184,9 @@ class VideoLoader:
             num_workers=num_workers, decoder_threads=decoder_threads, prefetch_batches=prefetch_batches,
             ring_bytes=ring_bytes, device=str(device), drop_last=drop_last,
             rank=rank, world_size=world_size, on_error=on_error, timeout_s=timeout_s, task_timeout_s=task_timeout_s,
+            remote_cache_bytes=remote_cache_bytes, remote_retries=remote_retries, remote_timeout_s=remote_timeout_s,
         )
+        from . import _remote
         from ._source import resolve_source
 
         _refuse_in_a_spawned_import()
@@ -189,7 +195,15 @@ class VideoLoader:
         self._owner_pid = os.getpid()
         if weights is not None and weights is not False:
             check_weighted("weights", cfg)
-        self.source = resolve_source(source, on_error=cfg.on_error)
+        # Credentials stay out of the config (its settings are saved with every state_dict).
+        storage_options = _remote.check_storage_options(storage_options)
+        storage = _remote.Storage(storage_options, cache_bytes=cfg.remote_cache_bytes, retries=cfg.remote_retries,
+                                  timeout_s=cfg.remote_timeout_s)  # fmt: skip
+        with _remote.using(storage):
+            self.source = resolve_source(source, on_error=cfg.on_error)
+            self._load(cfg, weights, samples, storage_options)
+
+    def _load(self, cfg, weights, samples, storage_options) -> None:
         weights = resolve_weights(weights, self.source, cfg)
         if cfg.balance is not None and self.source.labels is None:
             raise ConfigError(f"balance={cfg.balance!r} needs labels: a manifest with a 'label' or 'labels' column")
@@ -212,7 +226,8 @@ class VideoLoader:
         self._fingerprint = digest(self._settings)
         self._counters = {"batches": 0, "samples": 0, "frames": 0, "wait_s": 0.0, "busy_s": 0.0}
         self._t_first = None
-        self._engine = eng = start_engine(cfg, data, plan.chunk_window if cfg.sampling == "bounded" else 1)
+        self._engine = eng = start_engine(cfg, data, plan.chunk_window if cfg.sampling == "bounded" else 1,
+                                          storage_options)
         self._sched, self._transfer = eng.sched, eng.transfer
         self._finalizer = weakref.finalize(self, _release, eng.sched, eng.transfer, eng.ring, self._owner_pid)
 

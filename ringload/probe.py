@@ -13,9 +13,23 @@ import os
 import signal
 import sys
 
-from .errors import ConfigError, VideoError, VideoOpenError
-from ._index_build import _build, _fill, _timestamp_rule, _vp8_shown, _vp9_shown, select_stream  # noqa: F401
-from ._index_cache import _cache_dir, _cache_key, _cache_load, _cache_store, _cache_trusted, default_cache_dir  # noqa: F401
+from . import _remote
+from ._index_build import (  # noqa: F401
+    _build,
+    _fill,
+    _timestamp_rule,
+    _vp8_shown,
+    _vp9_shown,
+    select_stream,
+)
+from ._index_cache import (  # noqa: F401
+    _cache_dir,
+    _cache_key,
+    _cache_load,
+    _cache_store,
+    _cache_trusted,
+    default_cache_dir,
+)
 from ._videoinfo import (  # noqa: F401
     CACHE_FORMAT,
     ORIENTATIONS,
@@ -29,36 +43,78 @@ from ._videoinfo import (  # noqa: F401
     short_files,
     short_files_warning,
 )
+from .errors import ConfigError, VideoError, VideoOpenError
 
 log = logging.getLogger(__name__)
 
 
-def probe(path: str | os.PathLike, *, stream: int | None = None, cache: bool | str | os.PathLike = True) -> VideoInfo:
+def probe(path: str | os.PathLike, *, stream: int | None = None, cache: bool | str | os.PathLike = True,
+          storage_options: dict | None = None) -> VideoInfo:
     """Index one video stream: frame count, timestamps, keyframes, size, codec.
 
-    ``stream`` is the container's stream index (default: the best video stream, see
-    docs/indexing.md). ``cache`` is True (the default cache directory: ``RINGLOAD_CACHE_DIR``,
-    else ``$XDG_CACHE_HOME/ringload`` or ``~/.cache/ringload``), a directory, or False.
+    ``path`` is a local file, an fsspec URL (``s3://bucket/a.mp4``; ``storage_options``
+    go to fsspec) or a member of a tar shard (``tar://a.mp4::shard.tar``). ``stream`` is
+    the container's stream index (default: the best video stream, see docs/indexing.md).
+    ``cache`` is True (the default cache directory: ``RINGLOAD_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/ringload`` or ``~/.cache/ringload``), a directory, or False.
     Raises a :class:`ringload.VideoError` subclass naming the file when it cannot be used.
     """
-    return _probe(path, stream=stream, cache=cache, threads=None)
+    storage = _remote.Storage(storage_options) if storage_options is not None else None
+    with _remote.using(storage):
+        return _probe(path, stream=stream, cache=cache, threads=None)
 
 
-def _probe(path, *, stream, cache, threads: int | None) -> VideoInfo:
-    path = os.path.abspath(os.fspath(path))
+@dataclasses.dataclass(frozen=True)
+class _Ident:
+    """What identifies the bytes behind a path, for the cache: like ``os.stat_result``'s
+    size and mtime, plus a remote object's version and a member's byte range."""
+
+    st_size: int
+    st_mtime_ns: int
+    etag: str = ""
+    offset: int = 0
+    length: int = -1
+
+
+def _identify(path: str, member: tuple[int, int] | None) -> _Ident:
+    outer = _remote.container_of(path)
+    if _remote.is_url(outer):
+        size, etag = _remote.current().identity(outer)
+        mtime = -1
+    else:
+        try:
+            st = os.stat(outer)
+        except FileNotFoundError:
+            raise VideoOpenError(path, "no such file") from None
+        except OSError as exc:
+            raise VideoOpenError(path, f"cannot stat: {exc.strerror or exc}") from None
+        if not os.path.isfile(outer):
+            raise VideoOpenError(path, "not a regular file")
+        size, etag, mtime = st.st_size, "", st.st_mtime_ns
+    if size == 0:
+        raise VideoOpenError(path, "empty file (0 bytes)")
+    if _remote.split_member(path) is None:
+        return _Ident(size, mtime, etag)
+    if member is None:
+        member = _find_member(path)
+    offset, length = int(member[0]), int(member[1])
+    if offset < 0 or length <= 0 or offset + length > size:
+        raise VideoOpenError(path, f"member bytes {offset}-{offset + length} do not lie inside its shard ({size} bytes)")
+    return _Ident(size, mtime, etag, offset, length)
+
+
+def _find_member(path: str) -> tuple[int, int]:
+    """(offset, size) of a member, by scanning its shard (when no source listed it)."""
+    from ._tarshard import find_member
+
+    return find_member(path)
+
+
+def _probe(path, *, stream, cache, threads: int | None, member: tuple[int, int] | None = None) -> VideoInfo:
+    path = _remote.normalize(path)
     if stream is not None and (isinstance(stream, bool) or not isinstance(stream, int) or stream < 0):
         raise ConfigError(f"probe(stream={stream!r}): stream must be a stream index (int >= 0) or None")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise VideoOpenError(path, "no such file") from None
-    except OSError as exc:
-        raise VideoOpenError(path, f"cannot stat: {exc.strerror or exc}") from None
-    if not os.path.isfile(path):
-        raise VideoOpenError(path, "not a regular file")
-    if st.st_size == 0:
-        raise VideoOpenError(path, "empty file (0 bytes)")
-
+    st = _identify(path, member)
     cache_dir = _cache_dir(cache)
     key = None
     if cache_dir is not None:
@@ -69,7 +125,9 @@ def _probe(path, *, stream, cache, threads: int | None) -> VideoInfo:
         info = _cache_load(cache_dir, key, path, st, stream)
         if info is not None:
             return info
-    info = dataclasses.replace(_build(path, stream, threads), file_size=st.st_size, file_mtime_ns=st.st_mtime_ns)
+    loc = {"file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns, "file_etag": st.etag, "data_offset": st.offset,
+           "data_size": st.length}  # fmt: skip
+    info = dataclasses.replace(_build(path, stream, threads, loc=loc), **loc)
     if cache_dir is not None and key is not None:
         _cache_store(cache_dir, key, info)
     return info
@@ -89,23 +147,27 @@ class IndexResult:
     reason: str | None = None  # the error without the path
 
 
-def _probe_one(path: str, stream: int | None, cache, threads: int | None) -> IndexResult:
+def _probe_one(path: str, stream: int | None, cache, threads: int | None, member=None) -> IndexResult:
     try:
-        return IndexResult(path, _probe(path, stream=stream, cache=cache, threads=threads), None)
+        return IndexResult(path, _probe(path, stream=stream, cache=cache, threads=threads, member=member), None)
     except VideoError as exc:
         return IndexResult(path, None, str(exc), type(exc).__name__, exc.reason)
     except Exception as exc:  # a bug or an FFmpeg surprise must not stop the other files
         log.exception("unexpected error indexing %s", path)
         why = f"{type(exc).__name__}: {exc}"
-        return IndexResult(path, None, f"{os.path.abspath(path)}: {why}", type(exc).__name__, why)
+        return IndexResult(path, None, f"{_remote.normalize(path)}: {why}", type(exc).__name__, why)
 
 
-def index_paths(paths, *, stream: int | None = None, cache=True, workers: int | None = None, on_result=None):
+def index_paths(paths, *, stream: int | None = None, cache=True, workers: int | None = None, on_result=None,
+                members=None):
     """Probe many files in parallel spawned processes (``workers``, default: the usable
     cores; 1 runs in this process). Returns one :class:`IndexResult` per path, in order;
     ``on_result(result)`` is called as each finishes (progress bars). Never raises for a
-    bad file: its result carries the error."""
+    bad file: its result carries the error. ``members[i]`` is (offset, size) of path i in
+    its tar shard (None: not a member, or unknown); remote paths are read with the
+    current storage (``_remote.using``)."""
     paths = [os.fspath(p) for p in paths]
+    members = list(members) if members is not None else [None] * len(paths)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -114,11 +176,11 @@ def index_paths(paths, *, stream: int | None = None, cache=True, workers: int | 
     results: list[IndexResult | None] = [None] * len(paths)
     if workers == 1:
         for i, p in enumerate(paths):
-            results[i] = _probe_one(p, stream, cache, None)
+            results[i] = _probe_one(p, stream, cache, None, members[i])
             if on_result is not None:
                 on_result(results[i])
         return results
-    _run_index_pool(paths, stream, cache, workers, results, on_result)
+    _run_index_pool(paths, stream, cache, workers, results, on_result, members)
     return results
 
 
@@ -153,9 +215,11 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def _index_worker(conn, parent_pid: int, stream: int | None, cache) -> None:
-    """Entry point of an indexing process: (position, path) in, (position, IndexResult) out."""
+def _index_worker(conn, parent_pid: int, stream: int | None, cache, storage=None) -> None:
+    """Entry point of an indexing process: (position, path, member) in, (position, IndexResult) out."""
     _die_with_parent(parent_pid)
+    if storage is not None:
+        _remote.set_process_storage(storage)
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -163,8 +227,8 @@ def _index_worker(conn, parent_pid: int, stream: int | None, cache) -> None:
             msg = conn.recv()
             if msg is None:
                 return
-            i, path = msg
-            conn.send((i, _probe_one(path, stream, cache, 1)))  # the processes already use every core
+            i, path, member = msg
+            conn.send((i, _probe_one(path, stream, cache, 1, member)))  # the processes already use every core
     except (EOFError, OSError):
         return  # the parent is gone
     finally:
@@ -174,10 +238,10 @@ def _index_worker(conn, parent_pid: int, stream: int | None, cache) -> None:
 class _IndexProc:
     """One indexing process, the parent's end of its socket pair, and the file it holds."""
 
-    def __init__(self, ctx, stream, cache):
+    def __init__(self, ctx, stream, cache, storage=None):
         self.conn, child = ctx.Pipe(duplex=True)  # a socket pair: no semaphore
         self.proc = ctx.Process(
-            target=_index_worker, args=(child, os.getpid(), stream, cache), name="ringload-index", daemon=True
+            target=_index_worker, args=(child, os.getpid(), stream, cache, storage), name="ringload-index", daemon=True
         )
         self.job: int | None = None
         try:
@@ -220,13 +284,14 @@ def _exit_reason(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _run_index_pool(paths, stream, cache, workers, results, on_result) -> None:
+def _run_index_pool(paths, stream, cache, workers, results, on_result, members) -> None:
     import collections
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")
     pending = collections.deque(range(len(paths)))
+    storage = _remote.current()
     pool: list[_IndexProc] = []
     left = len(paths)
     ok = False
@@ -235,13 +300,13 @@ def _run_index_pool(paths, stream, cache, workers, results, on_result) -> None:
         if pending:
             w.job = pending.popleft()
             try:
-                w.conn.send((w.job, paths[w.job]))
+                w.conn.send((w.job, paths[w.job], members[w.job]))
             except OSError:
                 pass  # it died already: the wait below reads end-of-file
 
     try:
         for _ in range(workers):
-            w = _IndexProc(ctx, stream, cache)
+            w = _IndexProc(ctx, stream, cache, storage)
             pool.append(w)
             feed(w)
         while left:
@@ -262,12 +327,12 @@ def _run_index_pool(paths, stream, cache, workers, results, on_result) -> None:
                     reason = _exit_reason(w.proc.exitcode)
                     log.warning("indexing process %d died while indexing %s (%s)", w.proc.pid, paths[i], reason)
                     why = f"the indexing process died on it ({reason})"
-                    res = IndexResult(paths[i], None, f"{os.path.abspath(paths[i])}: {why}", "WorkerError", why)
+                    res = IndexResult(paths[i], None, f"{_remote.normalize(paths[i])}: {why}", "WorkerError", why)
                     pool.remove(w)
                     w.stop(now=True)
                     w = None
                     if pending:  # the replacement takes the next file
-                        w = _IndexProc(ctx, stream, cache)
+                        w = _IndexProc(ctx, stream, cache, storage)
                         pool.append(w)
                 results[i] = res
                 left -= 1
