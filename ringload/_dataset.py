@@ -84,13 +84,17 @@ def load_dataset(cfg: LoaderConfig, source) -> Dataset:
     segments = getattr(source, "segments", None)
     row_file = None
     if index is None:
-        paths = row_paths = [os.path.abspath(p) for p in source.paths]
+        from . import _remote
+
+        paths = row_paths = [_remote.normalize(p) for p in source.paths]
+        found = getattr(source, "members", None)
+        members = {p: (int(m[0]), int(m[1])) for p, m in zip(row_paths, found) if m[0] >= 0} if found is not None else {}
         if segments is not None:
             # Rows of one file share its index entry (and its decodes).
             first_row: dict[str, int] = {}
             row_file = np.array([first_row.setdefault(p, len(first_row)) for p in row_paths], dtype=np.int64)
             paths = list(first_row)
-        index = temporary_index(_index(cfg, paths, quarantined))
+        index = temporary_index(_index(cfg, paths, quarantined, [members.get(p) for p in paths]))
     else:
         paths = source.paths  # absolute, as the build wrote them
         _failed_rows(cfg, index, quarantined)
@@ -191,7 +195,7 @@ _BAR_MIN_FILES = 8
 _SLOW_INDEX_S = 5.0
 
 
-def _index(cfg: LoaderConfig, paths: list[str], quarantined: dict[str, str]) -> list:
+def _index(cfg: LoaderConfig, paths: list[str], quarantined: dict[str, str], members=None) -> list:
     """One row per path: its VideoInfo, or (path, error type, reason) for a quarantined file."""
     import sys
     import time
@@ -209,7 +213,8 @@ def _index(cfg: LoaderConfig, paths: list[str], quarantined: dict[str, str]) -> 
                    dynamic_ncols=True, leave=False)  # fmt: skip
     try:
         # Many files: parallel processes; a few: in this process. Both through the cache.
-        results = index_paths(paths, workers=None if many else 1, on_result=(lambda r: bar.update(1)) if bar else None)
+        results = index_paths(paths, workers=None if many else 1, on_result=(lambda r: bar.update(1)) if bar else None,
+                              members=members)
     finally:
         if bar is not None:
             bar.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 
 import numpy as np
 
@@ -59,12 +58,16 @@ def build_index(src, out, *, shard=None, stream=None, cache=True, workers=None, 
     if getattr(src, "meta", None):
         log.warning("%s: the columns %s are not kept in the index file; pass the manifest to VideoLoader for Batch.meta",
                     src.manifest, ", ".join(sorted(src.meta)))
-    paths = [os.path.abspath(p) for p in src.paths]
+    from . import _remote
+
+    paths = [_remote.normalize(p) for p in src.paths]
     rows_at = np.arange(len(paths), dtype=np.int64)
     if shard is not None:
         rows_at = rows_at[shard[0] :: shard[1]]
     mine = [paths[i] for i in rows_at]
-    results = index_paths(mine, stream=stream, cache=cache, workers=workers, on_result=on_result)
+    found = getattr(src, "members", None)
+    members = [(int(found[i, 0]), int(found[i, 1])) if found[i, 0] >= 0 else None for i in rows_at] if found is not None else None
+    results = index_paths(mine, stream=stream, cache=cache, workers=workers, on_result=on_result, members=members)
     labels = src.labels[rows_at] if src.labels is not None else None
     weights = getattr(src, "weights", None)
     cols, cats = columns_from_rows(rows_from_results(results), labels=labels,

@@ -51,7 +51,13 @@ class VideoLoader:
     ``source``: a directory (recursive), a glob, a list of paths, or a CSV/JSONL manifest
     with ``path`` and optional ``label``/``labels``, ``start``/``end`` (seconds: the row is
     the frames of its file whose timestamps lie in [start, end); rows may share a file)
-    and other columns (per sample in ``Batch.meta``).
+    and other columns (per sample in ``Batch.meta``). Any of them may be remote (an fsspec
+    URL: ``s3://bucket/videos/``, a glob, a manifest or index file in a bucket), and tar
+    shards (``.tar``, WebDataset-style: ``KEY.mp4`` with ``KEY.cls``/``KEY.json``/``KEY.txt``)
+    stand for their video members. ``storage_options`` go to fsspec (credentials,
+    endpoints); each decoder reads through a block cache of ``remote_cache_bytes``, with
+    ``remote_retries`` retries of a failed request and ``remote_timeout_s`` per request
+    (docs/remote.md).
 
     Sampling: ``sample`` is ``"frames"`` (one frame), ``"clips"`` (``clip_len`` frames
     every ``frame_stride``, or at a target ``fps``: frame j is the one on screen at
@@ -412,7 +418,10 @@ class VideoLoader:
         it; ``ringload.effective_batch_size`` for another rho); ``short_videos`` (videos shorter
         than one sample) and the ``short_video`` policy applied to them; ``epoch_samples``
         (samples of the current epoch over all ranks) and ``expected_epoch_samples`` (its mean
-        over epochs: they differ with ``weights``/``balance``, ``weighted``), ``balance``.
+        over epochs: they differ with ``weights``/``balance``, ``weighted``), ``balance``;
+        ``remote``: the decoders' reads of remote objects and shard members (``bytes_fetched``,
+        ``requests``, ``retries``, ``cache_hits``, ``cache_misses``, ``header_hits``,
+        ``gop_bytes``: the bytes of the GOPs their tasks asked for) and ``cache_bytes``.
         """
         return loader_stats(self)
 

@@ -64,6 +64,7 @@ def read_frames(
     threads: int = 0,
     orientation: str = "display",
     crop: tuple[int, int, int, int] | None = None,
+    storage_options: dict | None = None,
 ) -> Frames:
     """Read frames ``indices`` (any order, repeats allowed) of ``path``, exactly.
 
@@ -74,8 +75,18 @@ def read_frames(
     ``"coded"`` leaves them as decoded. ``crop=(x, y, w, h)`` cuts that box of the frame
     as delivered (after the turn) before the resize, as the loader's crop boxes do (its
     boxes lie on even coordinates). Each GOP is decoded at most once per call.
-    Out-of-range indices raise :class:`ringload.FrameIndexError`.
+    ``path`` may be an fsspec URL or a tar member (``tar://a.mp4::shard.tar``), read with
+    ``storage_options``. Out-of-range indices raise :class:`ringload.FrameIndexError`.
     """
+    from . import _remote
+
+    storage = _remote.Storage(_remote.check_storage_options(storage_options)) if storage_options is not None else None
+    with _remote.using(storage):
+        return _read_frames(path, indices, size=size, stream=stream, threads=threads, orientation=orientation,
+                            crop=crop)  # fmt: skip
+
+
+def _read_frames(path, indices, *, size, stream, threads, orientation, crop) -> Frames:
     import torch
 
     from ._decode import VideoReader, as_indices, convert_into
