@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "source", help="a directory (searched recursively), a glob pattern, or a CSV/JSONL manifest; or `merge`"
+        "source", help="a directory (searched recursively), a glob pattern, a CSV/JSONL manifest, tar shards or a URL "
+        "of any of them (s3://...); or `merge`",
     )
     parser.add_argument("parts", nargs="*", help="with `merge`: the part files to join")
     parser.add_argument("--out", default=None, help="write one index file (e.g. data.ringindex) for the loader")
@@ -39,9 +40,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cache directory (default: $RINGLOAD_CACHE_DIR, else $XDG_CACHE_HOME/ringload or ~/.cache/ringload)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--storage-options", default=None, metavar="JSON",
+        help='fsspec options for URL sources, as JSON (e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\')',
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from . import _remote
+    from .errors import ConfigError
+
+    opts = None
+    if getattr(args, "storage_options", None):
+        try:
+            opts = json.loads(args.storage_options)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--storage-options: not valid JSON ({exc.msg})") from None
+    opts = _remote.check_storage_options(opts)
+    with _remote.using(_remote.Storage(opts) if opts is not None else None):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ._source import resolve_source
     from .errors import ConfigError
     from .probe import default_cache_dir, index_paths, short_files_warning
@@ -85,7 +107,12 @@ def run(args: argparse.Namespace) -> int:
             paths = list(dict.fromkeys(src.paths)) if src.segments is not None else src.paths
             if bar is not None:
                 bar.total = len(paths)
-            results = index_paths(paths, stream=args.stream, cache=cache, workers=args.workers, on_result=on_result)
+            found = src.members
+            members = None
+            if found is not None and src.segments is None:
+                members = [(int(m[0]), int(m[1])) if m[0] >= 0 else None for m in found]
+            results = index_paths(paths, stream=args.stream, cache=cache, workers=args.workers, on_result=on_result,
+                                  members=members)  # fmt: skip
         else:
             from ._indexfile_build import build_index
 

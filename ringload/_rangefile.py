@@ -139,6 +139,13 @@ class Fetcher:
         if start == end:
             return b""
         where = f"bytes {start}-{end - 1}" + (f" (of {self.size})" if self.size is not None else "")
+        return self._retry(lambda: self._attempt(start, end), where)
+
+    def call(self, fn: Callable[[], object], what: str):
+        """``fn()`` (a HEAD, a listing) with this fetcher's retries and timeout; ``what`` names it in errors."""
+        return self._retry(lambda: self._timed(fn), what)
+
+    def _retry(self, attempt_fn: Callable[[], object], where: str):
         last: BaseException | None = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -146,7 +153,7 @@ class Fetcher:
                 self._sleep(self.delay(attempt - 1))
             self.stats.requests += 1
             try:
-                return self._attempt(start, end)
+                return attempt_fn()
             except Exception as exc:
                 if not is_transient(exc):
                     raise RemoteReadError(self.url, f"{where}: {_describe(exc)} (not retried)") from exc
@@ -155,25 +162,28 @@ class Fetcher:
         raise RemoteReadError(
             self.url,
             f"{where}: {self.retries + 1} attempts failed, last: {_describe(last)}",
-            hint="raise retries= or timeout_s= if the store is slow or flaky",
+            hint="raise VideoLoader's remote_retries= or remote_timeout_s= if the store is slow or flaky",
         ) from last
 
-    def _attempt(self, start: int, end: int) -> bytes:
+    def _timed(self, fn: Callable[[], object]):
         future: concurrent.futures.Future = concurrent.futures.Future()
 
-        def call():
+        def run():
             try:
-                future.set_result(self.fetch_fn(start, end))
+                future.set_result(fn())
             except BaseException as exc:  # noqa: BLE001 -- handed to the waiting thread, which re-raises it
                 future.set_exception(exc)
 
         # A daemon thread per attempt rather than a ThreadPoolExecutor: a request that never returns
         # would hold a pool worker for good (later attempts queue behind it) and block interpreter exit.
-        threading.Thread(target=call, name="ringload-fetch", daemon=True).start()
+        threading.Thread(target=run, name="ringload-fetch", daemon=True).start()
         done, _ = concurrent.futures.wait([future], timeout=self.timeout_s)
         if not done:
             raise TimeoutError(f"no answer within timeout_s={self.timeout_s}")
-        data = future.result()
+        return future.result()
+
+    def _attempt(self, start: int, end: int) -> bytes:
+        data = self._timed(lambda: self.fetch_fn(start, end))
         data = data if isinstance(data, bytes) else bytes(data)
         self.stats.bytes_fetched += len(data)
         if len(data) < end - start:
@@ -181,6 +191,11 @@ class Fetcher:
         if len(data) > end - start:
             raise LongReadError(f"got {len(data)} bytes for a range of {end - start}")
         return data
+
+
+def local_fetch_fn(fd: int) -> Callable[[int, int], bytes]:
+    """A fetch_fn over a local file descriptor (a shard on disk): one ``pread`` per call."""
+    return lambda start, end: os.pread(fd, end - start, start)
 
 
 def fsspec_fetch_fn(fs, path: str) -> Callable[[int, int], bytes]:

@@ -140,7 +140,7 @@ class Storage:
     def read_all(self, url: str) -> bytes:
         """Every byte of a (small) remote object: a manifest, a shard's sibling member."""
         size, _ = self.identity(url)
-        return self.fetcher(url).fetch(0, size) if size else b""
+        return self.fetcher(url, size).fetch(0, size) if size else b""
 
     def identity(self, url: str) -> tuple[int, str]:
         """(size in bytes, version tag) of a remote object."""
@@ -153,17 +153,18 @@ class Storage:
     def _call(self, url: str, fn, *, what: str):
         from ._rangefile import Fetcher
 
-        return Fetcher(lambda a, b: fn(), url, retries=self.retries, timeout_s=self.timeout_s,
-                       stats=self.stats).call(what)  # fmt: skip
+        return Fetcher(lambda a, b: b"", url, retries=self.retries, timeout_s=self.timeout_s,
+                       stats=self.stats).call(fn, what)  # fmt: skip
 
-    def fetcher(self, url: str):
+    def fetcher(self, url: str, size: int | None = None):
+        """The range reader of one object (``size``: its size now, for the checks of every request)."""
         f = self._fetchers.get(url)
-        if f is None:
+        if f is None or f.size != size:
             from ._rangefile import Fetcher
 
             fs, p = self.filesystem(url)
             f = self._fetchers[url] = Fetcher(
-                lambda start, end: fs.cat_file(p, start=start, end=end), url, retries=self.retries,
+                lambda start, end: fs.cat_file(p, start=start, end=end), url, size=size, retries=self.retries,
                 timeout_s=self.timeout_s, stats=self.stats,
             )
             if len(self._fetchers) > 4096:
@@ -173,7 +174,7 @@ class Storage:
     # ---- opening
 
     def open(self, path: str, *, offset: int = 0, size: int = -1, expect_size: int = -1, expect_mtime_ns: int = -1,
-             expect_etag: str = ""):
+             expect_etag: str = "", readahead_bytes: int | None = None):
         """Open ``path`` for PyAV: (file object, local descriptor or None). A member of a
         shard is bytes [offset, offset + size) of it. Raises VideoChangedError when the
         object is not the one described by the ``expect_*`` values (-1 / "": unknown)."""
@@ -189,8 +190,10 @@ class Storage:
                     "match the index. Re-index it (`ringload index SOURCE`) or rebuild the loader",
                 )  # fmt: skip
             length = obj_size - offset if size < 0 else size
-            return RangeFile(self.fetcher(outer), (outer, etag or obj_size), length, self.cache, base=offset,
-                             stats=self.stats), None  # fmt: skip
+            fetcher = self.fetcher(outer, obj_size)
+            ra = {} if readahead_bytes is None else {"readahead_bytes": readahead_bytes}
+            return RangeFile(fetcher, (outer, etag or obj_size), length, self.cache, base=offset, stats=self.stats,
+                             **ra), None  # fmt: skip
         try:
             fd = os.open(outer, os.O_RDONLY)
         except FileNotFoundError:
@@ -265,7 +268,6 @@ def _with_defaults(protocol: str, options: dict, timeout_s: float) -> dict:
         cfg.setdefault("connect_timeout", timeout_s)
         cfg.setdefault("read_timeout", timeout_s)
         opts["config_kwargs"] = cfg
-        opts.setdefault("retries", 1)
     return opts
 
 
@@ -301,7 +303,7 @@ def local_copy(url: str, *, chunk: int = 64 << 20) -> str:
     except OSError:
         pass
     tmp = f"{dest}.tmp-{secrets.token_hex(6)}"
-    fetcher = storage.fetcher(url)
+    fetcher = storage.fetcher(url, size)
     try:
         with open(tmp, "wb") as fh:
             for start in range(0, size, chunk):

@@ -22,7 +22,7 @@ def shards_source(paths: list[str], on_error: str = "raise", *, label_key: str |
     def open_fn(shard: str):
         if _remote.is_url(shard):
             return storage.open(shard, readahead_bytes=_SCAN_READAHEAD)[0]
-        return open(shard, "rb")  # noqa: SIM115 - the scan closes it
+        return open(shard, "rb")  # the scan closes it
 
     found = scan_shards(shards, open_fn, label_key=label_key, on_error=on_error)
     by_shard: dict[str, list[int]] = {}

@@ -297,7 +297,7 @@ def test_an_attempt_that_hangs_times_out_and_is_retried():
         store.faults = ["hang", "hang"]
         with pytest.raises(RemoteReadError, match=r"2 attempts failed, last: TimeoutError: .*timeout_s=0.2") as info:
             fetcher.fetch(0, 100)
-        assert "raise retries= or timeout_s=" in str(info.value)
+        assert "remote_retries= or remote_timeout_s=" in str(info.value)
     finally:
         store.release.set()
 
