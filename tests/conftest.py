@@ -80,3 +80,41 @@ def second_user():
         yield pw.pw_uid, pw.pw_gid
     finally:
         subprocess.run(["userdel", name], capture_output=True)
+
+
+# -- local object storage: moto's S3 server on 127.0.0.1, and a fault/latency proxy ----------
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3 server in a subprocess for the session
+    (:class:`ringload.bench.s3local.LocalS3`); skipped where moto[server] is not installed."""
+    import importlib.util
+
+    for module in ("moto", "werkzeug", "boto3"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs moto[server] for a local S3 server ({module} is not installed; the test extra has it)")
+    from ringload.bench.s3local import LocalS3
+
+    with LocalS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """(name, storage_options) of a fresh, empty bucket on the session's S3 server."""
+    import uuid
+
+    name = f"test-{uuid.uuid4().hex[:24]}"
+    s3_server.make_bucket(name)
+    return name, s3_server.storage_options()
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    """A :class:`ringload.bench.netproxy.Proxy` in front of the session's S3 server, no faults
+    and no latency until the test sets them; closed after the test."""
+    from ringload.bench.netproxy import Proxy
+
+    with Proxy("127.0.0.1", s3_server.port) as proxy:
+        yield proxy

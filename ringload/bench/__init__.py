@@ -13,7 +13,10 @@
 - :mod:`~ringload.bench.rounds`: per-contender summaries over rounds, ratios taken within
   a round with their spread over rounds, targets;
 - :mod:`~ringload.bench.report`: system metadata, ratios and targets, table, JSON, plots
-  (:mod:`~ringload.bench.plot`).
+  (:mod:`~ringload.bench.plot`);
+- :mod:`~ringload.bench.s3local`: moto's S3 server on 127.0.0.1 (``LocalS3``), and
+  :mod:`~ringload.bench.netproxy`: a proxy in front of it adding latency and faults
+  (``Proxy``), for object-storage runs and the tests (imported only where used).
 
 This module stays light: the processes a contender spawns import it.
 """

@@ -37,6 +37,12 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of the one process ``pid`` (not its children); None once it is gone."""
+    f = _proc_stat(pid)
+    return None if f is None else (int(f[11]) + int(f[12])) / _CLK_TCK
+
+
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU of ``root``'s live process tree, including reaped children."""
     ticks = 0
