@@ -128,12 +128,17 @@ class Storage:
         fs = self._fs.get(protocol)
         if fs is None:
             opts = _with_defaults(protocol, self.storage_options, self.timeout_s)
+            if protocol in ("s3", "s3a"):
+                # Our own instance: its retry setting below must not change a user's cached one.
+                opts.setdefault("skip_instance_cache", True)
             try:
                 fs, _ = fsspec.core.url_to_fs(url, **opts)
             except ImportError as exc:
                 raise ConfigError(f"{url}: fsspec needs another package for {protocol}:// ({exc}); {EXTRA_HINT}") from None
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{url}: storage_options do not suit {protocol}:// ({exc})") from None
+            if protocol in ("s3", "s3a") and hasattr(fs, "retries"):
+                fs.retries = 1  # s3fs's own loop would retry 5 x botocore's: ours is the whole policy
             self._fs[protocol] = fs
         return fs, fs._strip_protocol(url)
 
@@ -264,7 +269,8 @@ def _with_defaults(protocol: str, options: dict, timeout_s: float) -> dict:
     opts = dict(options)
     if protocol in ("s3", "s3a"):
         cfg = dict(opts.get("config_kwargs") or {})
-        cfg.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+        # botocore's max_attempts counts retries; total_max_attempts counts every attempt.
+        cfg.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
         cfg.setdefault("connect_timeout", timeout_s)
         cfg.setdefault("read_timeout", timeout_s)
         opts["config_kwargs"] = cfg

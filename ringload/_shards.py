@@ -12,19 +12,31 @@ from ._source import Source, is_shard, rows_source
 _SCAN_READAHEAD = 32 << 10
 
 
+def _open_shard(shard: str):
+    if _remote.is_url(shard):
+        return _remote.current().open(shard, readahead_bytes=_SCAN_READAHEAD)[0]
+    return open(shard, "rb")  # the scan closes it
+
+
+def find_member(path: str) -> tuple[int, int]:
+    """(offset, size) of the member ``tar://NAME::SHARD`` in its shard, found by scanning it."""
+    from ._tarshard import scan_shards
+    from .errors import VideoOpenError
+
+    shard, name = _remote.split_member(path)
+    found = scan_shards([shard], _open_shard, label_key=None, progress=False)
+    for m in found.members:
+        if m.name == name:
+            return m.offset, m.size
+    raise VideoOpenError(path, f"{shard} holds no video member named {name!r}")
+
+
 def shards_source(paths: list[str], on_error: str = "raise", *, label_key: str | None = "label") -> Source:
     """``paths`` with every shard replaced, in place, by its video members (in tar order)."""
     from ._tarshard import scan_shards
 
-    storage = _remote.current()
     shards = [_remote.normalize(p) for p in paths if is_shard(p)]
-
-    def open_fn(shard: str):
-        if _remote.is_url(shard):
-            return storage.open(shard, readahead_bytes=_SCAN_READAHEAD)[0]
-        return open(shard, "rb")  # the scan closes it
-
-    found = scan_shards(shards, open_fn, label_key=label_key, on_error=on_error)
+    found = scan_shards(shards, _open_shard, label_key=label_key, on_error=on_error)
     by_shard: dict[str, list[int]] = {}
     for i, m in enumerate(found.members):
         by_shard.setdefault(m.shard, []).append(i)

@@ -105,7 +105,7 @@ def _identify(path: str, member: tuple[int, int] | None) -> _Ident:
 
 def _find_member(path: str) -> tuple[int, int]:
     """(offset, size) of a member, by scanning its shard (when no source listed it)."""
-    from ._tarshard import find_member
+    from ._shards import find_member
 
     return find_member(path)
 
