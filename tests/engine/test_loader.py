@@ -296,8 +296,9 @@ def test_decoders_forgetting_video_indexes_is_invisible(engine_videos, monkeypat
     with ringload.VideoLoader(engine_videos, **kw) as loader:
         ref = collect(loader, limit=6)
     init = _protocol.DecoderOptions.__init__
-    assert init.__defaults__ == (4, 256, 1, "display")  # max_open, info_cache, threads, orientation
-    monkeypatch.setattr(init, "__defaults__", (4, 1, 1, "display"))
+    # max_open, info_cache, threads, orientation, storage
+    assert init.__defaults__[:4] == (4, 256, 1, "display")
+    monkeypatch.setattr(init, "__defaults__", (4, 1, 1, "display", *init.__defaults__[4:]))
     assert _protocol.DecoderOptions().info_cache == 1
     with ringload.VideoLoader(engine_videos, **kw) as loader:
         got = collect(loader, limit=6)

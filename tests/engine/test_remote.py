@@ -221,3 +221,42 @@ def test_a_shard_member_is_read_as_its_byte_range_only(shard_data, local_videos)
     got = ringload.read_frames(info.path, [0, 5, 17], size=(32, 32))
     want = ringload.read_frames(local_videos[1], [0, 5, 17], size=(32, 32))
     assert np.array_equal(got.data.numpy(), want.data.numpy())
+
+
+def test_index_file_of_shards_keeps_each_members_byte_range(shard_data, local_videos, tmp_path):
+    from ringload._indexfile import IndexFile
+    from ringload._indexfile_build import build_index
+    from ringload._source import resolve_source
+
+    shards, _, _ = shard_data
+    out = tmp_path / "shards.ringindex"
+    build_index(resolve_source(shards), str(out), workers=1)
+    idx = IndexFile.open(str(out))
+    try:
+        # A reader that ignored the ranges would decode whole shards: such a reader must refuse the file.
+        assert "members" in idx.header["required"]
+        assert all(idx.info(i).data_offset > 0 for i in range(len(idx)))
+    finally:
+        idx.close()
+    ref, _ = _batches(local_videos, **MODES["clips-strict"])
+    got, _ = _batches(str(out), **MODES["clips-strict"])
+    assert_same_batches(ref, got)
+
+
+def test_cli_indexes_a_bucket_folder_of_shards(shard_data, s3_server, tmp_path):
+    from helpers import console_script
+
+    from ringload._indexfile import IndexFile
+
+    _, urls, labels = shard_data
+    out = tmp_path / "bucket.ringindex"
+    opts = json.dumps(s3_server.storage_options())
+    run = subprocess.run([*console_script(), "index", "s3://ringload-shards/", "--storage-options", opts, "--out", str(out),
+                          "--no-progress"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    idx = IndexFile.open(str(out))
+    try:
+        assert len(idx) == len(labels)
+        assert all(p.startswith("tar://") and "::s3://ringload-shards/" in p for p in idx.paths())
+    finally:
+        idx.close()
