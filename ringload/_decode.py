@@ -143,6 +143,8 @@ class VideoReader:
                 raise VideoOpenError(self.path, f"FFmpeg cannot open it: {exc.strerror or exc}") from None
             except OSError as exc:
                 raise VideoOpenError(self.path, f"cannot open: {exc.strerror or exc}") from None
+            if self._file is not None:
+                self._file.end_header()
             streams = list(self._container.streams)
             if self.info.stream >= len(streams) or streams[self.info.stream].type != "video":
                 raise VideoOpenError(self.path, f"stream {self.info.stream} is no longer a video stream; re-index the file")
@@ -171,7 +173,7 @@ class VideoReader:
         """Fetch the bytes of the GOPs holding ``targets`` in one request per run of GOPs."""
         f = self._file
         pos = self.info.keyframe_pos
-        if f is None or not hasattr(f, "prefetch") or len(pos) == 0 or bool(np.any(pos < 0)):
+        if f is None or getattr(f, "local", True) or len(pos) == 0 or bool(np.any(pos < 0)):
             return
         gops = sorted({max(self._kf_pos(t), 0) for t in targets})
         size = f.size

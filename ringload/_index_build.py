@@ -61,6 +61,8 @@ def _open(path: str, loc: dict | None = None):
             raise VideoOpenError(path, f"FFmpeg cannot open it: {exc}") from None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise VideoOpenError(path, f"cannot open: {exc}") from None
+        if f is not None:
+            f.end_header()
         with c:
             yield c
     finally:

@@ -116,11 +116,11 @@ class Fetcher:
         *,
         size: int | None = None,
         retries: int = 3,
-        timeout_s: float = 30.0,
+        timeout_s: float | None = 30.0,
         backoff_s: float = 0.1,
         stats: RemoteStats | None = None,
     ):
-        if retries < 0 or not timeout_s > 0 or backoff_s < 0:
+        if retries < 0 or (timeout_s is not None and not timeout_s > 0) or backoff_s < 0:
             raise ConfigError(f"retries={retries} must be >= 0, timeout_s={timeout_s} > 0, backoff_s={backoff_s} >= 0")
         self.fetch_fn, self.url, self.size = fetch_fn, str(url), size
         self.retries, self.timeout_s, self.backoff_s = retries, timeout_s, backoff_s
@@ -166,6 +166,8 @@ class Fetcher:
         ) from last
 
     def _timed(self, fn: Callable[[], object]):
+        if self.timeout_s is None:  # a local file: no thread, no wait to bound
+            return fn()
         future: concurrent.futures.Future = concurrent.futures.Future()
 
         def run():
@@ -203,6 +205,10 @@ def fsspec_fetch_fn(fs, path: str) -> Callable[[int, int], bytes]:
     return lambda start, end: fs.cat_file(path, start=start, end=end)
 
 
+#: The most bytes one range request asks for; longer runs are split.
+MAX_REQUEST_BYTES = 16 << 20
+
+
 class BlockCache:
     """An LRU of fixed-size blocks keyed by (object key, block number), bounded in bytes, and a header
     store: up to ``header_bytes`` per object of the blocks read while opening it, over the last
@@ -226,37 +232,43 @@ class BlockCache:
         self.nbytes = 0
         self._blocks: OrderedDict[tuple[Hashable, int], bytes] = OrderedDict()
         self._headers: OrderedDict[Hashable, dict[int, bytes]] = OrderedDict()
+        # read_frames may be called from several threads sharing a process's storage.
+        self._lock = threading.Lock()
 
     def get(self, key: Hashable, block_no: int) -> bytes | None:
-        data = self._blocks.get((key, block_no))
-        if data is not None:
-            self._blocks.move_to_end((key, block_no))
-        return data
+        with self._lock:
+            data = self._blocks.get((key, block_no))
+            if data is not None:
+                self._blocks.move_to_end((key, block_no))
+            return data
 
     def put(self, key: Hashable, block_no: int, data: bytes) -> None:
-        old = self._blocks.pop((key, block_no), None)
-        self.nbytes += len(data) - (len(old) if old is not None else 0)
-        self._blocks[(key, block_no)] = data
-        while self.nbytes > self.capacity:
-            _, evicted = self._blocks.popitem(last=False)
-            self.nbytes -= len(evicted)
+        with self._lock:
+            old = self._blocks.pop((key, block_no), None)
+            self.nbytes += len(data) - (len(old) if old is not None else 0)
+            self._blocks[(key, block_no)] = data
+            while self.nbytes > self.capacity:
+                _, evicted = self._blocks.popitem(last=False)
+                self.nbytes -= len(evicted)
 
     def get_header(self, key: Hashable, block_no: int) -> bytes | None:
-        blocks = self._headers.get(key)
-        if blocks is None:
-            return None
-        self._headers.move_to_end(key)
-        return blocks.get(block_no)
+        with self._lock:
+            blocks = self._headers.get(key)
+            if blocks is None:
+                return None
+            self._headers.move_to_end(key)
+            return blocks.get(block_no)
 
     def put_header(self, key: Hashable, block_no: int, data: bytes) -> None:
-        if self.header_objects == 0:
+        if self.header_objects == 0 or self.header_bytes == 0:
             return
-        blocks = self._headers.setdefault(key, {})
-        self._headers.move_to_end(key)
-        if len(self._headers) > self.header_objects:
-            self._headers.popitem(last=False)
-        if block_no not in blocks and sum(map(len, blocks.values())) + len(data) <= self.header_bytes:
-            blocks[block_no] = data
+        with self._lock:
+            blocks = self._headers.setdefault(key, {})
+            self._headers.move_to_end(key)
+            if len(self._headers) > self.header_objects:
+                self._headers.popitem(last=False)
+            if block_no not in blocks and sum(map(len, blocks.values())) + len(data) <= self.header_bytes:
+                blocks[block_no] = data
 
 
 class RangeFile(io.RawIOBase):
@@ -303,8 +315,8 @@ class RangeFile(io.RawIOBase):
         self._pos = 0
         self._next: int | None = None  # where the previous read ended
         self._prefetched = (0, 0)
-        self._opening = True  # until the first prefetch, reads are the container's header
-        self._warned = False
+        self._opening = True  # until end_header() or the first prefetch, reads are the container's header
+        self.local = False  # a local file (a shard on disk): prefetching it gains nothing
 
     def readable(self) -> bool:
         return True
@@ -353,15 +365,17 @@ class RangeFile(io.RawIOBase):
         contiguous run of them. Ends the header phase."""
         self._check_open()
         start, end = max(0, start), min(self.size, end)
+        # More than the cache holds would be evicted before it is read: the rest is read as needed.
+        end = min(end, start + self._cache.capacity)
         self._opening, self._ra, self._prefetched = False, 0, (start, end)
         if end <= start:
             return
-        if end - start > self._cache.capacity and not self._warned:
-            self._warned = True
-            msg = "%s: a prefetch of %d bytes overflows the %d-byte block cache, which evicts its first blocks"
-            log.warning(msg, self.name, end - start, self._cache.capacity)
         bs = self._cache.block_size
         self._fetch([b for b in range(start // bs, (end - 1) // bs + 1) if self._lookup(b)[0] is None])
+
+    def end_header(self) -> None:
+        """The container is open: later reads are not its header."""
+        self._opening = False
 
     def _lookup(self, block_no: int) -> tuple[bytes | None, bool]:
         data = self._cache.get(self._key, block_no)
@@ -378,6 +392,8 @@ class RangeFile(io.RawIOBase):
             j = i
             while j + 1 < len(block_nos) and block_nos[j + 1] == block_nos[j] + 1:
                 j += 1
+            # One request per run, split so that each body arrives well within one timeout.
+            j = min(j, i + max(1, MAX_REQUEST_BYTES // bs) - 1)
             first, stop = block_nos[i] * bs, min(self.size, (block_nos[j] + 1) * bs)
             data = self._fetcher.fetch(self.base + first, self.base + stop)
             for b in range(block_nos[i], block_nos[j] + 1):

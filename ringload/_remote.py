@@ -88,12 +88,25 @@ def _fsspec():
 
 
 def _etag(info: dict) -> str:
-    """An object's version from fsspec's info: its ETag, version id or generation ("": none)."""
-    for key in ("ETag", "etag", "VersionId", "version_id", "generation", "md5Hash", "checksum"):
+    """An object's version from fsspec's info ("": the store gives none). GCS's generation
+    before its etag (which also changes with metadata); a modification time as the last resort."""
+    for key in ("generation", "VersionId", "version_id", "ETag", "etag", "md5Hash", "checksum", "blob_id"):
         v = info.get(key)
         if v not in (None, ""):
             return str(v).strip('"')
+    lfs = info.get("lfs")
+    if isinstance(lfs, dict) and lfs.get("sha256"):
+        return str(lfs["sha256"])
+    for key in ("LastModified", "last_modified", "Last-Modified", "mtime", "updated", "modified"):
+        v = info.get(key)
+        if v not in (None, ""):
+            return f"mtime:{v}"
     return ""
+
+
+# How long an object's (size, version) is reused before it is asked for again: a decoder
+# opening the same object for task after task asks once a while, not once per task.
+_IDENTITY_TTL_S = 30.0
 
 
 class Storage:
@@ -106,15 +119,19 @@ class Storage:
         from ._rangefile import BlockCache, RemoteStats
 
         if storage_options is not None and not isinstance(storage_options, dict):
-            raise ConfigError(f"storage_options={storage_options!r}: pass a dict of fsspec options (or None)")
+            raise ConfigError(f"storage_options: pass a dict of fsspec options (or None), not {type(storage_options).__name__}")
         self.storage_options = dict(storage_options or {})
         self.cache_bytes = int(cache_bytes)
         self.retries = int(retries)
         self.timeout_s = float(timeout_s)
         self.stats = RemoteStats()
-        self.cache = BlockCache(self.cache_bytes)
-        self._fs: dict[str, object] = {}
+        # Headers (moov, cues) kept past the LRU: a sixteenth of the cache per object, a quarter in all.
+        per_object = min(4 << 20, self.cache_bytes // 16)
+        self.cache = BlockCache(self.cache_bytes, header_bytes=per_object,
+                                header_objects=min(64, self.cache_bytes // 4 // per_object) if per_object else 0)  # fmt: skip
+        self._fs: dict[tuple[str, str], object] = {}
         self._fetchers: dict[str, object] = {}
+        self._identities: dict[str, tuple[float, int, str]] = {}
 
     def __reduce__(self):
         return (_rebuild, (self.storage_options, self.cache_bytes, self.retries, self.timeout_s))
@@ -124,8 +141,10 @@ class Storage:
     def filesystem(self, url: str):
         """(fsspec file system, its path) of ``url``; ConfigError without the remote extra."""
         fsspec = _fsspec()
-        protocol = url.split("://", 1)[0]
-        fs = self._fs.get(protocol)
+        protocol, rest = url.split("://", 1)
+        # Per host or bucket: fsspec keeps the host inside the instance for some protocols (ftp, sftp, ...).
+        where = (protocol, rest.split("/", 1)[0])
+        fs = self._fs.get(where)
         if fs is None:
             opts = _with_defaults(protocol, self.storage_options, self.timeout_s)
             if protocol in ("s3", "s3a"):
@@ -135,11 +154,15 @@ class Storage:
                 fs, _ = fsspec.core.url_to_fs(url, **opts)
             except ImportError as exc:
                 raise ConfigError(f"{url}: fsspec needs another package for {protocol}:// ({exc}); {EXTRA_HINT}") from None
-            except (TypeError, ValueError) as exc:
+            except ValueError as exc:
+                if "protocol" in str(exc).lower():
+                    raise ConfigError(f"{url}: fsspec knows no {protocol}:// file system ({exc})") from None
+                raise ConfigError(f"{url}: storage_options do not suit {protocol}:// ({exc})") from None
+            except TypeError as exc:
                 raise ConfigError(f"{url}: storage_options do not suit {protocol}:// ({exc})") from None
             if protocol in ("s3", "s3a") and hasattr(fs, "retries"):
                 fs.retries = 1  # s3fs's own loop would retry 5 x botocore's: ours is the whole policy
-            self._fs[protocol] = fs
+            self._fs[where] = fs
         return fs, fs._strip_protocol(url)
 
     def read_all(self, url: str) -> bytes:
@@ -147,13 +170,32 @@ class Storage:
         size, _ = self.identity(url)
         return self.fetcher(url, size).fetch(0, size) if size else b""
 
-    def identity(self, url: str) -> tuple[int, str]:
-        """(size in bytes, version tag) of a remote object."""
+    def identity(self, url: str, *, fresh: bool = False) -> tuple[int, str]:
+        """(size in bytes, version tag) of a remote object, asked at most every 30 s unless ``fresh``."""
+        import time
+
+        now = time.monotonic()
+        seen = self._identities.get(url)
+        if seen is not None and not fresh and now - seen[0] < _IDENTITY_TTL_S:
+            return seen[1], seen[2]
         fs, p = self.filesystem(url)
         info = self._call(url, lambda: fs.info(p), what="its size and version")
         if info.get("type") == "directory":
             raise VideoOpenError(url, "is a folder, not an object")
-        return int(info.get("size") or 0), _etag(info)
+        if info.get("size") is None:
+            raise VideoOpenError(url, "the store does not say its size (no Content-Length): ranges cannot be read")
+        size, etag = int(info["size"]), _etag(info)
+        if not etag and url not in self._identities:
+            log.warning("%s: the store gives no version (ETag, generation, mtime) for it: a change that keeps its "
+                        "size would go unnoticed", url)  # fmt: skip
+        self._identities[url] = (now, size, etag)
+        if len(self._identities) > 65536:
+            self._identities.pop(next(iter(self._identities)))
+        return size, etag
+
+    def call(self, url: str, fn, *, what: str):
+        """``fn()`` (a listing) with the retries and timeout of every request; errors name ``url``."""
+        return self._call(url, fn, what=what)
 
     def _call(self, url: str, fn, *, what: str):
         from ._rangefile import Fetcher
@@ -223,8 +265,9 @@ class Storage:
 
             # Local shards: the page cache holds their bytes; a small cache serves PyAV's reads.
             key = (outer, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            f = RangeFile(Fetcher(local_fetch_fn(fd), outer, retries=0, timeout_s=self.timeout_s), key, length,
-                          _local_cache(), base=offset)  # fmt: skip
+            f = RangeFile(Fetcher(local_fetch_fn(fd), outer, retries=0, timeout_s=None), key, length, _local_cache(),
+                          base=offset, readahead_bytes=readahead_bytes if readahead_bytes is not None else 256 << 10)
+            f.local = True  # nothing to prefetch: the kernel reads ahead
             return f, fd
         except BaseException:
             os.close(fd)

@@ -169,7 +169,7 @@ def resolve_source(
         if _remote.split_member(text):
             return Source(paths=[_remote.normalize(text)])
         if _remote.is_url(text):
-            return _resolve_url(text)
+            return _resolve_url(text, on_error)
         if os.path.isdir(text):
             folder = os.path.abspath(text)
             paths = _scan_dir(folder, on_error)
@@ -228,45 +228,45 @@ def is_shard(path: str) -> bool:
     return not _remote.split_member(path) and os.path.splitext(path)[1].lower() in SHARD_EXTENSIONS
 
 
-def _resolve_url(url: str) -> Source:
+def _resolve_url(url: str, on_error: str = "raise") -> Source:
     """A URL: an object (video, shard, manifest or index file), a folder, or a glob."""
     from . import _remote
     from ._indexfile import SUFFIX
 
     storage = _remote.current()
     fs, path = storage.filesystem(url)
-    protocol = url.split("://", 1)[0]
 
     def listed(found) -> list[str]:
-        return sorted(p if _remote.is_url(p) else f"{protocol}://{p.lstrip('/')}" if protocol != "file" else p
-                      for p in found)  # fmt: skip
+        # Hidden names (".x.mp4", macOS "._x.mp4") are skipped, as in a local folder.
+        keep = [p for p in found if not posixpath.basename(p.rstrip("/")).startswith(".")]
+        return sorted(p if _remote.is_url(p) else fs.unstrip_protocol(p) for p in keep)
 
     if glob.has_magic(path):
-        found = [p for p, d in fs.glob(path, detail=True).items() if d.get("type") != "directory"]
+        hits = storage.call(url, lambda: fs.glob(path, detail=True), what="listing the glob")
+        found = listed(p for p, d in hits.items() if d.get("type") != "directory")
         if not found:
             raise ConfigError(f"source={url!r}: the glob pattern matches no objects")
-        return _with_shards(listed(found), "raise")
+        return _with_shards(found, on_error)
     ext = os.path.splitext(path)[1].lower()
     if ext in VIDEO_EXTENSIONS or ext in SHARD_EXTENSIONS:
-        return _with_shards([url], "raise")
+        return _with_shards([url], on_error)
     if ext in MANIFEST_EXTENSIONS:
         return _read_manifest(url)
     if ext == SUFFIX:
         from ._indexfile import source_from_index
 
         return source_from_index(_remote.local_copy(url))
-    try:
-        is_dir = fs.isdir(path)
-    except Exception as exc:  # noqa: BLE001 - any client error: say what failed
-        raise ConfigError(f"source={url!r}: cannot list it ({type(exc).__name__}: {exc})") from None
-    if is_dir:
-        found = [p for p in fs.find(path) if os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS]
-        if not found:
-            found = [p for p in fs.find(path) if os.path.splitext(p)[1].lower() in SHARD_EXTENSIONS]
-        if not found:
+    if storage.call(url, lambda: fs.isdir(path), what="checking whether it is a folder"):
+        every = listed(storage.call(url, lambda: fs.find(path), what="listing the folder"))
+        found = [p for p in every if os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS]
+        shards = [p for p in every if os.path.splitext(p)[1].lower() in SHARD_EXTENSIONS]
+        if found and shards:
+            log.warning("source=%r: the folder holds videos and tar shards; read the %d videos, not the %d shards "
+                        "(pass the shards' glob to read them)", url, len(found), len(shards))  # fmt: skip
+        if not found and not shards:
             exts = ", ".join(sorted(VIDEO_EXTENSIONS | SHARD_EXTENSIONS))
             raise ConfigError(f"source={url!r}: the folder holds no video files or tar shards (looked for {exts})")
-        return _with_shards(listed(found), "raise")
+        return _with_shards(found or shards, on_error)
     return Source(paths=[url])
 
 
@@ -330,12 +330,15 @@ def rows_source(manifest: str, rows: list[tuple[int, dict]], folder: str | None,
         if not isinstance(p, str) or not p.strip():
             raise ConfigError(f"{manifest}: line {lineno}: missing or empty 'path'")
         p = p.strip()
-        if folder is None or not _remote.is_local(p) or os.path.isabs(p):
-            paths.append(p)
-        elif _remote.is_url(folder):
-            paths.append(posixpath.normpath(posixpath.join(folder, p)).replace(":/", "://", 1))
-        else:
-            paths.append(os.path.normpath(os.path.join(folder, p)))
+        member = _remote.split_member(p)
+        if member is not None and folder is not None:
+            p = _remote.member_path(_join_row(folder, member[0]), member[1])
+        elif is_shard(p):
+            raise ConfigError(
+                f"{manifest}: line {lineno}: {p!r} is a tar shard; a manifest row is one video: name a member "
+                "(tar://KEY.mp4::SHARD), or pass the shards themselves as the source"
+            )
+        paths.append(p if folder is None else _join_row(folder, p))
         has_label = rec.get("label") not in (None, "")
         # A present but empty 'labels' cell is a video with none of the classes (all zeros).
         has_labels = rec.get("labels") is not None
@@ -386,6 +389,17 @@ def rows_source(manifest: str, rows: list[tuple[int, dict]], folder: str | None,
     for r, row in enumerate(ids):
         hot[r, row] = 1.0
     return Source(paths=paths, labels=hot, class_names=names, weights=weights, **extra)
+
+
+def _join_row(folder: str, p: str) -> str:
+    """A manifest row's path, relative to the manifest's folder (local or in a bucket)."""
+    from . import _remote
+
+    if not _remote.is_local(p) or os.path.isabs(p):
+        return p
+    if _remote.is_url(folder):
+        return posixpath.normpath(posixpath.join(folder, p)).replace(":/", "://", 1)
+    return os.path.normpath(os.path.join(folder, p))
 
 
 def _manifest_weights(manifest: str, rows) -> np.ndarray | None:
