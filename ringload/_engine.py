@@ -94,6 +94,17 @@ def storage_settings(cfg: LoaderConfig, storage_options: dict | None) -> tuple:
     return (dict(storage_options or {}), cfg.remote_cache_bytes, cfg.remote_retries, cfg.remote_timeout_s)
 
 
+def remote_budget_s(cfg: LoaderConfig, paths) -> float:
+    """What a task's reads may take on top of its decoding where videos are not local files
+    (a HEAD and a range request, each with every retry and its backoff), so that a slow
+    store ends in a RemoteReadError naming it rather than in a killed decoder."""
+    if all(p.startswith("/") for p in paths):  # local paths are absolute; URLs and tar members are not
+        return 0.0
+    from ._rangefile import _MAX_BACKOFF_S
+
+    return 2 * ((cfg.remote_retries + 1) * cfg.remote_timeout_s + cfg.remote_retries * _MAX_BACKOFF_S)
+
+
 def start_engine(cfg: LoaderConfig, data, chunk_window: int, storage_options: dict | None = None) -> Engine:
     """Allocate the ring (sized from the settings and, in bounded mode, the plan's
     ``chunk_window``), register it with the transfer and start the scheduler."""
@@ -127,7 +138,8 @@ def start_engine(cfg: LoaderConfig, data, chunk_window: int, storage_options: di
         sched = Scheduler(
             ring=ring, index=data.index, num_workers=workers, paths=data.paths, infos=data.infos, size=(h, w),
             on_error=cfg.on_error,
-            options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s, orientation=cfg.orientation, decoder_threads=threads,
+            options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s + remote_budget_s(cfg, data.paths),
+                                     orientation=cfg.orientation, decoder_threads=threads,
                                      storage=storage_settings(cfg, storage_options)),
             quarantined=data.quarantined,
         )

@@ -41,7 +41,7 @@ class DecoderOptions:
     threads: int = 1
     orientation: str = "display"  # "display": turn frames as the video's display matrix says
     # How remote objects and shards are read: (storage_options, cache_bytes, retries, timeout_s).
-    storage: tuple = ({}, 256 << 20, 3, 30.0)
+    storage: tuple = dataclasses.field(default=({}, 256 << 20, 3, 30.0), repr=False)  # credentials: never in a repr
 
 
 @dataclasses.dataclass(frozen=True)

@@ -125,7 +125,8 @@ class Fetcher:
         self.fetch_fn, self.url, self.size = fetch_fn, str(url), size
         self.retries, self.timeout_s, self.backoff_s = retries, timeout_s, backoff_s
         self.stats = stats if stats is not None else RemoteStats()
-        self._rng = random.Random(self.url)  # str seeds hash with sha512: the same jitter every run
+        # Seeded by url and process: reproducible in one process, not in lockstep across decoders.
+        self._rng = random.Random(f"{self.url}\0{os.getpid()}")
         self._sleep = time.sleep  # backoff only; tests swap it to see the delays
 
     def delay(self, attempt: int) -> float:

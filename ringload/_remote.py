@@ -332,29 +332,41 @@ def _local_cache():
     return _LOCAL_CACHE
 
 
-def local_copy(url: str, *, chunk: int = 64 << 20) -> str:
+def local_copy(url: str, *, chunk: int = 16 << 20) -> str:
     """A local copy of the object at ``url`` (an index file), fetched once per version into
-    the cache directory and reused while the object's size and version stay the same."""
+    the cache directory and reused while the object's size and version stay the same. A
+    copy is reused only from a folder that no other user can write, and only when it is a
+    regular file of ours; otherwise the object is fetched into a private temporary folder."""
     import hashlib
     import secrets
+    import stat
+    import tempfile
 
-    from ._index_cache import default_cache_dir
+    from ._index_cache import _dir_trusted, default_cache_dir
 
     storage = current()
-    size, etag = storage.identity(url)
+    size, etag = storage.identity(url, fresh=True)
     folder = os.path.join(default_cache_dir(), "objects")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        trusted = _dir_trusted(os.path.dirname(folder)) and _dir_trusted(folder)
+    except OSError:
+        trusted = False
+    if not trusted:
+        folder = tempfile.mkdtemp(prefix="ringload-objects-")
     name = hashlib.sha256(repr((url, size, etag)).encode()).hexdigest()[:32] + os.path.splitext(url)[1]
     dest = os.path.join(folder, name)
     try:
-        if os.path.getsize(dest) == size:
+        st = os.lstat(dest)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_size == size and etag:
             return dest
     except OSError:
         pass
-    tmp = f"{dest}.tmp-{secrets.token_hex(6)}"
+    tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}")
     fetcher = storage.fetcher(url, size)
     try:
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as fh:
             for start in range(0, size, chunk):
                 fh.write(fetcher.fetch(start, min(size, start + chunk)))
         os.replace(tmp, dest)

@@ -41,7 +41,7 @@ class SchedulerOptions:
     max_open: int = 4
     orientation: str = "display"
     decoder_threads: int = 1
-    storage: tuple = ({}, 256 << 20, 3, 30.0)  # _protocol.DecoderOptions.storage
+    storage: tuple = dataclasses.field(default=({}, 256 << 20, 3, 30.0), repr=False)  # DecoderOptions.storage
 
 
 class Scheduler:

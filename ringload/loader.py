@@ -57,7 +57,7 @@ class VideoLoader:
     stand for their video members. ``storage_options`` go to fsspec (credentials,
     endpoints); each decoder reads through a block cache of ``remote_cache_bytes``, with
     ``remote_retries`` retries of a failed request and ``remote_timeout_s`` per request
-    (docs/remote.md).
+    (docs/remote.md); a task's deadline then adds what its reads may take.
 
     Sampling: ``sample`` is ``"frames"`` (one frame), ``"clips"`` (``clip_len`` frames
     every ``frame_stride``, or at a target ``fps``: frame j is the one on screen at

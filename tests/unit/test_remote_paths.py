@@ -76,3 +76,48 @@ def test_versions_come_from_etag_or_version_fields():
     assert _remote._etag({"ETag": '"abc"'}) == "abc"
     assert _remote._etag({"generation": 12}) == "12"
     assert _remote._etag({"size": 3}) == ""
+
+
+def test_credentials_never_show_in_the_decoders_options_repr():
+    from ringload._protocol import DecoderOptions
+    from ringload._scheduler import SchedulerOptions
+
+    secret = ({"secret": "hunter2"}, 1, 1, 1.0)
+    assert "hunter2" not in repr(DecoderOptions(storage=secret))
+    assert "hunter2" not in repr(SchedulerOptions(storage=secret))
+
+
+def test_a_task_on_remote_data_may_take_its_reads_retries():
+    from ringload._config import LoaderConfig
+    from ringload._engine import remote_budget_s
+
+    cfg = LoaderConfig(remote_retries=3, remote_timeout_s=10.0)
+    assert remote_budget_s(cfg, ["/data/a.mp4"]) == 0.0
+    # A HEAD and a range request, each with 4 attempts of 10 s and 3 backoffs of at most 2 s.
+    assert remote_budget_s(cfg, ["/data/a.mp4", "s3://b/c.mp4"]) == 2 * (4 * 10.0 + 3 * 2.0)
+    assert remote_budget_s(cfg, ["tar://a.mp4::/data/s.tar"]) > 0
+
+
+def test_a_remote_index_file_copy_is_reused_only_when_it_is_ours(tmp_path, monkeypatch):
+    fsspec = pytest.importorskip("fsspec")
+    import pathlib
+
+    from ringload._remote import Storage, local_copy, using
+
+    monkeypatch.setenv("RINGLOAD_CACHE_DIR", str(tmp_path / "cache"))
+    fsspec.filesystem("memory").pipe("/ringload-copy/x.ringindex", b"0123456789")
+    storage = Storage()
+    monkeypatch.setattr(storage, "identity", lambda url, fresh=False: (10, "v1"))
+    url = "memory://ringload-copy/x.ringindex"
+    with using(storage):
+        a = local_copy(url)
+        assert pathlib.Path(a).read_bytes() == b"0123456789"
+        fetched = storage.stats.bytes_fetched
+        assert local_copy(url) == a and storage.stats.bytes_fetched == fetched  # reused
+        # A planted symlink of the same name is not followed: the object is fetched again.
+        os.unlink(a)
+        (tmp_path / "elsewhere").write_bytes(b"forged!!!!")
+        os.symlink(tmp_path / "elsewhere", a)
+        b = local_copy(url)
+        assert pathlib.Path(b).read_bytes() == b"0123456789" and not os.path.islink(b)
+        assert storage.stats.bytes_fetched == fetched + 10
