@@ -43,6 +43,22 @@ _RUNNING = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
 _TAIL_LINES = 40
 
 
+# The server dies with the process that started it (Linux: PR_SET_PDEATHSIG), so a test run
+# or a script killed mid-way leaves no server behind; then it runs as `python -m moto.server`.
+_LAUNCH = """
+import ctypes, os, runpy, signal, sys
+parent = int(sys.argv.pop(1))
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != parent:
+    sys.exit(0)
+sys.argv[0] = "moto.server"
+runpy.run_module("moto.server", run_name="__main__", alter_sys=True)
+"""
+
+
 class LocalS3Error(RuntimeError):
     """The local S3 server did not start, or did not answer as expected."""
 
@@ -90,7 +106,7 @@ class LocalS3:
         self._closed = False
         started = time.monotonic()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+            [sys.executable, "-c", _LAUNCH, str(os.getpid()), "-H", HOST, "-p", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
