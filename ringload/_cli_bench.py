@@ -110,6 +110,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="distinct videos generated and uploaded to the bucket (default 200, 1080p, 3 s)")
     r.add_argument("--remote-latency-ms", type=float, default=None,
                    help="latency the second proxy adds to every request (default 20)")
+    r.add_argument("--strict-batches", type=int, default=None,
+                   help="strict contenders: one timed window of this many batches from their first batch "
+                        "(default 240: a whole look-ahead sweep; 0: time-based windows; --batches overrides)")
     r.add_argument("--remote-cache-bytes", type=_bytes, default=None,
                    help="the ringload contenders' remote_cache_bytes per decoder (default: the loader's, 256M)")
     o = p.add_argument_group("output")
@@ -185,6 +188,8 @@ def remote_config_from_args(args):
             "remote_cache_bytes": args.remote_cache_bytes}  # fmt: skip
     if args.remote_latency_ms is not None:
         over["latency_s"] = args.remote_latency_ms / 1000.0
+    if args.strict_batches is not None:
+        over["strict_batches"] = args.strict_batches or None
     for arg, field in (("warmup", "warmup_batches"), ("repeats", "repeats"), ("window_s", "window_s"),
                        ("budget_s", "budget_s"), ("rounds", "rounds"), ("batch_size", "batch_size"),
                        ("batches", "batches")):  # fmt: skip

@@ -61,7 +61,9 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
             # contender is so slow that a quarter of the budget passes first (then the
             # buffer is a small share of a window anyway).
             t_first = time.perf_counter()
-            drain = contender.buffered_batches() + 1
+            # (spec["drain"] False: exactly warmup_batches, for windows of a fixed number of
+            # batches that must start at the same point of the plan for every contender.)
+            drain = contender.buffered_batches() + 1 if spec.get("drain", True) else 0
             warm_deadline = t_first + 0.25 * spec["budget_s"]
             warmup = 1
             while warmup < spec["warmup_batches"] or (warmup < drain and time.perf_counter() < warm_deadline):

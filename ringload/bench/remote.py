@@ -65,6 +65,12 @@ class RemoteConfig:
     """One ``ringload bench --remote`` run; validated on construction.
 
     ``dataset``: distinct generated videos (one name each) uploaded to the bucket;
+    ``strict_batches``: strict contenders time one window of this many batches right after
+    their first batch (no buffer drain), unless ``batches`` sets every window; None: the
+    time-based windows of the others. Strict's look-ahead (up to 256 batches) decodes its
+    window's GOPs in one sweep and releases most of its batches at the end of it, so its
+    rate is only meaningful over whole sweeps; a fixed count of batches from the pass's
+    start is the same work for the local and the bucket contenders;
     ``latency_s``: the delay the second proxy adds to every request; ``remote_cache_bytes``:
     the ringload contenders' block cache per decoder (None: the loader's default);
     ``contenders``: a subset of :meth:`names` (None: all), run in that order.
@@ -82,6 +88,7 @@ class RemoteConfig:
     window_s: float = 20.0
     batches: int | None = None
     budget_s: float = 60.0
+    strict_batches: int | None = 240
     remote_cache_bytes: int | None = None
     ring_bytes: int | None = None
     seed: int = 0
@@ -99,6 +106,9 @@ class RemoteConfig:
             raise ConfigError(f"--window-s={self.window_s}, --budget-s={self.budget_s}: must be > 0")
         if self.batches is not None and self.batches < 1:
             raise ConfigError(f"--batches={self.batches}: must be >= 1")
+        if self.strict_batches is not None and self.strict_batches < 1:
+            raise ConfigError(f"--strict-batches={self.strict_batches}: must be >= 1 (0 on the command line: "
+                              "time-based windows like the other contenders)")  # fmt: skip
         if self.remote_cache_bytes is not None and self.remote_cache_bytes < 0:
             raise ConfigError(f"--remote-cache-bytes={self.remote_cache_bytes}: must be >= 0")
         if self.contenders is not None:
@@ -173,7 +183,9 @@ def run(cfg: RemoteConfig, *, progress: bool = True, checkpoint=None) -> dict:
                 child["seed"] = cfg.seed + r
                 load = os.getloadavg()[0]
                 t0 = time.perf_counter()
-                result = run_child(child, timeout_s=cfg.budget_s + 300, on_window=probe.on_window)
+                # Fixed-batch windows may outrun the budget: they get an hour before they are stopped.
+                limit = cfg.budget_s + (3600 if child.get("batches") else 300)
+                result = run_child(child, timeout_s=limit, on_window=probe.on_window)
                 result.update(round=r, started_s=t0 - t_run, process_s=time.perf_counter() - t0,
                               loadavg_1m_before=load)  # fmt: skip
                 if result.get("status") == "ok":
@@ -276,6 +288,8 @@ def _specs(cfg: RemoteConfig, names, paths, urls, pts, options: dict[str, dict])
                 "paths": paths if place == "local" else urls}  # fmt: skip
         if place != "local":
             spec["storage_options"] = options[place]
+        if mode == "strict" and cfg.batches is None and cfg.strict_batches:
+            spec.update(batches=cfg.strict_batches, warmup_batches=1, drain=False)
         if mode == PEER:
             spec["frame_pts"] = pts
         specs.append(spec)
