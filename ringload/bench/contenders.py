@@ -2,7 +2,10 @@
 
 - ``starter``: the robotics exercise's loader (:mod:`ringload.bench.starter`), the baseline;
 - ``ceiling``: plain PyAV in file order (:mod:`ringload.bench.ceiling`);
-- ``strict``, ``bounded``, ``sequential``: :class:`ringload.VideoLoader` in each sampling mode;
+- ``strict``, ``bounded``, ``sequential``: :class:`ringload.VideoLoader` in each sampling mode
+  (on URLs too: the spec's ``storage_options`` and ``remote_cache_bytes`` go to the loader);
+- ``fsspec-dataset``: the peers' per-sample pattern on any fsspec URL or local path
+  (:mod:`ringload.bench.fsspec_dataset`), for ``ringload bench --remote``;
 - the peers (``torchcodec-exact``, ``torchcodec-approx``, ``decord``, ``spdl``) are not here: they
   run in their own interpreter (:mod:`ringload.bench.peers`, ``--peer-python``).
 
