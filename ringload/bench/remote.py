@@ -467,8 +467,10 @@ def _med(s, digits=2, scale=1.0):
 
 
 def _rng(s, digits=2):
+    """``median min-max`` of a spread (one decimal from 10 up, as the harness's table)."""
     if not s:
         return "-"
+    digits = digits if s["max"] < 10 else 1
     text = f"{s['median']:.{digits}f}"
     if len(s["rounds"]) > 1:
         text += f" {s['min']:.{digits}f}-{s['max']:.{digits}f}"
@@ -490,7 +492,7 @@ def format_table(doc: dict) -> str:
     machine and the targets, each line at most ``WIDTH`` columns."""
     per = (doc.get("ratios") or {}).get("contenders") or {}
     head1 = ["contender", "img/s", "min-max", "x local", "x per-sample", "CPU ms", "S3 CPU", "proxy CPU"]
-    head2 = ["contender", "KB/frame", "proxy KB/f", "GOP KB/f", "fetch/GOP", "proxy/GOP", "req/task", "frames/task"]
+    head2 = ["contender", "KB/f", "proxy KB/f", "GOP KB/f", "fetch/GOP", "proxy/GOP", "req/task", "f/task"]
     rows1, rows2, notes = [head1], [head2], []
     for r in doc["results"]:
         name = r["name"]
@@ -503,7 +505,8 @@ def format_table(doc: dict) -> str:
         cpu = r.get("cpu_s_per_image")
         rows1.append([
             name + (" (failed)" if r.get("status") == "failed" else ""), _fmt(r["images_per_s"]),
-            f"{_fmt(lo)}-{_fmt(hi)}", _rng(rr.get("x_local")), _rng(rr.get("x_per_sample")),
+            f"{_fmt(lo, 0 if lo >= 100 else 1)}-{_fmt(hi, 0 if hi >= 100 else 1)}", _rng(rr.get("x_local")),
+            _rng(rr.get("x_per_sample")),
             _fmt(cpu * 1000 if cpu else None), _med(m.get("s3_cpu_share"), 1, 100) + "%",
             _med(m.get("harness_cpu_share"), 1, 100) + "%",
         ])  # fmt: skip
@@ -511,8 +514,10 @@ def format_table(doc: dict) -> str:
             rows2.append([
                 name, _med(m.get("bytes_per_frame"), 0, 1 / 1024), _med(m.get("proxy_bytes_per_frame"), 0, 1 / 1024),
                 _med(m.get("gop_bytes_per_frame"), 0, 1 / 1024), _rng(m.get("fetched_over_gop")),
-                _rng(m.get("proxy_over_gop")), _med(m.get("requests_per_task"), 2),
-                _med(m.get("frames_per_task"), 1),
+                _rng(m.get("proxy_over_gop")),
+                # An item of the per-sample Dataset is its task: its requests as the proxy saw them.
+                _med(m.get("requests_per_task") if r["mode"] != PEER else m.get("proxy_requests_per_frame"), 2),
+                _med(m.get("frames_per_task"), 1) if r["mode"] != PEER else "1",
             ])  # fmt: skip
         if r.get("note") and r.get("status") == "failed":
             notes.append(f"{name}: {r['note']}")
@@ -526,10 +531,10 @@ def format_table(doc: dict) -> str:
          "over the per-sample fsspec Dataset in the same place; median and min-max over rounds. CPU ms: CPU per "
          "image of the contender's processes. S3 CPU, proxy CPU: the S3 server's and the harness process's "
          "(proxies, log reader) CPU seconds over the window's wall seconds x cores."),
-        ("Over the timed windows, per delivered frame: KB/frame: bytes the decoders fetched (stats()['remote']); "
+        ("Over the timed windows, per delivered frame: KB/f: bytes the decoders fetched (stats()['remote']); "
          "proxy KB/f: bytes the proxy sent the client (HTTP heads included); GOP KB/f: bytes of the GOP runs the "
          "tasks asked for (gop_bytes); fetch/GOP, proxy/GOP: their ratios; req/task: requests (HEADs included) "
-         "per decoder task; frames/task: delivered frames per task."),
+         "per decoder task (per-sample: per item, as the proxy counted them); f/task: delivered frames per task."),
         (f"data: {ds.get('files')} videos {ds.get('width')}x{ds.get('height')} {ds.get('codec')}, "
          f"{ds.get('seconds')} s at {ds.get('fps')} fps, GOP {ds.get('gop')}, {ds.get('bframes')} B-frames, "
          f"{(ds.get('bytes_total') or 0) / 2**20:.0f} MiB in all."),
