@@ -60,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     preset.add_argument("--kinetics", action="store_true",
                         help="Kinetics-shaped workload: 2000 names of 10 s 340p videos, one random 16-frame clip per "
                              "video per epoch, batch 16, against a per-clip Dataset (starter)")
+    preset.add_argument("--remote", action="store_true",
+                        help="the same videos from local files and from a local S3 bucket (moto's server on 127.0.0.1) "
+                             "behind a counting proxy, with and without added latency, bounded and strict, against a "
+                             "per-sample fsspec Dataset; bytes and requests per frame, the server's CPU share "
+                             "(docs/benchmarks.md, 'Remote storage')")
     preset.add_argument("--smoke", action="store_true",
                         help="tiny data, 2 rounds of 2 batches: checks that every contender runs; not for numbers")
     p.add_argument("--contenders", default=None, help="comma-separated subset (default: all that can run)")
@@ -100,6 +105,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--ring-bytes", type=_bytes, default=None,
                    help="ring_bytes of the ringload contenders, e.g. 4G (default: the loader's, 1G)")
     m.add_argument("--seed", type=int, default=0)
+    r = p.add_argument_group("remote storage (--remote)")
+    r.add_argument("--remote-videos", type=int, default=None,
+                   help="distinct videos generated and uploaded to the bucket (default 200, 1080p, 3 s)")
+    r.add_argument("--remote-latency-ms", type=float, default=None,
+                   help="latency the second proxy adds to every request (default 20)")
+    r.add_argument("--strict-batches", type=int, default=None,
+                   help="strict contenders: one timed window of this many batches from their first batch "
+                        "(default 240: a whole look-ahead sweep; 0: time-based windows; --batches overrides)")
+    r.add_argument("--remote-cache-bytes", type=_bytes, default=None,
+                   help="the ringload contenders' remote_cache_bytes per decoder (default: the loader's, 256M)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="JSON result file (default bench/results/<time>.json or ./)")
     o.add_argument("--plots", default=None, help="folder for PNG plots (default: next to the JSON)")
@@ -147,16 +162,83 @@ def config_from_args(args) -> "BenchConfig":  # noqa: F821
     return dataclasses.replace(base, **over)
 
 
-def _default_out() -> pathlib.Path:
+def remote_config_from_args(args):
+    """The ``--remote`` run's ``bench.remote.RemoteConfig``: its defaults and the options given."""
+    from .bench.remote import RemoteConfig
+
+    if args.source:
+        raise ConfigError("--remote generates and uploads its own videos; drop SOURCE")
+    if args.peer_python or args.sweep not in (None, "none") or args.chunk_len or args.max_per_chunk:
+        raise ConfigError("--remote runs its own contenders: drop --peer-python, --sweep, --chunk-len, --max-per-chunk")
+    if any(getattr(args, a) is not None for a in ("clip_len", "frame_stride", "clips_per_video")):
+        raise ConfigError("--remote samples frames: drop --clip-len, --frame-stride, --clips-per-video")
+    base = RemoteConfig()
+    ds_over = {}
+    if args.resolution:
+        ds_over["width"], ds_over["height"] = args.resolution
+    for name in ("fps", "gop", "bframes", "codec", "seconds"):
+        if getattr(args, name) is not None:
+            ds_over[name] = getattr(args, name)
+    if args.videos is not None or args.names is not None:
+        raise ConfigError("--remote: use --remote-videos N (distinct videos, one name each)")
+    if args.remote_videos is not None:
+        ds_over["distinct"] = ds_over["names"] = args.remote_videos
+    over = {"dataset": dataclasses.replace(base.dataset, **ds_over), "data_dir": args.data_dir, "size": args.size,
+            "workers": args.workers, "seed": args.seed, "ring_bytes": args.ring_bytes,
+            "remote_cache_bytes": args.remote_cache_bytes}  # fmt: skip
+    if args.remote_latency_ms is not None:
+        over["latency_s"] = args.remote_latency_ms / 1000.0
+    if args.strict_batches is not None:
+        over["strict_batches"] = args.strict_batches or None
+    for arg, field in (("warmup", "warmup_batches"), ("repeats", "repeats"), ("window_s", "window_s"),
+                       ("budget_s", "budget_s"), ("rounds", "rounds"), ("batch_size", "batch_size"),
+                       ("batches", "batches")):  # fmt: skip
+        if getattr(args, arg) is not None:
+            over[field] = getattr(args, arg)
+    if args.contenders:
+        over["contenders"] = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
+    return dataclasses.replace(base, **over)
+
+
+def _default_out(prefix: str = "bench") -> pathlib.Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     results = pathlib.Path("bench") / "results"
     folder = results if results.is_dir() else pathlib.Path(".")
-    return folder / f"bench-{stamp}.json"
+    return folder / f"{prefix}-{stamp}.json"
+
+
+def run_remote(args) -> int:
+    from . import bench
+    from .bench import remote
+
+    try:
+        cfg = remote_config_from_args(args)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    out = pathlib.Path(args.out) if args.out else _default_out("remote")
+    cli_args = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+
+    def checkpoint(doc):
+        doc["system"]["argv"] = sys.argv
+        doc["cli_args"] = bench.jsonable(cli_args)
+        doc["complete"] = False
+        bench.write_json(doc, out)
+
+    doc = remote.run(cfg, progress=not args.no_progress, checkpoint=checkpoint)
+    checkpoint(doc)
+    doc["complete"] = True
+    bench.write_json(doc, out)
+    sys.stdout.write(remote.format_table(doc) + "\n")
+    sys.stdout.write(f"results: {out}\n")
+    failed = [r["name"] for r in doc["results"] if r.get("status") == "failed"]
+    return 1 if failed else 0
 
 
 def run(args) -> int:
     from . import bench
 
+    if args.remote:
+        return run_remote(args)
     try:
         cfg = config_from_args(args)
     except TypeError as exc:  # a dataclass field error is a usage error

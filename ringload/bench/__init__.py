@@ -16,7 +16,10 @@
   (:mod:`~ringload.bench.plot`);
 - :mod:`~ringload.bench.s3local`: moto's S3 server on 127.0.0.1 (``LocalS3``), and
   :mod:`~ringload.bench.netproxy`: a proxy in front of it adding latency and faults
-  (``Proxy``), for object-storage runs and the tests (imported only where used).
+  (``Proxy``), for object-storage runs and the tests (imported only where used);
+- :mod:`~ringload.bench.remote`: ``ringload bench --remote``, local files against the same
+  videos in that bucket behind counting proxies, with the peers' per-sample pattern
+  (:mod:`~ringload.bench.fsspec_dataset`: ``fsspec.open`` + ``av.open`` per item).
 
 This module stays light: the processes a contender spawns import it.
 """

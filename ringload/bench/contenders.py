@@ -2,7 +2,10 @@
 
 - ``starter``: the robotics exercise's loader (:mod:`ringload.bench.starter`), the baseline;
 - ``ceiling``: plain PyAV in file order (:mod:`ringload.bench.ceiling`);
-- ``strict``, ``bounded``, ``sequential``: :class:`ringload.VideoLoader` in each sampling mode;
+- ``strict``, ``bounded``, ``sequential``: :class:`ringload.VideoLoader` in each sampling mode
+  (on URLs too: the spec's ``storage_options`` and ``remote_cache_bytes`` go to the loader);
+- ``fsspec-dataset``: the peers' per-sample pattern on any fsspec URL or local path
+  (:mod:`ringload.bench.fsspec_dataset`), for ``ringload bench --remote``;
 - the peers (``torchcodec-exact``, ``torchcodec-approx``, ``decord``, ``spdl``) are not here: they
   run in their own interpreter (:mod:`ringload.bench.peers`, ``--peer-python``).
 
@@ -50,6 +53,20 @@ class Contender:
             return None
         value = stats().get("decoded_frames")
         return int(value) if isinstance(value, (int, float)) else None
+
+    def counters(self) -> dict | None:
+        """Cumulative counters of a loader with ``stats()`` (frames delivered, decoder tasks,
+        decoded frames, and its remote reads as ``remote_*``), or None; ``measure`` takes
+        their deltas over the timed windows."""
+        stats = getattr(self.loader, "stats", None)
+        if not callable(stats):
+            return None
+        s = stats()
+        out = {k: s[k] for k in ("frames", "samples", "tasks", "decoded_frames") if isinstance(s.get(k), (int, float))}
+        for k, v in (s.get("remote") or {}).items():
+            if k != "cache_bytes" and isinstance(v, (int, float)):
+                out["remote_" + k] = v
+        return out
 
     def iterate(self):
         epoch = 0
@@ -116,6 +133,8 @@ def make_ringload(spec, paths, sampling):
     )
     if spec.get("ring_bytes"):
         kwargs["ring_bytes"] = spec["ring_bytes"]
+    if spec.get("remote_cache_bytes") is not None:
+        kwargs["remote_cache_bytes"] = spec["remote_cache_bytes"]
     if spec.get("clip_len", 1) > 1:
         kwargs.update(sample="clips", clip_len=spec["clip_len"], frame_stride=spec["frame_stride"])
         if spec.get("clips_per_video"):
@@ -127,7 +146,9 @@ def make_ringload(spec, paths, sampling):
             kwargs["max_per_chunk"] = spec["max_per_chunk"]
     if sampling == "sequential":
         kwargs["crop"] = "none"
-    loader = VideoLoader(paths, **kwargs)
+    # storage_options (credentials, endpoint) go to the loader, never into the result file.
+    storage = {"storage_options": spec["storage_options"]} if spec.get("storage_options") is not None else {}
+    loader = VideoLoader(paths, **kwargs, **storage)
     info = {"loader_kwargs": jsonable(kwargs)}
     if sampling == "bounded":
         # The loader's config holds None for defaults; its stats hold what it really uses.
@@ -145,12 +166,31 @@ def make_ceiling(spec, paths):
     return Contender(loader, info={"note": note, "shm_bytes": loader.shm_bytes}, buffered=loader.buffered)
 
 
+def make_fsspec_dataset(spec, paths):
+    """The peers' per-sample pattern (:mod:`ringload.bench.fsspec_dataset`); ``spec["frame_pts"]``
+    holds each video's frame pts, ``spec["storage_options"]`` fsspec's options."""
+    try:
+        from . import fsspec_dataset
+    except ImportError as exc:
+        raise Skip(f"the per-sample fsspec Dataset needs {exc.name or exc}: pip install 'ringload[remote]'") from None
+
+    loader = fsspec_dataset.make_loader(
+        paths, spec["frame_pts"], storage_options=spec.get("storage_options"), size=spec["size"],
+        batch_size=spec["batch_size"], num_workers=spec["workers"], seed=spec["seed"],
+    )  # fmt: skip
+    note = ("per-sample Dataset: fsspec.open(url) + av.open(file object) per item (default block size and "
+            f"caching), seek + decode to the frame, {spec['size']}px RGB uint8; DataLoader(shuffle=True)")  # fmt: skip
+    # A DataLoader keeps prefetch_factor (2) batches in flight per worker.
+    return Contender(loader, info={"note": note, "shm_bytes": None}, buffered=2 * max(1, spec["workers"]))
+
+
 FACTORIES = {
     "starter": make_starter,
     "ceiling": make_ceiling,
     "strict": lambda spec, paths: make_ringload(spec, paths, "strict"),
     "bounded": lambda spec, paths: make_ringload(spec, paths, "bounded"),
     "sequential": lambda spec, paths: make_ringload(spec, paths, "sequential"),
+    "fsspec-dataset": make_fsspec_dataset,
 }
 RINGLOAD_KINDS = ("strict", "bounded", "sequential")
 #: The peers: run in the peer interpreter (:mod:`ringload.bench.peers`, ``--peer-python``).

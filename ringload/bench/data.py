@@ -19,37 +19,21 @@ def default_data_dir() -> pathlib.Path:
     return pathlib.Path(tempfile.gettempdir()) / "ringload-bench"
 
 
-def prepare_dataset(spec: DatasetSpec, *, data_dir=None, seed: int = 0, progress=None) -> list[str]:
-    """Generate (or reuse) ``spec`` under ``data_dir`` and return the ``names`` paths."""
-    from ..synth import make_video
+def prepare_dataset(spec: DatasetSpec, *, data_dir=None, seed: int = 0, progress=None, workers: int = 1) -> list[str]:
+    """Generate (or reuse) ``spec`` under ``data_dir`` and return the ``names`` paths.
 
+    ``workers`` > 1 encodes the missing videos in that many spawned processes (each
+    encoder runs on one thread; the files do not depend on how many run at once)."""
     root = pathlib.Path(data_dir or default_data_dir()) / f"{spec.codec}-{spec.height}p-g{spec.gop}-{spec.key()}"
     videos = root / "videos"
     names = root / "names"
     videos.mkdir(parents=True, exist_ok=True)
     names.mkdir(parents=True, exist_ok=True)
     ext = ".webm" if spec.codec == "vp9" else ".mp4"
-    distinct = []
-    for v in range(spec.distinct):
-        path = videos / f"cam_{v:04d}{ext}"
-        if not path.exists():
-            log.info("generating %s", path)
-            if progress:
-                progress(f"generating {path.name} ({spec.width}x{spec.height} {spec.codec}, {spec.seconds:g} s)")
-            part = path.with_name(path.stem + ".part" + ext)  # an interrupted run leaves no half file
-            make_video(
-                part,
-                width=spec.width,
-                height=spec.height,
-                fps=spec.fps,
-                seconds=spec.seconds,
-                gop=spec.gop,
-                bframes=spec.bframes,
-                codec=spec.codec,
-                seed=seed + v,
-            )
-            os.replace(part, path)
-        distinct.append(path)
+    distinct = [videos / f"cam_{v:04d}{ext}" for v in range(spec.distinct)]
+    missing = [(v, path) for v, path in enumerate(distinct) if not path.exists()]
+    if missing:
+        _generate(spec, missing, seed=seed, progress=progress, workers=workers)
     out = []
     for n in range(spec.names):
         link = names / f"video_{n:04d}{ext}"
@@ -59,6 +43,48 @@ def prepare_dataset(spec: DatasetSpec, *, data_dir=None, seed: int = 0, progress
             link.symlink_to(target)
         out.append(str(link))
     return out
+
+
+#: The longest one video's encode may take in a worker process before generation gives up.
+GENERATE_TIMEOUT_S = 1800.0
+
+
+def _make_one(spec: DatasetSpec, path: str, seed: int) -> str:
+    from ..synth import make_video
+
+    path = pathlib.Path(path)
+    part = path.with_name(path.stem + ".part" + path.suffix)  # an interrupted run leaves no half file
+    make_video(part, width=spec.width, height=spec.height, fps=spec.fps, seconds=spec.seconds, gop=spec.gop,
+               bframes=spec.bframes, codec=spec.codec, seed=seed)  # fmt: skip
+    os.replace(part, path)
+    return str(path)
+
+
+def _generate(spec: DatasetSpec, missing, *, seed: int, progress, workers: int) -> None:
+    what = f"{spec.width}x{spec.height} {spec.codec}, {spec.seconds:g} s"
+    workers = max(1, min(workers, len(missing)))
+    if workers == 1:
+        for v, path in missing:
+            log.info("generating %s", path)
+            if progress:
+                progress(f"generating {path.name} ({what})")
+            _make_one(spec, str(path), seed + v)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    log.info("generating %d videos (%s) in %d processes", len(missing), what, workers)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_make_one, spec, str(path), seed + v) for v, path in missing]
+        try:
+            for i, fut in enumerate(concurrent.futures.as_completed(futures, timeout=GENERATE_TIMEOUT_S * len(futures))):
+                fut.result()
+                if progress:
+                    progress(f"generated {i + 1}/{len(futures)} videos ({what})")
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
 
 def list_source(source: str) -> list[str]:

@@ -45,10 +45,12 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
         try:
             waits: list[float] = []
             windows: list[float] = []
+            windows_s: list[float] = []
             images = 0
             frames_per_sample = 1
             cpu = 0.0
             decoded: int | None = 0
+            counted: dict[str, float] = {}  # deltas of the contender's counters over the windows
             batch = next(it)
             result["first_batch_s"] = time.perf_counter() - t_start
             result["output"] = {"shape": list(batch.shape), "dtype": str(batch.dtype).replace("torch.", "")}
@@ -59,7 +61,9 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
             # contender is so slow that a quarter of the budget passes first (then the
             # buffer is a small share of a window anyway).
             t_first = time.perf_counter()
-            drain = contender.buffered_batches() + 1
+            # (spec["drain"] False: exactly warmup_batches, for windows of a fixed number of
+            # batches that must start at the same point of the plan for every contender.)
+            drain = contender.buffered_batches() + 1 if spec.get("drain", True) else 0
             warm_deadline = t_first + 0.25 * spec["budget_s"]
             warmup = 1
             while warmup < spec["warmup_batches"] or (warmup < drain and time.perf_counter() < warm_deadline):
@@ -82,6 +86,10 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
                     break
                 cpu0 = tree_cpu_seconds(me)
                 dec0 = contender.decoded_frames()
+                c0 = contender.counters()
+                # The parent can read what lies outside this tree (a server's CPU, a proxy's
+                # counters) at the window's edges.
+                emit({"window": len(windows), "edge": "start"})
                 t0 = time.perf_counter()
                 n = 0
                 while True:
@@ -100,11 +108,17 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
                     ):
                         break
                 elapsed = time.perf_counter() - t0
+                emit({"window": len(windows), "edge": "end", "seconds": elapsed})
                 cpu += tree_cpu_seconds(me) - cpu0
+                c1 = contender.counters()
+                if c0 is not None and c1 is not None:
+                    for k in c0.keys() & c1.keys():
+                        counted[k] = counted.get(k, 0) + c1[k] - c0[k]
                 dec1 = contender.decoded_frames()
                 # Decoded over delivered within the windows: the ring's prefetch is steady there.
                 decoded = decoded + dec1 - dec0 if decoded is not None and dec0 is not None and dec1 is not None else None
                 windows.append(n * b.shape[0] / elapsed)
+                windows_s.append(elapsed)
                 frames_per_sample = int(b.shape[1]) if b.ndim == 5 else 1  # (B, T, C, H, W) clips
                 images += n * b.shape[0]
             result.update(contender.info())
@@ -127,6 +141,9 @@ def measure(spec: dict, paths: list[str], emit=lambda msg: None, factories=None)
         peak_pss_bytes=mem.peak_pss,
         wall_s=time.perf_counter() - t_start,
     )
+    if counted:
+        result["window_counters"] = counted
+    result["windows_s"] = windows_s
     stats = result.get("loader_stats") or {}
     if result.get("shm_bytes") is None and isinstance(stats, dict):
         for key in ("shm_bytes", "ring_bytes", "shared_memory_bytes"):

@@ -61,7 +61,13 @@ def peer_versions(peer_python: str) -> dict:
         return {"executable": peer_python, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def run_child(spec: dict, *, timeout_s: float, on_progress=None, peer_python: str | None = None) -> dict:
+def run_child(spec: dict, *, timeout_s: float, on_progress=None, peer_python: str | None = None,
+              on_window=None) -> dict:
+    """Run one contender in its own process group (``child_command``) and return its result.
+
+    ``on_progress(batches)`` follows its batches; ``on_window(msg)`` is called as each timed
+    window starts and ends (``{"window": i, "edge": "start" | "end"}``), for what the parent
+    measures around it (a server's CPU, a proxy's counters)."""
     cmd, env = child_command(peer_python)
     with tempfile.TemporaryFile(mode="w+") as err:
         proc = subprocess.Popen(
@@ -103,6 +109,8 @@ def run_child(spec: dict, *, timeout_s: float, on_progress=None, peer_python: st
             msg = json.loads(line[len(PROTO) :])
             if "progress" in msg and on_progress:
                 on_progress(msg["progress"])
+            if "window" in msg and on_window:
+                on_window(msg)
             if "result" in msg:
                 result = msg["result"]
         try:
