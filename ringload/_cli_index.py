@@ -58,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
             opts = json.loads(args.storage_options)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--storage-options: not valid JSON ({exc.msg})") from None
-    opts = _remote.check_storage_options(opts)
     with _remote.using(_remote.Storage(opts) if opts is not None else None):
         return _run(args)
 
@@ -107,10 +106,7 @@ def _run(args: argparse.Namespace) -> int:
             paths = list(dict.fromkeys(src.paths)) if src.segments is not None else src.paths
             if bar is not None:
                 bar.total = len(paths)
-            found = src.members
-            members = None
-            if found is not None and src.segments is None:
-                members = [(int(m[0]), int(m[1])) if m[0] >= 0 else None for m in found]
+            members = src.member_ranges() if src.segments is None else None
             results = index_paths(paths, stream=args.stream, cache=cache, workers=args.workers, on_result=on_result,
                                   members=members)  # fmt: skip
         else:

@@ -87,8 +87,8 @@ def load_dataset(cfg: LoaderConfig, source) -> Dataset:
         from . import _remote
 
         paths = row_paths = [_remote.normalize(p) for p in source.paths]
-        found = getattr(source, "members", None)
-        members = {p: (int(m[0]), int(m[1])) for p, m in zip(row_paths, found) if m[0] >= 0} if found is not None else {}
+        ranges = source.member_ranges() if hasattr(source, "member_ranges") else None
+        members = {p: m for p, m in zip(row_paths, ranges) if m is not None} if ranges is not None else {}
         if segments is not None:
             # Rows of one file share its index entry (and its decodes).
             first_row: dict[str, int] = {}

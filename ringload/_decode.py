@@ -163,11 +163,8 @@ class VideoReader:
 
     def _open_object(self) -> None:
         """Open a remote object or a shard's member (checked against the index) as a file object."""
-        info = self.info
-        self._file, self._fd = _remote.current().open(
-            self.path, offset=info.data_offset, size=info.data_size, expect_size=info.file_size,
-            expect_mtime_ns=info.file_mtime_ns, expect_etag=info.file_etag,
-        )  # fmt: skip
+        loc = {k: getattr(self.info, k) for k in _remote.LOC_FIELDS}
+        self._file, self._fd = _remote.current().open_indexed(self.path, **loc)
 
     def _prefetch(self, targets: list[int]) -> None:
         """Fetch the bytes of the GOPs holding ``targets`` in one request per run of GOPs."""
@@ -195,19 +192,11 @@ class VideoReader:
         info = self.info
         if self._fd is None or (info.file_size < 0 and info.file_mtime_ns < 0):
             return
-        st = os.fstat(self._fd)
-        # Size and mtime only: inode and device differ for an index built on another machine.
-        if (info.file_size < 0 or st.st_size == info.file_size) and (
-            info.file_mtime_ns < 0 or st.st_mtime_ns == info.file_mtime_ns
-        ):
-            return
-        self.close()
-        raise VideoChangedError(
-            self.path,
-            f"the file changed after it was indexed (indexed: {info.file_size} bytes, mtime_ns {info.file_mtime_ns}; "
-            f"now: {st.st_size} bytes, mtime_ns {st.st_mtime_ns}); its frames would not match the index. "
-            "Re-index it (`ringload index SOURCE`) or rebuild the loader",
-        )
+        try:
+            _remote.check_file(self.path, os.fstat(self._fd), info.file_size, info.file_mtime_ns)
+        except VideoChangedError:
+            self.close()
+            raise
 
     def _generate(self):
         import av

@@ -89,11 +89,6 @@ def window_depth(cfg: LoaderConfig, slot_bytes: int, chunk_window: int, workers:
     return min(fit, want)
 
 
-def storage_settings(cfg: LoaderConfig, storage_options: dict | None) -> tuple:
-    """What decoders need to read remote objects: (storage_options, cache bytes, retries, timeout)."""
-    return (dict(storage_options or {}), cfg.remote_cache_bytes, cfg.remote_retries, cfg.remote_timeout_s)
-
-
 def remote_budget_s(cfg: LoaderConfig, paths) -> float:
     """What a task's reads may take on top of its decoding where videos are not local files
     (a HEAD and a range request, each with every retry and its backoff), so that a slow
@@ -105,7 +100,7 @@ def remote_budget_s(cfg: LoaderConfig, paths) -> float:
     return 2 * ((cfg.remote_retries + 1) * cfg.remote_timeout_s + cfg.remote_retries * _MAX_BACKOFF_S)
 
 
-def start_engine(cfg: LoaderConfig, data, chunk_window: int, storage_options: dict | None = None) -> Engine:
+def start_engine(cfg: LoaderConfig, data, chunk_window: int, storage: tuple = ({}, 256 << 20, 3, 30.0)) -> Engine:
     """Allocate the ring (sized from the settings and, in bounded mode, the plan's
     ``chunk_window``), register it with the transfer and start the scheduler."""
     import torch
@@ -140,7 +135,7 @@ def start_engine(cfg: LoaderConfig, data, chunk_window: int, storage_options: di
             on_error=cfg.on_error,
             options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s + remote_budget_s(cfg, data.paths),
                                      orientation=cfg.orientation, decoder_threads=threads,
-                                     storage=storage_settings(cfg, storage_options)),
+                                     storage=storage),
             quarantined=data.quarantined,
         )
         sched.start()

@@ -49,11 +49,7 @@ def _open(path: str, loc: dict | None = None):
         if _remote.is_local(path):
             target = path
         else:
-            loc = loc or {}
-            f, fd = _remote.current().open(
-                path, offset=loc.get("data_offset", 0), size=loc.get("data_size", -1),
-                expect_size=loc.get("file_size", -1), expect_etag=loc.get("file_etag", ""),
-            )  # fmt: skip
+            f, fd = _remote.current().open_indexed(path, **(loc or {}))
             target = f
         try:
             c = av.open(target, "r")

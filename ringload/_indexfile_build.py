@@ -65,8 +65,7 @@ def build_index(src, out, *, shard=None, stream=None, cache=True, workers=None, 
     if shard is not None:
         rows_at = rows_at[shard[0] :: shard[1]]
     mine = [paths[i] for i in rows_at]
-    found = getattr(src, "members", None)
-    members = [(int(found[i, 0]), int(found[i, 1])) if found[i, 0] >= 0 else None for i in rows_at] if found is not None else None
+    members = src.member_ranges(rows_at) if hasattr(src, "member_ranges") else None
     results = index_paths(mine, stream=stream, cache=cache, workers=workers, on_result=on_result, members=members)
     labels = src.labels[rows_at] if src.labels is not None else None
     weights = getattr(src, "weights", None)

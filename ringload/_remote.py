@@ -118,9 +118,7 @@ class Storage:
                  retries: int = DEFAULT_RETRIES, timeout_s: float = DEFAULT_TIMEOUT_S):
         from ._rangefile import BlockCache, RemoteStats
 
-        if storage_options is not None and not isinstance(storage_options, dict):
-            raise ConfigError(f"storage_options: pass a dict of fsspec options (or None), not {type(storage_options).__name__}")
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = check_storage_options(storage_options) or {}
         self.cache_bytes = int(cache_bytes)
         self.retries = int(retries)
         self.timeout_s = float(timeout_s)
@@ -133,8 +131,12 @@ class Storage:
         self._fetchers: dict[str, object] = {}
         self._identities: dict[str, tuple[float, int, str]] = {}
 
+    def settings(self) -> tuple:
+        """(storage_options, cache_bytes, retries, timeout_s): what a decoder's Storage is made of."""
+        return (self.storage_options, self.cache_bytes, self.retries, self.timeout_s)
+
     def __reduce__(self):
-        return (_rebuild, (self.storage_options, self.cache_bytes, self.retries, self.timeout_s))
+        return (_rebuild, self.settings())
 
     # ---- file systems
 
@@ -220,12 +222,18 @@ class Storage:
 
     # ---- opening
 
+    def open_indexed(self, path: str, *, data_offset: int = 0, data_size: int = -1, file_size: int = -1,
+                     file_mtime_ns: int = -1, file_etag: str = ""):
+        """:meth:`open` with the ``VideoInfo`` fields that say where the video lies and what it was (LOC_FIELDS)."""
+        return self.open(path, offset=data_offset, size=data_size, expect_size=file_size, expect_mtime_ns=file_mtime_ns,
+                         expect_etag=file_etag)  # fmt: skip
+
     def open(self, path: str, *, offset: int = 0, size: int = -1, expect_size: int = -1, expect_mtime_ns: int = -1,
              expect_etag: str = "", readahead_bytes: int | None = None):
         """Open ``path`` for PyAV: (file object, local descriptor or None). A member of a
         shard is bytes [offset, offset + size) of it. Raises VideoChangedError when the
         object is not the one described by the ``expect_*`` values (-1 / "": unknown)."""
-        from ._rangefile import RangeFile, local_fetch_fn
+        from ._rangefile import Fetcher, RangeFile, local_fetch_fn
 
         outer = container_of(path)
         if is_url(outer):
@@ -249,20 +257,11 @@ class Storage:
             raise VideoOpenError(path, f"cannot open: {exc.strerror or exc}") from None
         try:
             st = os.fstat(fd)
-            if (expect_size >= 0 and st.st_size != expect_size) or (
-                expect_mtime_ns >= 0 and st.st_mtime_ns != expect_mtime_ns
-            ):
-                raise VideoChangedError(
-                    path, f"the file changed after it was indexed (indexed: {expect_size} bytes, mtime_ns "
-                    f"{expect_mtime_ns}; now: {st.st_size} bytes, mtime_ns {st.st_mtime_ns}); its frames would not "
-                    "match the index. Re-index it (`ringload index SOURCE`) or rebuild the loader",
-                )  # fmt: skip
+            check_file(path, st, expect_size, expect_mtime_ns)
             length = st.st_size - offset if size < 0 else size
             if offset + length > st.st_size:
                 raise VideoOpenError(path, f"bytes {offset}-{offset + length} lie past the end of {outer} "
                                            f"({st.st_size} bytes); re-index it")  # fmt: skip
-            from ._rangefile import Fetcher
-
             # Local shards: the page cache holds their bytes; a small cache serves PyAV's reads.
             key = (outer, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             f = RangeFile(Fetcher(local_fetch_fn(fd), outer, retries=0, timeout_s=None), key, length, _local_cache(),
@@ -274,14 +273,31 @@ class Storage:
             raise
 
 
+#: The VideoInfo fields that locate a video's bytes and identify the object they were indexed from.
+LOC_FIELDS = ("data_offset", "data_size", "file_size", "file_mtime_ns", "file_etag")
+
+
+def check_file(path: str, st: os.stat_result, expect_size: int, expect_mtime_ns: int) -> None:
+    """VideoChangedError unless a local file's size and mtime are the indexed ones (-1: unknown).
+    Size and mtime only: inode and device differ for an index built on another machine."""
+    if (expect_size < 0 or st.st_size == expect_size) and (expect_mtime_ns < 0 or st.st_mtime_ns == expect_mtime_ns):
+        return
+    raise VideoChangedError(
+        path, f"the file changed after it was indexed (indexed: {expect_size} bytes, mtime_ns {expect_mtime_ns}; "
+        f"now: {st.st_size} bytes, mtime_ns {st.st_mtime_ns}); its frames would not match the index. "
+        "Re-index it (`ringload index SOURCE`) or rebuild the loader",
+    )  # fmt: skip
+
+
 def check_storage_options(options) -> dict | None:
     """``storage_options`` as decoders will get them: a dict of plain values (str, numbers,
     bools, None, lists and dicts of them), or a ConfigError naming the setting."""
     if options is None:
         return None
     if not isinstance(options, dict):
-        raise ConfigError(f"storage_options={options!r}: pass a dict of fsspec options, e.g. "
-                          "{'client_kwargs': {'endpoint_url': 'http://...'}}, or None")  # fmt: skip
+        # Its type only: the value may hold a secret.
+        raise ConfigError(f"storage_options: pass a dict of fsspec options, e.g. {{'client_kwargs': {{'endpoint_url': "
+                          f"'http://...'}}}}, or None, not {type(options).__name__}")  # fmt: skip
 
     def plain(v, where: str) -> None:
         if isinstance(v, dict):

@@ -79,6 +79,14 @@ class Source:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def member_ranges(self, rows=None) -> list | None:
+        """(offset, size) in its shard of each row (of ``rows``, default all) that is a tar
+        member, None for the others; None when no row is one."""
+        if self.members is None:
+            return None
+        m = self.members if rows is None else self.members[rows]
+        return [(int(a), int(b)) if a >= 0 else None for a, b in m.tolist()]
+
 
 def _is_video(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS

@@ -202,14 +202,13 @@ class VideoLoader:
         if weights is not None and weights is not False:
             check_weighted("weights", cfg)
         # Credentials stay out of the config (its settings are saved with every state_dict).
-        storage_options = _remote.check_storage_options(storage_options)
         storage = _remote.Storage(storage_options, cache_bytes=cfg.remote_cache_bytes, retries=cfg.remote_retries,
                                   timeout_s=cfg.remote_timeout_s)  # fmt: skip
         with _remote.using(storage):
             self.source = resolve_source(source, on_error=cfg.on_error)
-            self._load(cfg, weights, samples, storage_options)
+            self._load(cfg, weights, samples, storage)
 
-    def _load(self, cfg, weights, samples, storage_options) -> None:
+    def _load(self, cfg, weights, samples, storage) -> None:
         weights = resolve_weights(weights, self.source, cfg)
         if cfg.balance is not None and self.source.labels is None:
             raise ConfigError(f"balance={cfg.balance!r} needs labels: a manifest with a 'label' or 'labels' column")
@@ -233,7 +232,7 @@ class VideoLoader:
         self._counters = {"batches": 0, "samples": 0, "frames": 0, "wait_s": 0.0, "busy_s": 0.0}
         self._t_first = None
         self._engine = eng = start_engine(cfg, data, plan.chunk_window if cfg.sampling == "bounded" else 1,
-                                          storage_options)
+                                          storage.settings())
         self._sched, self._transfer = eng.sched, eng.transfer
         self._finalizer = weakref.finalize(self, _release, eng.sched, eng.transfer, eng.ring, self._owner_pid)
 

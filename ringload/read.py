@@ -80,7 +80,7 @@ def read_frames(
     """
     from . import _remote
 
-    storage = _remote.Storage(_remote.check_storage_options(storage_options)) if storage_options is not None else None
+    storage = _remote.Storage(storage_options) if storage_options is not None else None
     with _remote.using(storage):
         return _read_frames(path, indices, size=size, stream=stream, threads=threads, orientation=orientation,
                             crop=crop)  # fmt: skip
