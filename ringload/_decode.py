@@ -169,23 +169,11 @@ class VideoReader:
     def _prefetch(self, targets: list[int]) -> None:
         """Fetch the bytes of the GOPs holding ``targets`` in one request per run of GOPs."""
         f = self._file
-        pos = self.info.keyframe_pos
-        if f is None or getattr(f, "local", True) or len(pos) == 0 or bool(np.any(pos < 0)):
+        if f is None or getattr(f, "local", True):
             return
-        gops = sorted({max(self._kf_pos(t), 0) for t in targets})
-        size = f.size
-        runs = []
-        for g in gops:
-            if runs and g == runs[-1][1] + 1:
-                runs[-1][1] = g
-            else:
-                runs.append([g, g])
-        for a, b in runs:
-            start = int(pos[a]) if a > 0 else 0
-            end = int(pos[b + 1]) if b + 1 < len(pos) else size
-            self.gop_bytes += max(0, end - start)
-            # The decoder reads a little past the next keyframe (packets it reorders).
-            f.prefetch(start, min(size, end + _PREFETCH_TAIL))
+        for start, end in gop_ranges(self.info, targets, f.size):
+            self.gop_bytes += end - start
+            f.prefetch(start, min(f.size, end + _PREFETCH_TAIL))
 
     def _check_unchanged(self) -> None:
         """Raise VideoChangedError (closing the reader) when the open file is not the indexed one."""
@@ -429,6 +417,26 @@ class _Corrupt(Exception):
     def __init__(self, frame: int):
         super().__init__(frame)
         self.frame = frame
+
+
+def gop_ranges(info: VideoInfo, targets, size: int) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) of the runs of consecutive GOPs that hold frames ``targets``
+    in a file of ``size`` bytes; [] where the index does not know the keyframes' positions.
+    The decoder reads a little past each end (``_PREFETCH_TAIL``): packets it reorders."""
+    pos = info.keyframe_pos
+    if len(pos) == 0 or bool(np.any(pos < 0)) or len(targets) == 0:
+        return []
+    gops = np.unique(np.maximum(np.searchsorted(info.keyframes, np.asarray(targets), side="right") - 1, 0))
+    # A new run starts wherever the next GOP is not the one after the previous.
+    breaks = np.flatnonzero(np.diff(gops) != 1) + 1
+    ranges = []
+    for run in np.split(gops, breaks):
+        a, b = int(run[0]), int(run[-1])
+        start = int(pos[a]) if a > 0 else 0
+        end = int(pos[b + 1]) if b + 1 < len(pos) else size
+        if end > start:
+            ranges.append((start, end))
+    return ranges
 
 
 def _fd_path(fd: int) -> str:

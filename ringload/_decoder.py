@@ -13,11 +13,14 @@ with ``num_workers=0``.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -34,6 +37,7 @@ class Channel:
         self.sock = sock
         self.reader = P.MessageReader()
         self.queue: collections.deque = collections.deque()
+        self.eof = False
 
     def send(self, msg) -> None:
         self.sock.sendall(P.encode(msg))
@@ -42,16 +46,32 @@ class Channel:
         """Next message (and received descriptors when asked); None at end-of-file."""
         fds: list[int] = []
         while not self.queue:
+            if self.eof:
+                return (None, fds) if with_fds else None
             if with_fds:
                 data, got, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 4)
                 fds.extend(got)
             else:
                 data = self.sock.recv(1 << 16)
             if not data:
-                return (None, fds) if with_fds else None
+                self.eof = True
+                continue
             self.queue.extend(self.reader.feed(data))
         msg = self.queue.popleft()
         return (msg, fds) if with_fds else msg
+
+    def pending(self) -> bool:
+        """Whether a whole message (or end-of-file) has arrived: recv() would not wait."""
+        while not self.queue and not self.eof:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable:
+                return False
+            data = self.sock.recv(1 << 16)
+            if not data:
+                self.eof = True
+            else:
+                self.queue.extend(self.reader.feed(data))
+        return True
 
 
 def main(sock: socket.socket, token: bytes, worker_id: int, runner=None) -> None:
@@ -101,9 +121,22 @@ def serve(chan: Channel, runner: TaskRunner) -> None:
                 return
             if not isinstance(msg, P.Task):
                 raise P.ProtocolError(f"a decoder expects tasks, got {type(msg).__name__}")
-            chan.send(runner.run(msg, idle_s=time.perf_counter() - t0))
+            chan.send(runner.run(msg, idle_s=time.perf_counter() - t0, ahead=functools.partial(_ahead, chan, runner)))
     except (BrokenPipeError, ConnectionResetError):
         return  # the consumer closed the channel (or died): nothing left to do
+    finally:
+        runner.close()
+
+
+def _ahead(chan: Channel, runner: TaskRunner) -> bool:
+    """Warm the next task once it has arrived; True once there is nothing more to look for.
+    The consumer queues up to `depth` tasks per decoder, the next one usually while the
+    current one decodes: its bytes (a remote object's) are fetched meanwhile."""
+    if not chan.pending():
+        return False
+    if chan.queue and isinstance(chan.queue[0], P.Task):
+        runner.warm(chan.queue[0])
+    return True
 
 
 class TaskRunner:
@@ -126,6 +159,8 @@ class TaskRunner:
         _remote.set_process_storage(self.storage)
         self._reported = dict.fromkeys(P.REMOTE_COUNTERS, 0)
         self._gop_bytes = 0  # of readers closed since
+        self._warming: dict[int, tuple[threading.Thread, object]] = {}  # task id -> (thread, its counters)
+        self._warmed: list[tuple[threading.Thread, object]] = []  # threads whose counters are not yet added
 
     def _info(self, video: int):
         info = self.infos.get(video)
@@ -155,8 +190,59 @@ class TaskRunner:
             self._gop_bytes += reader.gop_bytes
             _close(reader)
 
+    def warm(self, task: P.Task) -> None:
+        """Start fetching, in a thread, the bytes of a remote object that ``task`` will read (the
+        header blocks its last opening read, if it is not open, and its GOPs), so that they
+        arrive while the current task decodes. Failures are left for the task itself to meet
+        and report; a task that never runs only cost the fetch."""
+        from . import _remote
+
+        if task.task_id in self._warming or not _remote.is_url(_remote.container_of(task.path)):
+            return
+        try:
+            info = self._info(task.video)
+        except Exception:  # the task's own run reports it
+            return
+        from ._rangefile import RemoteStats
+
+        stats = RemoteStats()
+        header = task.video not in self.readers
+        th = threading.Thread(target=self._warm, args=(task.path, info, np.unique(task.frames), header, stats),
+                              name="ringload-warm", daemon=True)  # fmt: skip
+        self._warming[task.task_id] = (th, stats)
+        th.start()
+
+    def _warm(self, path: str, info, targets, header: bool, stats) -> None:
+        from . import _remote
+
+        try:
+            f, _ = self.storage.open_indexed(path, stats=stats, **{k: getattr(info, k) for k in _remote.LOC_FIELDS})
+            try:
+                if header:
+                    f.warm_header()
+                for start, end in self._decode.gop_ranges(info, targets, f.size):
+                    f.prefetch(start, min(f.size, end + self._decode._PREFETCH_TAIL))
+            finally:
+                f.close()
+        except Exception as exc:
+            log.debug("fetching ahead for %s failed (its task meets it): %s", path, exc)
+
+    def _await_warm(self, task_id: int) -> None:
+        """Let the warm-ahead of this task finish (one request timeout at most: past it the task
+        fetches what it still lacks itself)."""
+        w = self._warming.pop(task_id, None)
+        if w is not None:
+            w[0].join(timeout=self.storage.timeout_s)
+            self._warmed.append(w)
+        for tid in [t for t, (th, _) in self._warming.items() if not th.is_alive()]:
+            self._warmed.append(self._warming.pop(tid))  # warmed for a task that went elsewhere
+
     def _remote_delta(self) -> tuple:
         """Counters of remote reads since the last reply (all zero for local files)."""
+        for w in [w for w in self._warmed if not w[0].is_alive()]:
+            self._warmed.remove(w)
+            self.storage.stats.add(w[1])
+            self.storage.stats.ahead_requests += w[1].requests
         now = self.storage.stats.as_dict()
         now["gop_bytes"] = self._gop_bytes + sum(r.gop_bytes for r in self.readers.values())
         delta = tuple(int(now.get(k, 0)) - self._reported[k] for k in P.REMOTE_COUNTERS)
@@ -167,8 +253,9 @@ class TaskRunner:
         for video in list(self.readers):
             self._drop_reader(video)
 
-    def run(self, task: P.Task, *, idle_s: float = 0.0):
-        """Decode ``task``; returns the Done or Failed reply."""
+    def run(self, task: P.Task, *, idle_s: float = 0.0, ahead=None):
+        """Decode ``task``; returns the Done or Failed reply. ``ahead()`` is called before
+        decoding and after each frame until it returns True (serve's look at the next task)."""
         t1 = time.perf_counter()
         delivered = np.zeros(len(task.frames), dtype=bool)
         order = np.argsort(task.req_frame, kind="stable")
@@ -176,8 +263,10 @@ class TaskRunner:
         convert_into = self._decode.convert_into
         slots, size = self.slots, task.size
         orient = None
+        look = ahead if ahead is not None and not ahead() else None
 
         def sink(p, frame):
+            nonlocal look
             for r in order[starts[p] : starts[p + 1]]:
                 out = slots[task.slot[r], task.row[r], task.t[r]]
                 c = task.crop[r]
@@ -188,9 +277,12 @@ class TaskRunner:
                 if task.flip[r]:
                     out[...] = out[:, ::-1]
             delivered[p] = True
+            if look is not None and look():
+                look = None
 
         reader = None
         before = 0
+        self._await_warm(task.task_id)
         try:
             reader = self._reader(task.video, task.path)
             orient = self._info(task.video).orient(self.options.orientation)

@@ -113,7 +113,8 @@ class Failed:
 
 
 # What Done.remote and Failed.remote count, in order (stats()["remote"]).
-REMOTE_COUNTERS = ("bytes_fetched", "requests", "retries", "cache_hits", "cache_misses", "header_hits", "gop_bytes")
+REMOTE_COUNTERS = ("bytes_fetched", "requests", "retries", "cache_hits", "cache_misses", "header_hits", "gop_bytes",
+                   "ahead_requests")
 
 _MESSAGES = (Hello, Ring, Ready, Task, Done, Failed)
 

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 AVSEEK_SIZE = 0x10000  # FFmpeg's "how large is it?" whence: PyAV answers it itself, other callers may not
 _MAX_BACKOFF_S = 2.0
+_HEADER_BLOCK_OBJECTS = 65536  # objects whose header blocks (a few numbers each) are remembered
 # S3 error codes of a busy or failing service rather than a bad request.
 _RETRY_CODES = frozenset(
     {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException"}
@@ -42,7 +43,8 @@ _LIBRARY_TRANSIENTS = {
 @dataclasses.dataclass
 class RemoteStats:
     """Counters of remote reads. cache_hits/cache_misses count reads (hits needed no request);
-    header_hits counts the hits that took a block from the header store."""
+    header_hits counts the hits that took a block from the header store; ahead_requests, the
+    requests (of ``requests``) made for a task while the one before it decoded."""
 
     bytes_fetched: int = 0
     requests: int = 0
@@ -50,6 +52,7 @@ class RemoteStats:
     cache_hits: int = 0
     cache_misses: int = 0
     header_hits: int = 0
+    ahead_requests: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -233,6 +236,9 @@ class BlockCache:
         self.nbytes = 0
         self._blocks: OrderedDict[tuple[Hashable, int], bytes] = OrderedDict()
         self._headers: OrderedDict[Hashable, dict[int, bytes]] = OrderedDict()
+        # Which blocks opening each object read (numbers only, so many more objects than the
+        # header store holds): fetched ahead of a reopen (RangeFile.warm_header).
+        self._header_blocks: OrderedDict[Hashable, tuple[int, ...]] = OrderedDict()
         # read_frames may be called from several threads sharing a process's storage.
         self._lock = threading.Lock()
 
@@ -259,6 +265,19 @@ class BlockCache:
                 return None
             self._headers.move_to_end(key)
             return blocks.get(block_no)
+
+    def note_header(self, key: Hashable, block_nos) -> None:
+        """Remember that opening ``key`` read these blocks."""
+        with self._lock:
+            self._header_blocks[key] = tuple(sorted(block_nos))
+            self._header_blocks.move_to_end(key)
+            if len(self._header_blocks) > _HEADER_BLOCK_OBJECTS:
+                self._header_blocks.popitem(last=False)
+
+    def header_blocks(self, key: Hashable) -> tuple[int, ...]:
+        """The blocks the last opening of ``key`` read (() when unknown)."""
+        with self._lock:
+            return self._header_blocks.get(key, ())
 
     def put_header(self, key: Hashable, block_no: int, data: bytes) -> None:
         if self.header_objects == 0 or self.header_bytes == 0:
@@ -317,6 +336,7 @@ class RangeFile(io.RawIOBase):
         self._next: int | None = None  # where the previous read ended
         self._prefetched = (0, 0)
         self._opening = True  # until end_header() or the first prefetch, reads are the container's header
+        self._header_read: set[int] = set()
         self.local = False  # a local file (a shard on disk): prefetching it gains nothing
 
     def readable(self) -> bool:
@@ -368,7 +388,8 @@ class RangeFile(io.RawIOBase):
         start, end = max(0, start), min(self.size, end)
         # More than the cache holds would be evicted before it is read: the rest is read as needed.
         end = min(end, start + self._cache.capacity)
-        self._opening, self._ra, self._prefetched = False, 0, (start, end)
+        self._end_opening()
+        self._ra, self._prefetched = 0, (start, end)
         if end <= start:
             return
         bs = self._cache.block_size
@@ -376,7 +397,18 @@ class RangeFile(io.RawIOBase):
 
     def end_header(self) -> None:
         """The container is open: later reads are not its header."""
+        self._end_opening()
+
+    def _end_opening(self) -> None:
+        if self._opening and self._header_read:
+            self._cache.note_header(self._key, self._header_read)
         self._opening = False
+
+    def warm_header(self) -> None:
+        """Fetch the blocks the last opening of this object read, where they are not cached
+        (ahead of reopening it; one request per contiguous run)."""
+        self._check_open()
+        self._fetch([b for b in self._cache.header_blocks(self._key) if self._lookup(b)[0] is None])
 
     def _lookup(self, block_no: int) -> tuple[bytes | None, bool]:
         data = self._cache.get(self._key, block_no)
@@ -430,6 +462,7 @@ class RangeFile(io.RawIOBase):
         if self._opening:
             for b in range(first, last + 1):
                 self._cache.put_header(self._key, b, blocks[b])
+                self._header_read.add(b)
         if first == last:
             return blocks[first][start - first * bs : end - first * bs]
         return b"".join(blocks[b] for b in range(first, last + 1))[start - first * bs : end - first * bs]

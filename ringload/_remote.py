@@ -16,6 +16,7 @@ import logging
 import os
 import posixpath
 import re
+import threading
 
 from .errors import ConfigError, RemoteReadError, VideoChangedError, VideoOpenError
 
@@ -130,6 +131,8 @@ class Storage:
         self._fs: dict[tuple[str, str], object] = {}
         self._fetchers: dict[str, object] = {}
         self._identities: dict[str, tuple[float, int, str]] = {}
+        # A decoder's warm-ahead thread (TaskRunner.warm) opens objects beside its decoding.
+        self._lock = threading.Lock()
 
     def settings(self) -> tuple:
         """(storage_options, cache_bytes, retries, timeout_s): what a decoder's Storage is made of."""
@@ -164,7 +167,8 @@ class Storage:
                 raise ConfigError(f"{url}: storage_options do not suit {protocol}:// ({exc})") from None
             if protocol in ("s3", "s3a") and hasattr(fs, "retries"):
                 fs.retries = 1  # s3fs's own loop would retry 5 x botocore's: ours is the whole policy
-            self._fs[where] = fs
+            with self._lock:
+                fs = self._fs.setdefault(where, fs)
         return fs, fs._strip_protocol(url)
 
     def read_all(self, url: str) -> bytes:
@@ -172,8 +176,9 @@ class Storage:
         size, _ = self.identity(url)
         return self.fetcher(url, size).fetch(0, size) if size else b""
 
-    def identity(self, url: str, *, fresh: bool = False) -> tuple[int, str]:
-        """(size in bytes, version tag) of a remote object, asked at most every 30 s unless ``fresh``."""
+    def identity(self, url: str, *, fresh: bool = False, stats=None) -> tuple[int, str]:
+        """(size in bytes, version tag) of a remote object, asked at most every 30 s unless ``fresh``;
+        its request is counted in ``stats`` (default: this storage's)."""
         import time
 
         now = time.monotonic()
@@ -181,7 +186,7 @@ class Storage:
         if seen is not None and not fresh and now - seen[0] < _IDENTITY_TTL_S:
             return seen[1], seen[2]
         fs, p = self.filesystem(url)
-        info = self._call(url, lambda: fs.info(p), what="its size and version")
+        info = self._call(url, lambda: fs.info(p), what="its size and version", stats=stats)
         if info.get("type") == "directory":
             raise VideoOpenError(url, "is a folder, not an object")
         if info.get("size") is None:
@@ -190,54 +195,60 @@ class Storage:
         if not etag and url not in self._identities:
             log.warning("%s: the store gives no version (ETag, generation, mtime) for it: a change that keeps its "
                         "size would go unnoticed", url)  # fmt: skip
-        self._identities[url] = (now, size, etag)
-        if len(self._identities) > 65536:
-            self._identities.pop(next(iter(self._identities)))
+        with self._lock:
+            self._identities[url] = (now, size, etag)
+            if len(self._identities) > 65536:
+                self._identities.pop(next(iter(self._identities)))
         return size, etag
 
     def call(self, url: str, fn, *, what: str):
         """``fn()`` (a listing) with the retries and timeout of every request; errors name ``url``."""
         return self._call(url, fn, what=what)
 
-    def _call(self, url: str, fn, *, what: str):
+    def _call(self, url: str, fn, *, what: str, stats=None):
         from ._rangefile import Fetcher
 
         return Fetcher(lambda a, b: b"", url, retries=self.retries, timeout_s=self.timeout_s,
-                       stats=self.stats).call(fn, what)  # fmt: skip
+                       stats=self.stats if stats is None else stats).call(fn, what)  # fmt: skip
 
-    def fetcher(self, url: str, size: int | None = None):
-        """The range reader of one object (``size``: its size now, for the checks of every request)."""
-        f = self._fetchers.get(url)
+    def fetcher(self, url: str, size: int | None = None, *, stats=None):
+        """The range reader of one object (``size``: its size now, for the checks of every request);
+        with ``stats``, a reader of its own that counts there."""
+        f = self._fetchers.get(url) if stats is None else None
         if f is None or f.size != size:
             from ._rangefile import Fetcher
 
             fs, p = self.filesystem(url)
-            f = self._fetchers[url] = Fetcher(
+            f = Fetcher(
                 lambda start, end: fs.cat_file(p, start=start, end=end), url, size=size, retries=self.retries,
-                timeout_s=self.timeout_s, stats=self.stats,
+                timeout_s=self.timeout_s, stats=self.stats if stats is None else stats,
             )
-            if len(self._fetchers) > 4096:
-                self._fetchers.pop(next(iter(self._fetchers)))
+            if stats is None:
+                with self._lock:
+                    self._fetchers[url] = f
+                    if len(self._fetchers) > 4096:
+                        self._fetchers.pop(next(iter(self._fetchers)))
         return f
 
     # ---- opening
 
     def open_indexed(self, path: str, *, data_offset: int = 0, data_size: int = -1, file_size: int = -1,
-                     file_mtime_ns: int = -1, file_etag: str = ""):
+                     file_mtime_ns: int = -1, file_etag: str = "", stats=None):
         """:meth:`open` with the ``VideoInfo`` fields that say where the video lies and what it was (LOC_FIELDS)."""
         return self.open(path, offset=data_offset, size=data_size, expect_size=file_size, expect_mtime_ns=file_mtime_ns,
-                         expect_etag=file_etag)  # fmt: skip
+                         expect_etag=file_etag, stats=stats)  # fmt: skip
 
     def open(self, path: str, *, offset: int = 0, size: int = -1, expect_size: int = -1, expect_mtime_ns: int = -1,
-             expect_etag: str = "", readahead_bytes: int | None = None):
+             expect_etag: str = "", readahead_bytes: int | None = None, stats=None):
         """Open ``path`` for PyAV: (file object, local descriptor or None). A member of a
         shard is bytes [offset, offset + size) of it. Raises VideoChangedError when the
-        object is not the one described by the ``expect_*`` values (-1 / "": unknown)."""
+        object is not the one described by the ``expect_*`` values (-1 / "": unknown).
+        A remote object's requests count in ``stats`` (default: this storage's)."""
         from ._rangefile import Fetcher, RangeFile, local_fetch_fn
 
         outer = container_of(path)
         if is_url(outer):
-            obj_size, etag = self.identity(outer)
+            obj_size, etag = self.identity(outer, stats=stats)
             if (expect_size >= 0 and obj_size != expect_size) or (expect_etag and etag and etag != expect_etag):
                 raise VideoChangedError(
                     path, f"the object changed after it was indexed (indexed: {expect_size} bytes, version "
@@ -245,9 +256,9 @@ class Storage:
                     "match the index. Re-index it (`ringload index SOURCE`) or rebuild the loader",
                 )  # fmt: skip
             length = obj_size - offset if size < 0 else size
-            fetcher = self.fetcher(outer, obj_size)
+            fetcher = self.fetcher(outer, obj_size, stats=stats)
             ra = {} if readahead_bytes is None else {"readahead_bytes": readahead_bytes}
-            return RangeFile(fetcher, (outer, etag or obj_size), length, self.cache, base=offset, stats=self.stats,
+            return RangeFile(fetcher, (outer, etag or obj_size), length, self.cache, base=offset, stats=fetcher.stats,
                              **ra), None  # fmt: skip
         try:
             fd = os.open(outer, os.O_RDONLY)

@@ -420,7 +420,8 @@ class VideoLoader:
         over epochs: they differ with ``weights``/``balance``, ``weighted``), ``balance``;
         ``remote``: the decoders' reads of remote objects and shard members (``bytes_fetched``,
         ``requests``, ``retries``, ``cache_hits``, ``cache_misses``, ``header_hits``,
-        ``gop_bytes``: the bytes of the GOPs their tasks asked for) and ``cache_bytes``.
+        ``gop_bytes``: the bytes of the GOPs their tasks asked for; ``ahead_requests``: those of
+        ``requests`` made for a task while the one before it decoded) and ``cache_bytes``.
         """
         return loader_stats(self)
 

@@ -74,6 +74,17 @@ def test_bucket_batches_equal_local_batches(mode, s3_server, bucket, local_video
     assert r["bytes_fetched"] > 0 and r["requests"] > 0
 
 
+def test_the_next_task_is_fetched_while_one_decodes(s3_server, bucket, local_videos):
+    _, urls = bucket
+    kw = dict(sample="frames", sampling="strict", batch_size=16, num_workers=1)
+    local, _ = _batches(local_videos, **kw)
+    remote, stats = _batches(urls, s3_server.storage_options(), **kw)
+    assert_same_batches(local, remote)
+    r = stats["remote"]
+    # The decoder's second queued task had its GOPs fetched during the first one's decoding.
+    assert 0 < r["ahead_requests"] < r["requests"], r
+
+
 def test_fetches_about_the_bytes_of_the_gops_it_decodes(s3_server, bucket):
     _, urls = bucket
     _, stats = _batches(urls, s3_server.storage_options(), limit=None, sample="frames", sampling="bounded",

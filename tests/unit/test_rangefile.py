@@ -227,6 +227,33 @@ def test_the_header_store_is_bounded_per_object_and_in_objects():
     assert cache.get_header("b", 0) is None and cache.get_header("a", 0) is not None
 
 
+def test_warm_header_fetches_what_the_last_opening_read_once_the_header_store_lost_it():
+    store = FakeStore(_blob(50_000))
+    cache = BlockCache(5000, 1000, header_objects=0)  # no header store: only the block numbers remain
+    nothing = _file(store, cache=cache)
+    nothing.warm_header()  # never opened: nothing is known, nothing fetched
+    assert store.requests == []
+    first = _file(store, cache=cache, readahead_bytes=0)
+    first.read(1500)
+    first.seek(40_000)
+    header = first.read(2000)
+    first.end_header()
+    first.prefetch(10_000, 15_000)  # evicts every header block
+    store.requests.clear()
+    ahead = _file(store, cache=cache, readahead_bytes=0)
+    ahead.warm_header()
+    # One request per contiguous run of the blocks the opening read: [0, 2000) and [40000, 42000).
+    assert store.requests == [(0, 2000), (40_000, 42_000)]
+    store.requests.clear()
+    again = _file(store, cache=cache, readahead_bytes=0)
+    assert again.read(1500) == store.data[:1500]
+    again.seek(40_000)
+    assert again.read(2000) == header
+    assert store.requests == []
+    again.warm_header()  # all cached: no request
+    assert store.requests == []
+
+
 # --- block cache -----------------------------------------------------------------------------------------
 
 
@@ -268,6 +295,7 @@ def test_transient_failures_are_retried_and_counted():
         "cache_hits": 0,
         "cache_misses": 0,
         "header_hits": 0,
+        "ahead_requests": 0,
     }
 
 
