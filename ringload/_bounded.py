@@ -2,8 +2,11 @@
 
 The rule (docs/sampling.md, "Choosing the defaults", has the measurement behind it):
 
-1. ``chunk_len`` C: four median GOPs, at least 64 and at most 256 (``chunk_len_for_gop``).
-   A chunk then reads at about ``C / (C + (G - 1) / 2)`` = 0.89 of sequential speed.
+1. ``chunk_len`` C: four median GOPs, at least 64 and at most 256, a whole number of GOPs
+   where one fits (``chunk_len_for_gop``). Where starts are frames (no ``fps``, no
+   trimmed rows) and the median GOP G is a whole number dividing C, the chunk cuts lie on
+   multiples of G (``cut_grid``): on keyframes for videos of regular GOP, so no chunk
+   walks from a keyframe; elsewhere a chunk reads at about ``C / (C + (G - 1) / 2)``.
 2. ``max_per_chunk`` M: the smallest of 1, 2, 4, 8, 16 (and at most the batch size) whose
    look-ahead fits the default ring: a chunk's batches (``chunk_window``, about
    ``1 + (C - 1) / M``) plus ``WORK_BATCHES`` batches of work for the decoders must fit in
@@ -47,6 +50,7 @@ class BoundedDefaults:
     max_per_chunk: int
     chunk_window: int
     reason: str
+    cut_grid: int = 1
 
 
 def min_block(batch_size: int, max_per_chunk: int) -> int:
@@ -87,11 +91,13 @@ def effective_batch_size(batch_size: int, max_per_chunk: int, rho: float = 1.0) 
 
 
 def choose(*, median_gop: float | None, batch_size: int, slot_bytes: int, chunk_len: int | None = None, max_per_chunk: int | None = None,
-           min_effective_batch: int | None = None) -> BoundedDefaults:
-    """The bounded ``chunk_len`` and ``max_per_chunk`` for these data and settings (module docstring).
+           min_effective_batch: int | None = None, frame_starts: bool = True) -> BoundedDefaults:
+    """The bounded ``chunk_len``, ``max_per_chunk`` and ``cut_grid`` for these data and
+    settings (module docstring).
 
     Values the user set are kept; ``median_gop`` None (no keyframe gap known) takes the
-    plan's fixed default chunk length.
+    plan's fixed default chunk length. ``frame_starts``: a sample's start is its first
+    frame's index in the file (False with ``fps`` or trimmed rows: no cut grid).
     """
     from .plan import DEFAULT_CHUNK_LEN, chunk_len_for_gop
 
@@ -113,4 +119,13 @@ def choose(*, median_gop: float | None, batch_size: int, slot_bytes: int, chunk_
         else:
             m = min(CANDIDATES[-1], batch_size)
             why = f"no look-ahead fits the default ring ({fit} batches of {slot_bytes / 2**20:.0f} MiB)"
-    return BoundedDefaults(c, m, chunk_window(c, batch_size, m), why)
+    g = cut_grid(median_gop, c) if frame_starts else 1
+    return BoundedDefaults(c, m, chunk_window(c, batch_size, m), why, g)
+
+
+def cut_grid(median_gop: float | None, chunk_len: int) -> int:
+    """The median GOP where it is a whole number of frames (at least 2) dividing ``chunk_len``, else 1."""
+    if median_gop is None or not np.isfinite(median_gop):
+        return 1
+    g = round(float(median_gop))
+    return g if g >= 2 and g == median_gop and chunk_len % g == 0 else 1

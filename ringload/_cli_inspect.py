@@ -91,9 +91,12 @@ def sequential_speed_share(chunk_len: int, median_gop: float) -> float:
 
     docs/sampling.md, "Throughput model": a chunk starts at a uniformly random position
     within a GOP of G frames, so the walk from the keyframe costs (G - 1) / 2 frames on
-    average besides the chunk's own ``chunk_len``.
+    average besides the chunk's own ``chunk_len``; none where the loader cuts chunks on
+    multiples of a whole G (``_bounded.cut_grid``), for videos of regular GOP.
     """
-    walk = max(0.0, (median_gop - 1) / 2)
+    from ._bounded import cut_grid
+
+    walk = 0.0 if cut_grid(median_gop, chunk_len) > 1 else max(0.0, (median_gop - 1) / 2)
     return chunk_len / (chunk_len + walk) if chunk_len > 0 else 0.0
 
 
@@ -222,7 +225,7 @@ def bounded_summary(median_gop: float | None, args: argparse.Namespace) -> dict:
     d = choose(median_gop=median_gop, batch_size=batch, slot_bytes=slot)
     return {
         "batch_size": batch, "size": size, "clip_len": clip, "chunk_len": d.chunk_len, "max_per_chunk": d.max_per_chunk,
-        "chunk_window": d.chunk_window, "rule": d.reason, "rho": rho,
+        "chunk_window": d.chunk_window, "cut_grid": d.cut_grid, "rule": d.reason, "rho": rho,
         "design_effect_bound": design_effect_bound(d.max_per_chunk, rho),
         "effective_batch_size": round(effective_batch_size(batch, d.max_per_chunk, rho), 2),
     }
@@ -287,7 +290,8 @@ def run(args: argparse.Namespace, *, out=None) -> int:
         b = bounded
         out.write(
             f"bounded defaults at batch_size={b['batch_size']}, {b['size']}x{b['size']}, clip_len={b['clip_len']}: "
-            f"chunk_len={b['chunk_len']}, max_per_chunk={b['max_per_chunk']} ({b['rule']}); "
+            f"chunk_len={b['chunk_len']}, max_per_chunk={b['max_per_chunk']} ({b['rule']}), "
+            f"cuts on multiples of {b['cut_grid']} frames; "
             f"design-effect bound {b['design_effect_bound']:g} at rho={b['rho']:g}, "
             f"effective batch size {b['effective_batch_size']:g} of {b['batch_size']}\n"
         )

@@ -114,7 +114,7 @@ def load_dataset(cfg: LoaderConfig, source) -> Dataset:
         )
     used = np.bincount(rows.file[counts > 0], minlength=len(paths)) > 0
     size = _output_size(cfg, infos, used)
-    bounded = _bounded_defaults(cfg, infos, size)
+    bounded = _bounded_defaults(cfg, infos, size, rows)
     return Dataset(
         paths, infos, quarantined, counts, lengths,
         bounded.chunk_len if bounded else cfg.chunk_len, size,
@@ -284,7 +284,7 @@ def _short_videos(cfg: LoaderConfig, rows: Rows, counts: np.ndarray, lengths: np
     return short
 
 
-def _bounded_defaults(cfg: LoaderConfig, infos, size):
+def _bounded_defaults(cfg: LoaderConfig, infos, size, rows):
     # Bounded chunk_len and max_per_chunk from the data's GOPs and the ring (ringload._bounded).
     if cfg.sampling != "bounded":
         return None
@@ -297,9 +297,10 @@ def _bounded_defaults(cfg: LoaderConfig, infos, size):
         slot_bytes=slot_bytes,
         chunk_len=cfg.chunk_len, max_per_chunk=cfg.max_per_chunk,
         min_effective_batch=cfg.min_effective_batch,
+        frame_starts=cfg.fps is None and not rows.trimmed,
     )
-    log.info("bounded sampling: chunk_len=%d, max_per_chunk=%d (%s)", chosen.chunk_len, chosen.max_per_chunk,
-             chosen.reason)
+    log.info("bounded sampling: chunk_len=%d, max_per_chunk=%d, cuts on multiples of %d starts (%s)", chosen.chunk_len,
+             chosen.max_per_chunk, chosen.cut_grid, chosen.reason)
     return chosen
 
 
@@ -356,6 +357,8 @@ def settings(cfg, data, rank: int, world: int, weights=None) -> dict:
     )
     if data.bounded is not None:  # the derived values decide the batches too
         keep.update(chunk_len_in_use=data.chunk_len, max_per_chunk_in_use=data.max_per_chunk)
+        if data.bounded.cut_grid > 1:
+            keep["cut_grid_in_use"] = data.bounded.cut_grid
     if weights is not None:
         keep["weights"] = digest([float(w) for w in weights])
     rows = data.rows

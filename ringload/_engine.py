@@ -91,13 +91,14 @@ def window_depth(cfg: LoaderConfig, slot_bytes: int, chunk_window: int, workers:
 
 def remote_budget_s(cfg: LoaderConfig, paths) -> float:
     """What a task's reads may take on top of its decoding where videos are not local files
-    (a HEAD and a range request, each with every retry and its backoff), so that a slow
-    store ends in a RemoteReadError naming it rather than in a killed decoder."""
+    (a HEAD and a range request, each with every retry and its backoff, and one timeout
+    waiting for the fetch made ahead of it), so that a slow store ends in a RemoteReadError
+    naming it rather than in a killed decoder."""
     if all(p.startswith("/") for p in paths):  # local paths are absolute; URLs and tar members are not
         return 0.0
     from ._rangefile import _MAX_BACKOFF_S
 
-    return 2 * ((cfg.remote_retries + 1) * cfg.remote_timeout_s + cfg.remote_retries * _MAX_BACKOFF_S)
+    return 2 * ((cfg.remote_retries + 1) * cfg.remote_timeout_s + cfg.remote_retries * _MAX_BACKOFF_S) + cfg.remote_timeout_s
 
 
 def start_engine(cfg: LoaderConfig, data, chunk_window: int, storage: tuple = ({}, 256 << 20, 3, 30.0)) -> Engine:

@@ -87,6 +87,7 @@ class Epochs:
             balance=cfg.balance,
             balance_threshold=cfg.balance_threshold,
             balance_power=cfg.balance_power,
+            cut_grid=data.bounded.cut_grid if data.bounded is not None else 1,
         )
         if getattr(plan, "weighted", False) and self._cache is None:
             log.info(

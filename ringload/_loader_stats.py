@@ -44,6 +44,7 @@ def loader_stats(loader) -> dict:
         "weighted": bool(getattr(plan, "weighted", False)) if plan is not None else False,
         "chunk_len": plan.chunk_len if plan is not None and sampling == "bounded" else None,
         "max_per_chunk": plan.max_per_chunk if plan is not None and sampling == "bounded" else None,
+        "cut_grid": getattr(plan, "cut_grid", 1) if plan is not None and sampling == "bounded" else None,
         "bounded_rule": loader._data.bounded.reason if loader._data.bounded is not None else None,
         **design_effect(loader.config.batch_size, plan),
         "remote": remote_stats(sc, loader.config.remote_cache_bytes),

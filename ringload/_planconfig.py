@@ -42,8 +42,10 @@ class PlanConfig:
     """The arguments of :func:`plan_epoch` except ``lengths``, validated.
 
     ``chunk_len`` and ``max_per_chunk`` are the values asked for (``None``: the default);
-    the values in use are ``Plan.chunk_len`` and ``Plan.max_per_chunk``. They only matter
-    in bounded mode.
+    the values in use are ``Plan.chunk_len`` and ``Plan.max_per_chunk``. ``cut_grid`` G
+    puts bounded chunk cuts on multiples of G starts when G divides the chunk length in
+    use (``Plan.cut_grid``; the loader passes the median GOP, so cuts fall on keyframes).
+    They only matter in bounded mode.
     """
 
     batch_size: int
@@ -62,6 +64,7 @@ class PlanConfig:
     balance: str | None = None
     balance_threshold: float | None = None
     balance_power: float | None = None
+    cut_grid: int = 1
 
     def __post_init__(self):
         _as_int("batch_size", self.batch_size, low=1)
@@ -76,6 +79,7 @@ class PlanConfig:
             _as_int("chunk_len", self.chunk_len, low=1, high=MAX_CHUNK_LEN)
         if self.max_per_chunk is not None:
             _as_int("max_per_chunk", self.max_per_chunk, low=1)
+        _as_int("cut_grid", self.cut_grid, low=1, high=MAX_CHUNK_LEN)
         world = _as_int("world_size", self.world_size, low=1)
         _as_int("rank", self.rank, low=0, high=world - 1)
         if not isinstance(self.drop_last, (bool, np.bool_)):

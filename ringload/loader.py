@@ -65,7 +65,8 @@ class VideoLoader:
     ``num_segments`` frames, one per equal part of the video). ``sampling`` is
     ``"bounded"`` (chunks of ``chunk_len`` consecutive starts, at most ``max_per_chunk``
     per batch; docs/sampling.md), ``"strict"`` (uniform permutation) or ``"sequential"``.
-    Bounded ``chunk_len=None`` takes four median GOPs of the data (64 to 256), and
+    Bounded ``chunk_len=None`` takes four median GOPs of the data (64 to 256; chunks are
+    cut on multiples of the median GOP where it divides the length: on keyframes), and
     ``max_per_chunk=None`` the smallest of 1, 2, 4, 8, 16 whose look-ahead fits the ring
     (docs/sampling.md, "Choosing the defaults"); ``min_effective_batch=E`` instead keeps a
     batch worth at least E independent samples in the worst case (``max_per_chunk =
@@ -409,8 +410,9 @@ class VideoLoader:
         ``decoder_idle_s`` summed over decoders; ``decoder_restarts`` (deaths and kills)
         and ``hung_decoders_killed``; ``failed_samples``, ``replaced_samples`` and
         ``quarantined`` ({path: reason}) for bad files (and "manifest: line N" for rows whose
-        range holds no frame); ``sampling`` ("samples" with ``samples=``), and the ``chunk_len`` and
-        ``max_per_chunk`` in use (bounded mode, else None) with ``bounded_rule`` (why those);
+        range holds no frame); ``sampling`` ("samples" with ``samples=``), and the ``chunk_len``,
+        ``max_per_chunk`` and ``cut_grid`` (chunk cuts on multiples of it) in use (bounded
+        mode, else None) with ``bounded_rule`` (why those);
         ``design_effect_bound`` (a batch mean's variance against strict sampling is at most
         this, ``1 + (m - 1) * rho`` at the worst case rho = 1, m samples of one chunk or video
         per batch: 1 in strict mode) and ``effective_batch_size`` (``batch_size`` divided by

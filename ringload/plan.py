@@ -112,6 +112,7 @@ class Plan:
         self._shard()
         self.max_per_chunk = cfg.max_per_chunk or default_max_per_chunk(cfg.batch_size)
         self.chunk_len = 1
+        self.cut_grid = 1
         #: Blocks per batch (bounded dealing rounds) and the smallest block; 1 and
         #: batch_size outside bounded mode.
         self.rounds, self.min_block = 1, cfg.batch_size
@@ -180,6 +181,8 @@ class Plan:
             logger.info("chunk_len %d reduced to %d: too few batches per rank", cfg.chunk_len, self.chunk_len)
         c = self.chunk_len
         self.chunk_window = min(n, 1 + -(-(c - 1) // self.min_block)) if n else 0
+        #: Cut points lie on multiples of this many starts (1: anywhere).
+        self.cut_grid = cfg.cut_grid if c % cfg.cut_grid == 0 else 1
 
         # Layout of this rank's stream: round j deals one block of size block[j] to each batch.
         cum_block = np.zeros(groups + 1, dtype=np.int64)
@@ -189,10 +192,12 @@ class Plan:
         self._cum_block = cum_block
         self._round_start = np.concatenate([[0], np.cumsum(round_sizes)[:-1]]).astype(np.int64)
 
-        # Chunks: per video a random offset moves the cut points every epoch.
+        # Chunks: per video a random offset moves the cut points every epoch. On a grid of
+        # G starts (a GOP) the cuts fall on keyframes, so no chunk walks from the one before.
         nv = self.starts_per_video
         vids = np.arange(len(nv), dtype=np.uint64)
-        off = (_mix(_derive(self._key, _S_OFFSET), vids) % np.uint64(c)).astype(np.int64)
+        g = self.cut_grid
+        off = (_mix(_derive(self._key, _S_OFFSET), vids) % np.uint64(c // g)).astype(np.int64) * g
         off[(nv == 0) | self._fixed_cuts] = 0
         self._chunk_off = off
         nchunks = np.where(nv > 0, (nv + off + c - 1) // c, 0)
@@ -388,6 +393,7 @@ def plan_epoch(
     balance: str | None = None,
     balance_threshold: float | None = None,
     balance_power: float | None = None,
+    cut_grid: int = 1,
 ) -> Plan:
     """The batches of one epoch on one rank: a lazy, deterministic :class:`Plan`.
 
@@ -395,7 +401,8 @@ def plan_epoch(
     ``"bounded"`` (chunks of at most ``chunk_len`` consecutive starts, at most
     ``max_per_chunk`` samples of one chunk per batch; defaults ``64`` and
     ``min(16, max(1, batch_size // 8))``) or ``"sequential"`` (file order).
-    ``chunk_len``/``max_per_chunk`` are ignored outside bounded mode. ``clips_per_video=k``
+    ``chunk_len``/``max_per_chunk`` (and ``cut_grid``: chunk cuts on multiples of it, e.g. the
+    GOP, where it divides the chunk length) are ignored outside bounded mode. ``clips_per_video=k``
     makes an epoch k samples of every video with a valid start instead of every start
     (``ringload._pervideo``), each ``views_per_clip`` times (spatial views: ``plan.views(k)``).
     ``weights`` (one per video, normalised to mean 1) and ``balance`` (``"repeat_factor"``
@@ -423,6 +430,7 @@ def plan_epoch(
         balance=balance,
         balance_threshold=balance_threshold,
         balance_power=balance_power,
+        cut_grid=cut_grid,
     )
     weighted = weights is not None or cfg.balance is not None
     if weighted and cfg.clips_per_video is None:
@@ -472,13 +480,19 @@ def segment_indices(num_frames: int, num_segments: int, *, seed: int, mode: str 
 def chunk_len_for_gop(median_gop: float) -> int:
     """Default bounded ``chunk_len`` for videos whose median keyframe interval is ``median_gop``.
 
-    A chunk starts at a random point of a GOP and decodes about ``(G - 1) / 2`` frames it
+    A chunk that starts at a random point of a GOP decodes about ``(G - 1) / 2`` frames it
     does not deliver, so it reads at ``C / (C + (G - 1) / 2)`` of sequential speed: four
     GOPs keep that near 0.89. At least ``DEFAULT_CHUNK_LEN``, at most ``MAX_AUTO_CHUNK_LEN``
-    (the many-step design effect grows with C; docs/sampling.md says why). The loader then
-    picks ``max_per_chunk`` so that the look-ahead this C needs fits its ring
-    (``ringload._bounded``).
+    (the many-step design effect grows with C; docs/sampling.md says why); for a whole G, a
+    multiple of G where one lies in that range (the next above, else the last below), so
+    that the loader can cut chunks on keyframes (``ringload._bounded.cut_grid``). The
+    loader then picks ``max_per_chunk`` so that the look-ahead this C needs fits its ring.
     """
     if not np.isfinite(median_gop) or median_gop <= 0:
         return DEFAULT_CHUNK_LEN
-    return int(max(DEFAULT_CHUNK_LEN, min(round(4 * float(median_gop)), MAX_AUTO_CHUNK_LEN)))
+    c = int(max(DEFAULT_CHUNK_LEN, min(round(4 * float(median_gop)), MAX_AUTO_CHUNK_LEN)))
+    g = round(float(median_gop))
+    if g >= 2 and g == median_gop and g <= MAX_AUTO_CHUNK_LEN:
+        up = -(-c // g) * g
+        c = up if up <= MAX_AUTO_CHUNK_LEN else c // g * g
+    return c

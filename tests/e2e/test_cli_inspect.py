@@ -52,7 +52,7 @@ def test_gop_stats_uses_complete_intervals():
 
 @pytest.mark.parametrize(
     ("gop", "expected"),
-    [(30, 120), (25, 100), (1, 64), (12, 64), (60, 240), (250, 256), (3000, 256)],
+    [(30, 120), (25, 100), (1, 64), (12, 72), (60, 240), (250, 250), (3000, 256), (29.5, 118)],
 )
 def test_suggested_chunk_len(gop, expected):
     from ringload import plan
@@ -72,6 +72,8 @@ def test_suggestion_is_the_loader_default():
     # docs/sampling.md's table: GOP 30, C=64 reads at 0.82 of sequential speed; GOP 250 at 0.34.
     assert round(_cli_inspect.sequential_speed_share(64, 30), 2) == 0.82
     assert round(_cli_inspect.sequential_speed_share(64, 250), 2) == 0.34
+    # Whole GOPs cut on keyframes walk nothing.
+    assert _cli_inspect.sequential_speed_share(120, 30) == 1.0
 
 
 def test_inspect_every_shared_video(videos_dir, tmp_path):

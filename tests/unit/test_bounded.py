@@ -45,10 +45,55 @@ def test_gop30_1080p_default_batch_takes_the_smallest_m_whose_window_fits():
 
 def test_long_gop_takes_a_larger_m_and_small_batches_m_1():
     assert choose(median_gop=250, batch_size=128, slot_bytes=_slot()).max_per_chunk == 8
-    assert choose(median_gop=250, batch_size=128, slot_bytes=_slot()).chunk_len == 256
+    # One whole GOP (250), not 256: chunks are cut on keyframes.
+    assert choose(median_gop=250, batch_size=128, slot_bytes=_slot()).chunk_len == 250
     # Small batches: a 200-batch window still fits the ring, so bounded is strict-like per batch.
     small = choose(median_gop=30, batch_size=16, slot_bytes=_slot(batch=16))
     assert small.max_per_chunk == 1 and design_effect_bound(small.max_per_chunk) == 1.0
+
+
+@pytest.mark.parametrize(("gop", "chunk_len", "grid"), [
+    (30, 120, 30), (10, 70, 10), (12, 72, 12), (16, 64, 16), (60, 240, 60), (120, 240, 120), (250, 250, 250),
+    (300, 256, 1), (29.5, 118, 1), (1, 64, 1),
+])  # fmt: skip
+def test_chunks_are_whole_gops_cut_on_keyframes_where_the_gop_is_whole(gop, chunk_len, grid):
+    d = choose(median_gop=gop, batch_size=128, slot_bytes=_slot())
+    assert (d.chunk_len, d.cut_grid) == (chunk_len, grid)
+    # No grid where starts are not frames (fps, trimmed rows), nor where the user's length is not whole GOPs.
+    assert choose(median_gop=gop, batch_size=128, slot_bytes=_slot(), frame_starts=False).cut_grid == 1
+    assert choose(median_gop=30, batch_size=128, slot_bytes=_slot(), chunk_len=64).cut_grid == 1
+    assert choose(median_gop=30, batch_size=128, slot_bytes=_slot(), chunk_len=90).cut_grid == 30
+
+
+@settings(max_examples=40, deadline=None)
+@given(gop=st.integers(2, 40), per=st.integers(1, 6), n=st.lists(st.integers(0, 700), min_size=1, max_size=12),
+       seed=st.integers(0, 2**32), epoch=st.integers(0, 50))
+def test_a_cut_grid_puts_every_cut_on_a_multiple_of_it_and_keeps_each_start_once(gop, per, n, seed, epoch):
+    c = gop * per
+    lengths = np.array(n)
+    plan = plan_epoch(lengths, batch_size=4, seed=seed, epoch=epoch, mode="bounded", chunk_len=c, max_per_chunk=2,
+                      cut_grid=gop, drop_last=False)  # fmt: skip
+    if plan.chunk_len != c:
+        assert plan.cut_grid in (1, gop)
+        return
+    assert plan.cut_grid == gop
+    ext = plan.chunk_extent(np.arange(plan.num_chunks))
+    assert np.all(ext[:, 1] % gop == 0)  # every chunk starts on the grid
+    assert np.all(ext[:, 2] - ext[:, 1] < c)
+    got = np.concatenate([plan[k] for k in range(len(plan))]) if len(plan) else np.zeros((0, 2), dtype=np.int64)
+    want = np.array([(v, s) for v, m in enumerate(n) for s in range(m)], dtype=np.int64).reshape(-1, 2)
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))
+
+
+def test_cut_points_move_over_the_grid_across_epochs():
+    # Offsets are uniform over the C / G grid phases: each appears over many epochs.
+    firsts = set()
+    for epoch in range(200):
+        plan = plan_epoch([1000], batch_size=8, seed=5, epoch=epoch, mode="bounded", chunk_len=120, max_per_chunk=2,
+                          cut_grid=30)  # fmt: skip
+        ext = plan.chunk_extent(np.arange(plan.num_chunks))
+        firsts.add(int(ext[:, 2].min() + 1))  # the end of the video's first chunk
+    assert firsts == {30, 60, 90, 120}
 
 
 def test_huge_batches_fall_back_to_16_and_say_why():
@@ -102,13 +147,17 @@ def test_resume_fingerprint_covers_the_derived_values():
     cfg = LoaderConfig()
     lengths = np.array([300, 300])
 
-    def fp(c, m, bounded=True):
-        d = _Data(["a", "b"], lengths, (224, 224), c, m, object() if bounded else None)
+    def fp(c, m, bounded=True, grid=1):
+        rule = _bounded.BoundedDefaults(c, m, 0, "", grid) if bounded else None
+        d = _Data(["a", "b"], lengths, (224, 224), c, m, rule)
         return loader_settings(cfg, d, 0, 1)
 
     assert fp(120, 4) == fp(120, 4)
     assert fp(120, 4) != fp(120, 8)
     assert fp(120, 4) != fp(256, 4)
+    assert fp(120, 4, grid=30) != fp(120, 4, grid=1)
+    # Without a grid the key is absent: states saved before cut grids existed still resume.
+    assert "cut_grid_in_use" not in fp(120, 4) and fp(120, 4, grid=30)["cut_grid_in_use"] == 30
     # Outside bounded mode nothing is derived: the fingerprint has no such key.
     assert "max_per_chunk_in_use" not in fp(None, None, bounded=False)
 
