@@ -309,9 +309,12 @@ def test_decoders_forgetting_video_indexes_is_invisible(engine_videos, monkeypat
 def test_chunk_len_for_gop_rule():
     from ringload.plan import DEFAULT_CHUNK_LEN, MAX_AUTO_CHUNK_LEN, chunk_len_for_gop
 
-    assert chunk_len_for_gop(10) == DEFAULT_CHUNK_LEN
+    # Whole GOPs where they fit: 64 rounds up to 70 for GOP 10, 256 down to 250 for GOP 250.
+    assert chunk_len_for_gop(10) == 70
     assert chunk_len_for_gop(30) == 120
-    assert chunk_len_for_gop(250) == MAX_AUTO_CHUNK_LEN
+    assert chunk_len_for_gop(250) == 250
+    assert chunk_len_for_gop(300) == MAX_AUTO_CHUNK_LEN
+    assert chunk_len_for_gop(29.5) == 118
     assert chunk_len_for_gop(float("nan")) == DEFAULT_CHUNK_LEN
     # The rule's purpose: a four-GOP chunk reads at >= 0.85 of sequential speed in the
     # throughput model C / (C + (G - 1) / 2), wherever no cap binds.
