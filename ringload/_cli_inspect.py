@@ -7,11 +7,13 @@ decoded timestamps, shown rounded with its exact fraction (``fps_rational`` in J
 
 The suggested ``chunk_len`` is the one ``VideoLoader`` picks for bounded sampling when
 ``chunk_len`` is left unset at the default ``batch_size=128``
-(``ringload.plan.chunk_len_for_gop``): four median GOPs, at least 64, at most 256. It follows the throughput model of docs/sampling.md: bounded chunks
-start at random points, so a decoder walks on average (G - 1) / 2 frames from the
-keyframe before each chunk for a GOP of G frames, and reads at about C / (C + (G - 1) / 2)
-of sequential speed with chunks of C. Four GOPs keep that near 89 %; the output shows the
-expected share. Longer chunks also raise the statistical cost over many steps (the same
+(``ringload.plan.chunk_len_for_gop``): four median GOPs, at least 64, at most 256, a whole
+number of GOPs where one fits. It follows the throughput model of docs/sampling.md: in a
+video of regular GOP G the loader cuts chunks on keyframes (multiples of G) and a chunk
+reads at sequential speed; elsewhere chunks start at random points, so a decoder walks on
+average (G - 1) / 2 frames from the keyframe before each chunk and reads at about
+C / (C + (G - 1) / 2) of sequential speed with chunks of C (four GOPs: near 89 %). The
+output shows the expected share. Longer chunks also raise the statistical cost over many steps (the same
 document), hence the cap.
 
 For all the files together it takes, as the loader does, the median over every complete
@@ -86,17 +88,18 @@ def suggest_chunk_len(median_gop: float) -> int:
     return chunk_len_for_gop(median_gop)
 
 
-def sequential_speed_share(chunk_len: int, median_gop: float) -> float:
+def sequential_speed_share(chunk_len: int, median_gop: float, *, regular: bool = True) -> float:
     """Expected decode speed with chunks of ``chunk_len`` as a share of sequential reading.
 
     docs/sampling.md, "Throughput model": a chunk starts at a uniformly random position
     within a GOP of G frames, so the walk from the keyframe costs (G - 1) / 2 frames on
-    average besides the chunk's own ``chunk_len``; none where the loader cuts chunks on
-    multiples of a whole G (``_bounded.cut_grid``), for videos of regular GOP.
+    average besides the chunk's own ``chunk_len``; none in a ``regular`` video (every GOP
+    G) where the loader cuts chunks on multiples of a whole G (``_bounded.cut_grid``).
     """
     from ._bounded import cut_grid
 
-    walk = 0.0 if cut_grid(median_gop, chunk_len) > 1 else max(0.0, (median_gop - 1) / 2)
+    aligned = regular and cut_grid(median_gop, chunk_len) > 1
+    walk = 0.0 if aligned else max(0.0, (median_gop - 1) / 2)
     return chunk_len / (chunk_len + walk) if chunk_len > 0 else 0.0
 
 
@@ -111,7 +114,7 @@ def _describe(path: str, stream: int | None, cache: bool) -> tuple[dict, np.ndar
     if gops.count > 1:
         # A chunk never extends past its video: in a short file it is the whole file.
         chunk = max(1, min(suggest_chunk_len(gops.median), n))
-        speed = round(sequential_speed_share(chunk, gops.median), 4)
+        speed = round(sequential_speed_share(chunk, gops.median, regular=gops.regular), 4)
     else:
         # One keyframe: every read decodes from the first frame whatever the chunk length.
         chunk, speed = max(1, min(_plan_defaults()[0], n)), None
