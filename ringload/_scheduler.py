@@ -284,7 +284,10 @@ class Scheduler:
         while progress:
             progress = False
             for dec in pool.idle(self.options.depth):
-                picked = window.pick(eager=not dec.inflight, last=dec.last, open_videos=dec.open)
+                limit = window.pick_limit(eager=not dec.inflight)
+                if limit is None:
+                    continue
+                picked = window.pending.pick(limit, last=dec.last, open_videos=dec.open)
                 if picked is None:
                     continue
                 video, reqs, dec.last = picked

@@ -140,22 +140,14 @@ class Pending:
                 self._min_k[key] = k
                 heapq.heappush(self._heap, (k, key[0], key[1]))
 
-    def take(self, key, upto: int | None = None) -> list[Request]:
-        """The group's live requests; with ``upto``, only those of batches <= upto (the
-        others stay filed)."""
+    def take(self, key) -> list[Request]:
         reqs = self._groups.pop(key)
         del self._min_k[key]
         gs = self._by_video[key[0]]
         gs.discard(key[1])
         if not gs:
             del self._by_video[key[0]]
-        live = [r for r in reqs if r.fresh()]
-        if upto is None:
-            return live
-        for r in live:
-            if r.sample.batch.k > upto:
-                self.add(r, key, r.sample.batch.k)
-        return [r for r in live if r.sample.batch.k <= upto]
+        return [r for r in reqs if r.fresh()]
 
     def gops_of(self, video: int) -> list[int]:
         return sorted(self._by_video.get(video, ()))
@@ -170,13 +162,10 @@ class Pending:
             heapq.heappop(heap)
         return None
 
-    def pick(self, limit: int, *, last: tuple[int, int] | None, open_videos, only_limit: bool = False
-             ) -> tuple[int, list[Request], tuple | None] | None:
+    def pick(self, limit: int, *, last: tuple[int, int] | None, open_videos) -> tuple[int, list[Request], tuple | None] | None:
         """Requests for one task among groups feeding batches <= ``limit``: continue after
         ``last`` (video, GOP), else a video in ``open_videos`` (most recent last), else the
-        earliest group. ``only_limit``: of those groups, only the requests of batches <=
-        ``limit``. Returns (video, requests, the new last) or None."""
-        upto = limit if only_limit else None
+        earliest group. Returns (video, requests, the new last) or None."""
         while True:
             k0 = self.earliest()
             if k0 is None or k0 > limit:
@@ -200,14 +189,14 @@ class Pending:
                 _, v, g = self._heap[0]
                 key = (v, g)
             v, g = key
-            reqs = self.take(key, upto)
+            reqs = self.take(key)
             if g >= 0:
                 n = 1
                 while n < MAX_GOPS_PER_TASK and len(reqs) < TASK_CAP:
                     nxt = (v, g + n)
                     if self._min_k.get(nxt, limit + 1) > limit:
                         break
-                    reqs += self.take(nxt, upto)
+                    reqs += self.take(nxt)
                     n += 1
                 last = (v, g + n - 1)
             else:
@@ -370,16 +359,6 @@ class Window:
         if k0 > limit:
             return k0 if eager else None
         return limit
-
-    def pick(self, *, eager: bool, last: tuple[int, int] | None, open_videos):
-        """The next task's (video, requests, new last) for a decoder (``Pending.pick`` within
-        ``pick_limit``), or None. Until the pass's first batch is out a task takes only that
-        batch's frames, not the later batches' frames of the same GOPs, so the first batch
-        waits for no conversion of theirs."""
-        limit = self.pick_limit(eager=eager)
-        if limit is None:
-            return None
-        return self.pending.pick(limit, last=last, open_videos=open_videos, only_limit=not self.head_done)
 
     def make_work(self, video: int, reqs: list[Request]) -> Work:
         frames = np.fromiter((r.frame for r in reqs), dtype=np.int64, count=len(reqs))
