@@ -199,6 +199,8 @@ class TaskRunner:
 
         if task.task_id in self._warming or not _remote.is_url(_remote.container_of(task.path)):
             return
+        if self.storage.cache.capacity == 0:
+            return  # nothing fetched ahead would still be cached when the task reads it
         try:
             info = self._info(task.video)
         except Exception:  # the task's own run reports it
