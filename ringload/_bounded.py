@@ -125,7 +125,7 @@ def choose(*, median_gop: float | None, batch_size: int, slot_bytes: int, chunk_
 
 def cut_grid(median_gop: float | None, chunk_len: int) -> int:
     """The median GOP where it is a whole number of frames (at least 2) dividing ``chunk_len``, else 1."""
-    if median_gop is None or not np.isfinite(median_gop):
-        return 1
-    g = round(float(median_gop))
-    return g if g >= 2 and g == median_gop and chunk_len % g == 0 else 1
+    from .plan import whole_gop
+
+    g = whole_gop(median_gop)
+    return g if g and chunk_len % g == 0 else 1

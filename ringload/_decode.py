@@ -163,17 +163,14 @@ class VideoReader:
 
     def _open_object(self) -> None:
         """Open a remote object or a shard's member (checked against the index) as a file object."""
-        loc = {k: getattr(self.info, k) for k in _remote.LOC_FIELDS}
-        self._file, self._fd = _remote.current().open_indexed(self.path, **loc)
+        self._file, self._fd = _remote.current().open_indexed(self.path, **_remote.location(self.info))
 
     def _prefetch(self, targets: list[int]) -> None:
         """Fetch the bytes of the GOPs holding ``targets`` in one request per run of GOPs."""
         f = self._file
         if f is None or getattr(f, "local", True):
             return
-        for start, end in gop_ranges(self.info, targets, f.size):
-            self.gop_bytes += end - start
-            f.prefetch(start, min(f.size, end + _PREFETCH_TAIL))
+        self.gop_bytes += prefetch_gops(f, self.info, targets)
 
     def _check_unchanged(self) -> None:
         """Raise VideoChangedError (closing the reader) when the open file is not the indexed one."""
@@ -437,6 +434,16 @@ def gop_ranges(info: VideoInfo, targets, size: int) -> list[tuple[int, int]]:
         if end > start:
             ranges.append((start, end))
     return ranges
+
+
+def prefetch_gops(f, info: VideoInfo, targets) -> int:
+    """Prefetch into RangeFile ``f`` the GOP runs that hold ``targets``, each with its tail;
+    returns the GOPs' bytes (without the tails)."""
+    total = 0
+    for start, end in gop_ranges(info, targets, f.size):
+        total += end - start
+        f.prefetch(start, min(f.size, end + _PREFETCH_TAIL))
+    return total
 
 
 def _fd_path(fd: int) -> str:

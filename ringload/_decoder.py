@@ -53,10 +53,7 @@ class Channel:
                 fds.extend(got)
             else:
                 data = self.sock.recv(1 << 16)
-            if not data:
-                self.eof = True
-                continue
-            self.queue.extend(self.reader.feed(data))
+            self._take_in(data)
         msg = self.queue.popleft()
         return (msg, fds) if with_fds else msg
 
@@ -66,12 +63,14 @@ class Channel:
             readable, _, _ = select.select([self.sock], [], [], 0)
             if not readable:
                 return False
-            data = self.sock.recv(1 << 16)
-            if not data:
-                self.eof = True
-            else:
-                self.queue.extend(self.reader.feed(data))
+            self._take_in(self.sock.recv(1 << 16))
         return True
+
+    def _take_in(self, data: bytes) -> None:
+        if data:
+            self.queue.extend(self.reader.feed(data))
+        else:
+            self.eof = True
 
 
 def main(sock: socket.socket, token: bytes, worker_id: int, runner=None) -> None:
@@ -218,12 +217,11 @@ class TaskRunner:
         from . import _remote
 
         try:
-            f, _ = self.storage.open_indexed(path, stats=stats, **{k: getattr(info, k) for k in _remote.LOC_FIELDS})
+            f, _ = self.storage.open_indexed(path, stats=stats, **_remote.location(info))
             try:
                 if header:
                     f.warm_header()
-                for start, end in self._decode.gop_ranges(info, targets, f.size):
-                    f.prefetch(start, min(f.size, end + self._decode._PREFETCH_TAIL))
+                self._decode.prefetch_gops(f, info, targets)
             finally:
                 f.close()
         except Exception as exc:

@@ -288,6 +288,11 @@ class Storage:
 LOC_FIELDS = ("data_offset", "data_size", "file_size", "file_mtime_ns", "file_etag")
 
 
+def location(info) -> dict:
+    """A VideoInfo's LOC_FIELDS, as :meth:`Storage.open_indexed` takes them."""
+    return {k: getattr(info, k) for k in LOC_FIELDS}
+
+
 def check_file(path: str, st: os.stat_result, expect_size: int, expect_mtime_ns: int) -> None:
     """VideoChangedError unless a local file's size and mtime are the indexed ones (-1: unknown).
     Size and mtime only: inode and device differ for an index built on another machine."""

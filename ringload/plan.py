@@ -477,6 +477,14 @@ def segment_indices(num_frames: int, num_segments: int, *, seed: int, mode: str 
     return lo + np.minimum((u * width).astype(np.int64), width - 1)
 
 
+def whole_gop(median_gop: float | None) -> int:
+    """The median GOP as a whole number of frames (at least 2), else 0: a grid chunk cuts can lie on."""
+    if median_gop is None or not np.isfinite(median_gop):
+        return 0
+    g = round(float(median_gop))
+    return g if g >= 2 and g == median_gop else 0
+
+
 def chunk_len_for_gop(median_gop: float) -> int:
     """Default bounded ``chunk_len`` for videos whose median keyframe interval is ``median_gop``.
 
@@ -491,8 +499,8 @@ def chunk_len_for_gop(median_gop: float) -> int:
     if not np.isfinite(median_gop) or median_gop <= 0:
         return DEFAULT_CHUNK_LEN
     c = int(max(DEFAULT_CHUNK_LEN, min(round(4 * float(median_gop)), MAX_AUTO_CHUNK_LEN)))
-    g = round(float(median_gop))
-    if g >= 2 and g == median_gop and g <= MAX_AUTO_CHUNK_LEN:
+    g = whole_gop(median_gop)
+    if g and g <= MAX_AUTO_CHUNK_LEN:
         up = -(-c // g) * g
         c = up if up <= MAX_AUTO_CHUNK_LEN else c // g * g
     return c
