@@ -89,12 +89,16 @@ def window_depth(cfg: LoaderConfig, slot_bytes: int, chunk_window: int, workers:
     return min(fit, want)
 
 
+def all_local(paths) -> bool:
+    return all(p.startswith("/") for p in paths)  # local paths are absolute; URLs and tar members are not
+
+
 def remote_budget_s(cfg: LoaderConfig, paths) -> float:
     """What a task's reads may take on top of its decoding where videos are not local files
     (a HEAD and a range request, each with every retry and its backoff, and one timeout
     waiting for the fetch made ahead of it), so that a slow store ends in a RemoteReadError
     naming it rather than in a killed decoder."""
-    if all(p.startswith("/") for p in paths):  # local paths are absolute; URLs and tar members are not
+    if all_local(paths):
         return 0.0
     from ._rangefile import _MAX_BACKOFF_S
 
@@ -136,7 +140,8 @@ def start_engine(cfg: LoaderConfig, data, chunk_window: int, storage: tuple = ({
             on_error=cfg.on_error,
             options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s + remote_budget_s(cfg, data.paths),
                                      orientation=cfg.orientation, decoder_threads=threads,
-                                     storage=storage),
+                                     # Without a block cache a GOP split for the first batch would be fetched twice.
+                                     split_head=storage[1] > 0 or all_local(data.paths), storage=storage),
             quarantined=data.quarantined,
         )
         sched.start()

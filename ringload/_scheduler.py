@@ -34,13 +34,16 @@ __all__ = ["Completed", "Scheduler", "SchedulerOptions"]
 class SchedulerOptions:
     """``task_timeout_s`` (plus a share per frame) bounds one task, and a decoder's start-up
     (at least MIN_STARTUP_TIMEOUT_S); ``depth`` tasks queued per decoder; ``max_open``
-    videos a decoder keeps open; ``orientation`` how decoders turn frames ("display" or "coded")."""
+    videos a decoder keeps open; ``orientation`` how decoders turn frames ("display" or "coded");
+    ``split_head``: a bounded pass's first batch takes only its own frames of shared GOPs
+    (``Window.pick``)."""
 
     task_timeout_s: float = 60.0
     depth: int = 2
     max_open: int = 4
     orientation: str = "display"
     decoder_threads: int = 1
+    split_head: bool = True
     storage: tuple = dataclasses.field(default=({}, 256 << 20, 3, 30.0), repr=False)  # DecoderOptions.storage
 
 
@@ -71,7 +74,7 @@ class Scheduler:
         self.window = Window(
             num_slots=ring.layout.num_slots, paths=self.paths, infos=infos, on_error=on_error,
             task_timeout_s=options.task_timeout_s, counters=self.counters,
-            on_complete=self._complete, on_fail=self._fail, quarantined=quarantined,
+            on_complete=self._complete, on_fail=self._fail, quarantined=quarantined, split_head=options.split_head,
         )
 
     # ------------------------------------------------------------------ consumer side
@@ -284,10 +287,7 @@ class Scheduler:
         while progress:
             progress = False
             for dec in pool.idle(self.options.depth):
-                limit = window.pick_limit(eager=not dec.inflight)
-                if limit is None:
-                    continue
-                picked = window.pending.pick(limit, last=dec.last, open_videos=dec.open)
+                picked = window.pick(eager=not dec.inflight, last=dec.last, open_videos=dec.open)
                 if picked is None:
                     continue
                 video, reqs, dec.last = picked

@@ -140,14 +140,22 @@ class Pending:
                 self._min_k[key] = k
                 heapq.heappush(self._heap, (k, key[0], key[1]))
 
-    def take(self, key) -> list[Request]:
+    def take(self, key, upto: int | None = None) -> list[Request]:
+        """The group's live requests; with ``upto``, only those of batches <= upto (the
+        others stay filed)."""
         reqs = self._groups.pop(key)
         del self._min_k[key]
         gs = self._by_video[key[0]]
         gs.discard(key[1])
         if not gs:
             del self._by_video[key[0]]
-        return [r for r in reqs if r.fresh()]
+        live = [r for r in reqs if r.fresh()]
+        if upto is None:
+            return live
+        for r in live:
+            if r.sample.batch.k > upto:
+                self.add(r, key, r.sample.batch.k)
+        return [r for r in live if r.sample.batch.k <= upto]
 
     def gops_of(self, video: int) -> list[int]:
         return sorted(self._by_video.get(video, ()))
@@ -162,10 +170,13 @@ class Pending:
             heapq.heappop(heap)
         return None
 
-    def pick(self, limit: int, *, last: tuple[int, int] | None, open_videos) -> tuple[int, list[Request], tuple | None] | None:
+    def pick(self, limit: int, *, last: tuple[int, int] | None, open_videos, only_limit: bool = False
+             ) -> tuple[int, list[Request], tuple | None] | None:
         """Requests for one task among groups feeding batches <= ``limit``: continue after
         ``last`` (video, GOP), else a video in ``open_videos`` (most recent last), else the
-        earliest group. Returns (video, requests, the new last) or None."""
+        earliest group. ``only_limit``: of those groups, only the requests of batches <=
+        ``limit``. Returns (video, requests, the new last) or None."""
+        upto = limit if only_limit else None
         while True:
             k0 = self.earliest()
             if k0 is None or k0 > limit:
@@ -189,14 +200,14 @@ class Pending:
                 _, v, g = self._heap[0]
                 key = (v, g)
             v, g = key
-            reqs = self.take(key)
+            reqs = self.take(key, upto)
             if g >= 0:
                 n = 1
                 while n < MAX_GOPS_PER_TASK and len(reqs) < TASK_CAP:
                     nxt = (v, g + n)
                     if self._min_k.get(nxt, limit + 1) > limit:
                         break
-                    reqs += self.take(nxt)
+                    reqs += self.take(nxt, upto)
                     n += 1
                 last = (v, g + n - 1)
             else:
@@ -229,8 +240,9 @@ class Window:
     ``on_fail(batch, error)`` tell the consumer side."""
 
     def __init__(self, *, num_slots: int, paths, infos, on_error: str, task_timeout_s: float, counters, on_complete, on_fail,
-                 quarantined: dict[str, str] | None = None):
+                 quarantined: dict[str, str] | None = None, split_head: bool = True):
         self.paths = paths
+        self.split_head = split_head
         self.infos = infos
         self.on_error = on_error
         self.task_timeout_s = task_timeout_s
@@ -359,6 +371,19 @@ class Window:
         if k0 > limit:
             return k0 if eager else None
         return limit
+
+    def pick(self, *, eager: bool, last: tuple[int, int] | None, open_videos):
+        """The next task's (video, requests, new last) for a decoder (``Pending.pick`` within
+        ``pick_limit``), or None. In a bounded pass (chunks reaching several batches), until
+        its first batch is out a task takes only that batch's frames of its GOPs: the first
+        batch then waits for no conversion of the later batches' frames there, which
+        are nearly every frame of those chunks. What it costs: those GOPs are walked again
+        for the later frames, once per pass (``split_head=False`` keeps them whole)."""
+        limit = self.pick_limit(eager=eager)
+        if limit is None:
+            return None
+        split = self.split_head and self.chunk_window > 1 and not self.head_done
+        return self.pending.pick(limit, last=last, open_videos=open_videos, only_limit=split)
 
     def make_work(self, video: int, reqs: list[Request]) -> Work:
         frames = np.fromiter((r.frame for r in reqs), dtype=np.int64, count=len(reqs))

@@ -43,7 +43,7 @@ class FakeSampler:
         return v, start, np.array([start], np.int64), np.zeros(4, np.int32), False, v
 
 
-def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4, started=False):
+def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4, started=False, split_head=True):
     """A window over ``batches``; ``started``: after a first batch (the last video's last
     frame, done at once), so the steady-state rules apply to ``batches``."""
     events = collections.defaultdict(list)
@@ -54,7 +54,7 @@ def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4, s
         num_slots=slots, paths=[f"/v{i}.mp4" for i in range(n_videos)], infos=_infos(n_videos), on_error=on_error,
         task_timeout_s=1.0, counters=collections.Counter(),
         on_complete=lambda b, done: events["done"].append((b.k, done)),
-        on_fail=lambda b, exc: events["failed"].append((b.k, exc)),
+        on_fail=lambda b, exc: events["failed"].append((b.k, exc)), split_head=split_head,
     )
     sampler = FakeSampler(batches, chunk_window)
     w.begin(sampler, 0, len(batches))
@@ -66,10 +66,7 @@ def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4, s
 
 
 def _take(w, *, last=None, open_videos=(), eager=True):
-    limit = w.pick_limit(eager=eager)
-    if limit is None:
-        return None
-    picked = w.pending.pick(limit, last=last, open_videos=open_videos)
+    picked = w.pick(eager=eager, last=last, open_videos=open_videos)
     if picked is None:
         return None
     video, reqs, last = picked
@@ -134,9 +131,38 @@ def test_bounded_chunks_wait_until_every_batch_they_reach_is_in_the_window():
     w, _, _ = _window(batches, slots=2, chunk_window=3)
     assert w.next_k == 2
     assert _take(w, eager=False) is not None  # the head batch goes anyway
-    w2, _, _ = _window(batches, slots=6, chunk_window=3)
+    w2, _, _ = _window(batches, slots=7, chunk_window=3, started=True)
     work, _ = _take(w2, eager=False)
     assert work.frames.tolist() == [1, 2, 3, 4, 5, 6]  # one run: the whole chunk at once
+
+
+def test_until_a_bounded_first_batch_is_out_a_task_takes_only_its_frames():
+    # One GOP of video 0 feeds batches 0 to 2. Bounded (chunks reach 3 batches): the first
+    # task converts only batch 0's frame; the others stay filed and go once batch 0 is out.
+    batches = [[(0, 3), (1, 50)], [(0, 7), (2, 20)], [(0, 5)]]
+    w, events, _ = _window(batches, slots=3, chunk_window=3)
+    work, last = _take(w)
+    assert (work.video, work.frames.tolist(), last) == (0, [3], (0, 0))
+    assert [r.sample.batch.k for r in work.reqs] == [0]
+    w.finish(work, None, None)
+    other, _ = _take(w)
+    assert other.frames.tolist() == [50]
+    w.finish(other, None, None)
+    assert [k for k, _ in events["done"]] == [0]
+    rest, _ = _take(w, last=last)
+    assert (rest.video, rest.frames.tolist()) == (0, [5, 7])  # the rest of the GOP, one walk
+    assert sorted(r.sample.batch.k for r in rest.reqs) == [1, 2]
+
+
+@pytest.mark.parametrize("chunk_window, split_head", [(1, True), (3, False)])
+def test_the_first_batch_takes_whole_gops_outside_bounded_or_when_told(chunk_window, split_head):
+    # Strict and sequential passes (chunk_window 1) share GOPs across the window for speed,
+    # and split_head=False (a remote source with no block cache) keeps them whole too.
+    batches = [[(0, 3), (1, 50)], [(0, 7), (2, 20)], [(0, 5)]]
+    w, _, _ = _window(batches, slots=3, chunk_window=chunk_window, split_head=split_head)
+    work, _ = _take(w)
+    assert work.frames.tolist() == [3, 5, 7]
+    assert sorted(r.sample.batch.k for r in work.reqs) == [0, 1, 2]
 
 
 def test_the_first_batch_of_a_pass_goes_first():
