@@ -10,7 +10,9 @@
   per window however many samples it feeds, and bounded chunks become sequential runs.
 - The pick policy (``Pending.pick``): an idle decoder continues where its last task ended,
   then takes work from videos it holds open, then the group the earliest batch waits for;
-  the first two only within the gate (``Window.pick_limit``), so no batch starves.
+  the first two only within the gate (``Window.pick_limit``), so no batch starves. Until a
+  bounded pass's first batch is out, a task takes only that batch's frames of its GOPs
+  (``Window.pick``), so the first batch waits for no conversion of later batches' frames.
 - Faults: a failed request fails its sample (``on_error="raise"``: the batch fails) or has
   it replaced by the sampler's deterministic redraw (``"skip"``); whole-file errors and
   repeated decoder deaths on one file mark the file dead.

@@ -1,0 +1,26 @@
+#!/bin/bash
+# Bounded against sequential (and the starter) on each dataset shape that varies one
+# factor from the default (1080p, GOP 30, 10 s, 200 names of one file), one interleaved
+# `ringload bench` run per shape. Results: bench/results/shape-<name>.json and .txt.
+# Usage: bash bench/shape_sweep.sh [extra ringload bench arguments]
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-bench/results}
+COMMON=(--contenders starter,sequential,bounded --sweep none --batch-size 128 --size 224
+        --rounds 3 --window-s 15 --budget-s 45 --no-plots --no-progress)
+run() {
+    local name=$1; shift
+    echo "shape $name: $* (start $(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg))"
+    "$PY" -m ringload.cli bench "${COMMON[@]}" "$@" --out "$OUT/shape-$name.json" ${EXTRA:-} \
+        > "$OUT/shape-$name.txt" 2>&1
+    echo "shape $name: rc=$? (end $(date -u +%H:%M:%S))"
+}
+BASE=(--resolution 1080p --gop 30 --seconds 10 --videos 1 --names 200)
+run default "${BASE[@]}"
+run 5s --resolution 1080p --gop 30 --seconds 5 --videos 1 --names 200
+run 60s --resolution 1080p --gop 30 --seconds 60 --videos 1 --names 200
+run gop10 --resolution 1080p --gop 10 --seconds 10 --videos 1 --names 200
+run gop250 --resolution 1080p --gop 250 --seconds 10 --videos 1 --names 200
+run 480p --resolution 480p --gop 30 --seconds 10 --videos 1 --names 200
+run 20distinct --resolution 1080p --gop 30 --seconds 10 --videos 20 --names 200
