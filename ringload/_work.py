@@ -172,13 +172,15 @@ class Pending:
             heapq.heappop(heap)
         return None
 
-    def pick(self, limit: int, *, last: tuple[int, int] | None, open_videos, only_limit: bool = False
-             ) -> tuple[int, list[Request], tuple | None] | None:
+    def pick(self, limit: int, *, last: tuple[int, int] | None, open_videos, only_limit: bool = False,
+             run_limit: int | None = None) -> tuple[int, list[Request], tuple | None] | None:
         """Requests for one task among groups feeding batches <= ``limit``: continue after
         ``last`` (video, GOP), else a video in ``open_videos`` (most recent last), else the
-        earliest group. ``only_limit``: of those groups, only the requests of batches <=
-        ``limit``. Returns (video, requests, the new last) or None."""
+        earliest group; the task goes on through the video's next GOPs that feed batches <=
+        ``run_limit`` (default ``limit``). ``only_limit``: of those groups, only the
+        requests of batches <= ``limit``. Returns (video, requests, the new last) or None."""
         upto = limit if only_limit else None
+        run_limit = limit if run_limit is None else run_limit
         while True:
             k0 = self.earliest()
             if k0 is None or k0 > limit:
@@ -207,7 +209,7 @@ class Pending:
                 n = 1
                 while n < MAX_GOPS_PER_TASK and len(reqs) < TASK_CAP:
                     nxt = (v, g + n)
-                    if self._min_k.get(nxt, limit + 1) > limit:
+                    if self._min_k.get(nxt, run_limit + 1) > run_limit:
                         break
                     reqs += self.take(nxt, upto)
                     n += 1
@@ -384,8 +386,13 @@ class Window:
         limit = self.pick_limit(eager=eager)
         if limit is None:
             return None
-        split = self.split_head and self.chunk_window > 1 and not self.head_done
-        return self.pending.pick(limit, last=last, open_videos=open_videos, only_limit=split)
+        bounded = self.chunk_window > 1
+        split = self.split_head and bounded and not self.head_done
+        # A bounded task reads on through the next GOPs of its chunk whatever batch they feed
+        # (all are in the window): a chunk whose later GOPs feed only later batches (short
+        # GOPs, few samples each) would otherwise go in pieces, a task and a seek each.
+        run = self.next_k if bounded and self.head_done else None
+        return self.pending.pick(limit, last=last, open_videos=open_videos, only_limit=split, run_limit=run)
 
     def make_work(self, video: int, reqs: list[Request]) -> Work:
         frames = np.fromiter((r.frame for r in reqs), dtype=np.int64, count=len(reqs))

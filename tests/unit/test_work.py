@@ -136,6 +136,18 @@ def test_bounded_chunks_wait_until_every_batch_they_reach_is_in_the_window():
     assert work.frames.tolist() == [1, 2, 3, 4, 5, 6]  # one run: the whole chunk at once
 
 
+@pytest.mark.parametrize("chunk_window, frames", [(3, [1, 11, 21]), (1, [1, 11])])
+def test_a_bounded_task_reads_on_through_its_videos_next_gops_whatever_batch_they_feed(chunk_window, frames):
+    # GOPs 0, 1, 2 of video 0 feed batches 1, 2, 3; the gate admits groups of batches <= 2.
+    # Bounded: the task goes on through GOP 2 (in the window, no seek); strict stops at the gate.
+    batches = [[(0, 1)], [(0, 11)], [(0, 21)], [(1, 5)], [(2, 5)], [(3, 5)]]
+    w, _, _ = _window(batches, slots=4, chunk_window=chunk_window, started=True)
+    assert (w.next_k, w.end_k, w.pick_limit(eager=False)) == (5, 7, 2)
+    work, last = _take(w, eager=False)
+    assert work.frames.tolist() == frames
+    assert last == (0, len(frames) - 1)
+
+
 def test_until_a_bounded_first_batch_is_out_a_task_takes_only_its_frames():
     # One GOP of video 0 feeds batches 0 to 2. Bounded (chunks reach 3 batches): the first
     # task converts only batch 0's frame; the others stay filed and go once batch 0 is out.
