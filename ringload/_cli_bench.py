@@ -104,6 +104,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--rho", type=float, default=0.5, help="within-chunk correlation for the design-effect bound")
     m.add_argument("--ring-bytes", type=_bytes, default=None,
                    help="ring_bytes of the ringload contenders, e.g. 4G (default: the loader's, 1G)")
+    m.add_argument("--decoder-threads", type=_ints, default=(),
+                   help="ringload contenders: also run each once per FFmpeg thread count per decoder, e.g. 0,2 "
+                        "(0: FFmpeg's auto), beside the loader's default (the cores left per decoder)")
     m.add_argument("--seed", type=int, default=0)
     r = p.add_argument_group("remote storage (--remote)")
     r.add_argument("--remote-videos", type=int, default=None,
@@ -144,6 +147,7 @@ def config_from_args(args) -> "BenchConfig":  # noqa: F821
         max_per_chunks=args.max_per_chunk,
         rho=args.rho,
         ring_bytes=args.ring_bytes,
+        decoder_threads=args.decoder_threads,
         seed=args.seed,
         peer_python=args.peer_python,
     )

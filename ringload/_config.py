@@ -127,7 +127,7 @@ class LoaderConfig:
         need_int("clips_per_video", 1, none_ok=True, high=MAX_CLIPS_PER_VIDEO)
         need_int("num_workers", 0, none_ok=True)
         need_int("prefetch_batches", 1, none_ok=True)
-        need_int("decoder_threads", 1, none_ok=True)
+        need_int("decoder_threads", 0, none_ok=True)
         need_int("ring_bytes", 1, none_ok=True)
         if self.prefetch_batches is not None and self.ring_bytes is not None:
             raise ConfigError(

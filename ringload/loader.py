@@ -124,7 +124,8 @@ class VideoLoader:
     Resources: ``num_workers`` decoder processes (default: one per usable core, less the
     decoders of other loaders alive in this process; 0 decodes in this process, on the
     loader's thread, with the same batches: for debugging), ``decoder_threads`` FFmpeg
-    threads each (default: the cores left per decoder, at least 1). The ring holds
+    threads each (default: the cores left per decoder, at least 1; 0 lets FFmpeg choose,
+    a thread per core in every decoder, which oversubscribes the cores with several). The ring holds
     ``prefetch_batches + 1`` batch slots in shared memory, or as many as fit in
     ``ring_bytes`` (default 1 GiB): up to 256 batches in strict mode (a deeper window lets
     more samples share one GOP's decode), a chunk's batches plus two per decoder in bounded

@@ -88,6 +88,7 @@ class BenchConfig:
     sweep: str = "none"
     rho: float = 0.5
     ring_bytes: int | None = None  # the ringload contenders' ring_bytes (None: the loader's default)
+    decoder_threads: tuple[int, ...] = ()  # each ringload contender once per value (0: FFmpeg's auto)
     seed: int = 0
     peer_python: str | None = None  # the interpreter the peers run in; None: peers skipped
 
@@ -110,6 +111,8 @@ class BenchConfig:
             raise ConfigError(f"--clips-per-video={self.clips_per_video}: needs a value >= 1 and --clip-len >= 2")
         if self.ring_bytes is not None and self.ring_bytes < 1 << 20:
             raise ConfigError(f"--ring-bytes={self.ring_bytes}: at least 1M (e.g. 4G)")
+        if any(t < 0 for t in self.decoder_threads):
+            raise ConfigError(f"--decoder-threads={self.decoder_threads}: counts >= 0 (0: FFmpeg chooses)")
         if not 0.0 <= self.rho <= 1.0:
             raise ConfigError(f"--rho={self.rho}: a correlation in [0, 1]")
         if self.peer_python is not None and not (

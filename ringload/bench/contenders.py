@@ -133,6 +133,8 @@ def make_ringload(spec, paths, sampling):
     )
     if spec.get("ring_bytes"):
         kwargs["ring_bytes"] = spec["ring_bytes"]
+    if spec.get("decoder_threads") is not None:
+        kwargs["decoder_threads"] = spec["decoder_threads"]
     if spec.get("remote_cache_bytes") is not None:
         kwargs["remote_cache_bytes"] = spec["remote_cache_bytes"]
     if spec.get("clip_len", 1) > 1:

@@ -178,6 +178,10 @@ def plan_runs(cfg: BenchConfig) -> list[dict]:
         return runs
     for kind in cfg.contenders:
         runs.append({**base, "name": kind, "kind": kind, "dataset": cfg.dataset})
+        # Beside the loader's default thread count, once per value asked for.
+        for t in cfg.decoder_threads if kind in RINGLOAD_KINDS else ():
+            runs.append({**base, "name": f"{kind} decoder_threads={t}", "kind": kind, "dataset": cfg.dataset,
+                         "decoder_threads": t, "sweep": {"decoder_threads": t}})
     if "bounded" in cfg.contenders:
         points = []
         if cfg.sweep == "chunks":

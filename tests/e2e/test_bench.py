@@ -113,6 +113,11 @@ def test_plan_runs_sweeps():
                                                chunk_lens=(30,)))
     assert [(r.get("chunk_len"), r.get("max_per_chunk")) for r in chunks] == [(None, None), (None, 1), (None, 8),
                                                                              (30, None)]
+    threads = bench.plan_runs(bench.BenchConfig(contenders=("starter", "sequential"), decoder_threads=(0, 2)))
+    assert [(r["name"], r.get("decoder_threads")) for r in threads] == [
+        ("starter", None), ("sequential", None), ("sequential decoder_threads=0", 0), ("sequential decoder_threads=2", 2)]
+    with pytest.raises(ConfigError, match="decoder-threads"):
+        bench.BenchConfig(decoder_threads=(-1,))
 
 
 def test_config_validation():

@@ -49,3 +49,9 @@ def test_threads_per_decoder_never_oversubscribe():
     for workers in (1, 2, cores, 2 * cores):
         threads = _engine.default_threads(workers)
         assert threads >= 1 and (threads * workers <= cores or threads == 1)
+
+
+def test_decoder_threads_zero_lets_ffmpeg_choose_and_negative_is_refused():
+    assert LoaderConfig(decoder_threads=0).decoder_threads == 0
+    with pytest.raises(ConfigError, match="decoder_threads"):
+        LoaderConfig(decoder_threads=-1)
