@@ -56,6 +56,19 @@ def test_same_batches_for_any_worker_count_with_crops_and_flips(engine_videos):
     assert not np.array_equal(a[0]["video"], c[0]["video"]) or not np.array_equal(a[0]["frames"], c[0]["frames"])
 
 
+def test_strict_batches_are_the_same_for_a_deep_and_a_shallow_window(engine_videos):
+    # A deep window shares GOP walks between many batches; it changes when frames are
+    # decoded, never what a batch holds.
+    kw = dict(batch_size=8, size=(24, 32), crop="random_resized", hflip=True, sampling="strict", seed=3, num_workers=2)
+    with ringload.VideoLoader(engine_videos, prefetch_batches=2, **kw) as shallow:
+        a = collect(shallow, limit=6)
+        assert shallow.stats()["window_batches"] == 2
+    with ringload.VideoLoader(engine_videos, prefetch_batches=40, **kw) as deep:
+        b = collect(deep, limit=6)
+        assert deep.stats()["window_batches"] == 40
+    assert_same_batches(a, b)
+
+
 def test_hflip_mirrors_exactly_the_drawn_samples(engine_videos):
     kw = dict(batch_size=16, size=(24, 40), crop="center", sampling="strict", seed=5, num_workers=2)
     with ringload.VideoLoader(engine_videos, hflip=False, **kw) as plain:
