@@ -8,7 +8,7 @@ import logging
 import os
 import weakref
 
-from ._bounded import ring_batches
+from ._bounded import WORK_BATCHES, ring_batches
 from ._config import LoaderConfig
 from .errors import ConfigError
 
@@ -79,12 +79,16 @@ def window_depth(cfg: LoaderConfig, slot_bytes: int, chunk_window: int, workers:
         return min(fit, MAX_STRICT_DEPTH)
     if cfg.sampling == "sequential":
         return min(fit, SEQUENTIAL_DEPTH)
-    want = max(SEQUENTIAL_DEPTH, chunk_window + 2 * max(1, workers))
+    # A chunk's tasks may start only once all its batches are in the window; the batches
+    # beyond them are the decoders' lead on the head. The rule sized max_per_chunk for
+    # WORK_BATCHES of lead; with less (4 with 2 decoders) an idle decoder starts chunks not
+    # yet whole, and walks their GOPs again for the rest.
+    want = max(SEQUENTIAL_DEPTH, chunk_window + max(WORK_BATCHES, 2 * max(1, workers)))
     if fit < want:
         log.warning(
-            "bounded sampling reads each chunk once when the window holds its %d batches plus 2 per decoder (%d); "
+            "bounded sampling reads each chunk once when the window holds its %d batches plus %d for the decoders (%d); "
             "the ring holds %d: raise ring_bytes to %d for full speed",
-            chunk_window, want, fit, (want + 1) * slot_bytes,
+            chunk_window, want - chunk_window, want, fit, (want + 1) * slot_bytes,
         )
     return min(fit, want)
 
@@ -135,13 +139,14 @@ def start_engine(cfg: LoaderConfig, data, chunk_window: int, storage: tuple = ({
         transfer = make_transfer(cfg.device)
         slot_tensors = [torch.from_numpy(ring.slots[i]) for i in range(layout.num_slots)]
         transfer.register(slot_tensors)
+        local = all_local(data.paths)  # one pass over the paths (10^7 of them take a second)
         sched = Scheduler(
             ring=ring, index=data.index, num_workers=workers, paths=data.paths, infos=data.infos, size=(h, w),
             on_error=cfg.on_error,
-            options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s + remote_budget_s(cfg, data.paths),
+            options=SchedulerOptions(task_timeout_s=cfg.task_timeout_s + (0.0 if local else remote_budget_s(cfg, data.paths)),
                                      orientation=cfg.orientation, decoder_threads=threads,
                                      # Without a block cache a GOP split for the first batch would be fetched twice.
-                                     split_head=storage[1] > 0 or all_local(data.paths), storage=storage),
+                                     split_head=storage[1] > 0 or local, storage=storage),
             quarantined=data.quarantined,
         )
         sched.start()
