@@ -4,16 +4,17 @@
 # `ringload bench` run per shape. Results: bench/results/shape-<name>.json and .txt.
 # The budget lets the warm-up drain the ring (a bounded look-ahead of 35 to 40 batches at
 # 1080p), so the timed windows measure steady decoding, not the ring filling.
-# Usage: [CONTENDERS=...] [SHAPES="gop10 480p ..."] bash bench/shape_sweep.sh
+# Usage: [CONTENDERS=...] [SHAPES="gop10 480p ..."] [ROUNDS=3] [OUT=bench/results] bash bench/shape_sweep.sh
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-bench/results}
 COMMON=(--contenders "${CONTENDERS:-starter,sequential,bounded}" --sweep none --batch-size 128 --size 224
-        --rounds 3 --window-s 15 --budget-s 240 --no-plots --no-progress)
+        --rounds "${ROUNDS:-3}" --window-s 15 --budget-s 240 --no-plots --no-progress)
 run() {
     local name=$1; shift
     case " ${SHAPES:-default 5s 60s gop10 gop250 480p 20distinct} " in *" $name "*) ;; *) return ;; esac
+    mkdir -p "$OUT"
     echo "shape $name: $* (start $(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg))"
     "$PY" -m ringload.cli bench "${COMMON[@]}" "$@" --out "$OUT/shape-$name.json" > "$OUT/shape-$name.txt" 2>&1
     echo "shape $name: rc=$? (end $(date -u +%H:%M:%S))"
