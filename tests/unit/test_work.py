@@ -291,22 +291,3 @@ def test_task_size_is_capped():
     w, _, _ = _window(batches)
     work, _ = _take(w)
     assert len(work.reqs) <= _work.TASK_CAP + GOP * 2  # whole GOPs, stopped once past the cap
-
-
-@pytest.mark.parametrize("chunk_window, frames", [(3, [1, 11, 21]), (1, [21])])
-def test_a_bounded_task_starts_at_the_first_gop_of_its_run_in_the_window(chunk_window, frames):
-    # GOPs 0, 1, 2 of video 0 feed batches 3, 2, 1: the earliest batch's GOP is the run's last.
-    # Bounded: one task reads GOPs 0 to 2 from GOP 0 on; strict takes the gate's GOP alone.
-    batches = [[(0, 21)], [(0, 11)], [(0, 1)], [(1, 5)], [(2, 5)], [(3, 5)]]
-    w, _, _ = _window(batches, slots=4, chunk_window=chunk_window, started=True)
-    work, last = _take(w, eager=False)
-    assert work.frames.tolist() == frames
-    assert last == (0, 2)
-
-
-def test_a_continuation_does_not_go_back():
-    # A decoder that ended at video 0's GOP 1 continues at GOP 2 and does not seek back to GOP 0.
-    batches = [[(0, 21)], [(0, 1)], [(1, 5)], [(2, 5)], [(3, 5)]]
-    w, _, _ = _window(batches, slots=4, chunk_window=3, started=True)
-    work, last = _take(w, eager=False, last=(0, 1))
-    assert (work.frames.tolist(), last) == ([21], (0, 2))
