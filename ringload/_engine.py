@@ -8,7 +8,7 @@ import logging
 import os
 import weakref
 
-from ._bounded import WORK_BATCHES, ring_batches
+from ._bounded import ring_batches
 from ._config import LoaderConfig
 from .errors import ConfigError
 
@@ -79,16 +79,15 @@ def window_depth(cfg: LoaderConfig, slot_bytes: int, chunk_window: int, workers:
         return min(fit, MAX_STRICT_DEPTH)
     if cfg.sampling == "sequential":
         return min(fit, SEQUENTIAL_DEPTH)
-    # A chunk's tasks may start only once all its batches are in the window; the batches
-    # beyond them are the decoders' lead on the head. The rule sized max_per_chunk for
-    # WORK_BATCHES of lead; with less (4 with 2 decoders) an idle decoder starts chunks not
-    # yet whole, and walks their GOPs again for the rest.
-    want = max(SEQUENTIAL_DEPTH, chunk_window + max(WORK_BATCHES, 2 * max(1, workers)))
+    # A chunk's batches plus 2 per decoder. A lead of WORK_BATCHES (what the rule leaves room
+    # for) was tried: its build-up and drain swing the decoded-ahead frames by more than
+    # the bench's 15 s windows can average (docs/benchmarks.md, "The decoders' lead").
+    want = max(SEQUENTIAL_DEPTH, chunk_window + 2 * max(1, workers))
     if fit < want:
         log.warning(
-            "bounded sampling reads each chunk once when the window holds its %d batches plus %d for the decoders (%d); "
+            "bounded sampling reads each chunk once when the window holds its %d batches plus 2 per decoder (%d); "
             "the ring holds %d: raise ring_bytes to %d for full speed",
-            chunk_window, want - chunk_window, want, fit, (want + 1) * slot_bytes,
+            chunk_window, want, fit, (want + 1) * slot_bytes,
         )
     return min(fit, want)
 

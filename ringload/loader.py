@@ -128,7 +128,7 @@ class VideoLoader:
     a thread per core in every decoder, which oversubscribes the cores with several). The ring holds
     ``prefetch_batches + 1`` batch slots in shared memory, or as many as fit in
     ``ring_bytes`` (default 1 GiB): up to 256 batches in strict mode (a deeper window lets
-    more samples share one GOP's decode), a chunk's batches plus 16 (at least two per decoder) in bounded
+    more samples share one GOP's decode), a chunk's batches plus two per decoder in bounded
     mode, 8 in sequential mode, at least 3. The ring size changes only when and where frames
     are decoded, never what a batch holds. ``on_error="skip"`` quarantines bad files
     (``stats()``) and replaces their samples deterministically; ``"raise"`` raises a

@@ -7,7 +7,6 @@ import logging
 import pytest
 
 from ringload import _engine
-from ringload._bounded import WORK_BATCHES
 from ringload._config import LoaderConfig
 from ringload.errors import ConfigError
 
@@ -21,10 +20,10 @@ MiB = 1 << 20
         (dict(sampling="strict"), 1 * MiB, 1, 2, _engine.MAX_STRICT_DEPTH),  # capped
         (dict(sampling="strict", ring_bytes=4 << 30), 19 * MiB, 1, 2, 214),
         (dict(sampling="sequential"), 1 * MiB, 1, 2, _engine.SEQUENTIAL_DEPTH),
-        (dict(sampling="bounded"), 1 * MiB, 15, 2, 15 + WORK_BATCHES),  # a chunk's batches + the decoders' lead
-        (dict(sampling="bounded"), 1 * MiB, 15, 12, 15 + 24),  # the lead: at least 2 batches per decoder
-        (dict(sampling="bounded"), 19 * MiB, 33, 2, 33 + WORK_BATCHES),  # 1080p GOP 250: 49 of the 52 that fit
-        (dict(sampling="bounded"), 19 * MiB, 40, 2, (1 << 30) // (19 * MiB) - 1),  # as many as fit
+        (dict(sampling="bounded"), 1 * MiB, 15, 2, 19),  # a chunk's batches + 2 per decoder
+        (dict(sampling="bounded"), 1 * MiB, 15, 12, 15 + 24),
+        (dict(sampling="bounded"), 1 * MiB, 2, 2, 8),
+        (dict(sampling="bounded"), 19 * MiB, 50, 2, (1 << 30) // (19 * MiB) - 1),  # as many as fit
         (dict(sampling="strict", prefetch_batches=5), 19 * MiB, 1, 2, 5),  # explicit wins
         (dict(sampling="strict"), 900 * MiB, 1, 2, _engine.MIN_DEPTH),  # default budget too small: the minimum
     ],
