@@ -36,6 +36,7 @@ class _Content:
     crop: np.ndarray
     flip: np.ndarray
     entry: np.ndarray
+    chunk: np.ndarray | None = None  # bounded: the plan's chunk id of each sample
 
 
 def random_resized_boxes(width, height, u, scale, ratio) -> np.ndarray:
@@ -112,7 +113,9 @@ class Sampler:
     def batch(self, k: int) -> _Content:
         vs = np.asarray(self.plan[k], dtype=np.int64)
         views = self.plan.views(k)[:, 1] if self.cfg.views_per_clip > 1 else None
-        return self.content(vs[:, 0], vs[:, 1], views)
+        c = self.content(vs[:, 0], vs[:, 1], views)
+        chunks = getattr(self.plan, "chunks", None) if self.chunk_window > 1 else None
+        return dataclasses.replace(c, chunk=np.asarray(chunks(k), dtype=np.int64)) if chunks is not None else c
 
     def content(self, entry: np.ndarray, start: np.ndarray, views=None) -> _Content:
         keys = _rng.sample_keys(entry, start)

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
 import logging
@@ -51,10 +52,13 @@ class Completed:
 
 class Sample:
     __slots__ = ("batch", "row", "key", "video", "entry", "start", "frames", "crop", "flip", "attempt", "remaining",
-                 "inflight", "needs_replace")
+                 "inflight", "needs_replace", "chunk_k0")
 
-    def __init__(self, batch, row, video, start, frames, crop, flip, entry):
+    def __init__(self, batch, row, video, start, frames, crop, flip, entry, chunk_k0=None):
         self.batch = batch
+        # The first batch of this pass that holds a sample of this sample's chunk (its own
+        # batch where that is unknown, which is never earlier).
+        self.chunk_k0 = batch.k if chunk_k0 is None else chunk_k0
         self.row = row
         # The plan's video: a source row (the file itself unless rows are segments of files).
         self.entry = entry
@@ -123,6 +127,7 @@ class Pending:
     def __init__(self):
         self._groups: dict[tuple[int, int], list[Request]] = {}
         self._min_k: dict[tuple[int, int], int] = {}  # earliest batch a group feeds
+        self._max_c0: dict[tuple[int, int], int] = {}  # latest first batch of the chunks it serves
         self._by_video: dict[int, set[int]] = {}
         self._heap: list[tuple[int, int, int]] = []  # (k, video, gop), stale entries skipped
 
@@ -131,13 +136,17 @@ class Pending:
 
     def add(self, req: Request, key: tuple[int, int], k: int) -> None:
         group = self._groups.get(key)
+        c0 = req.sample.chunk_k0
         if group is None:
             self._groups[key] = [req]
             self._min_k[key] = k
+            self._max_c0[key] = c0
             self._by_video.setdefault(key[0], set()).add(key[1])
             heapq.heappush(self._heap, (k, key[0], key[1]))
         else:
             group.append(req)
+            if c0 > self._max_c0[key]:
+                self._max_c0[key] = c0
             if k < self._min_k[key]:
                 self._min_k[key] = k
                 heapq.heappush(self._heap, (k, key[0], key[1]))
@@ -147,6 +156,7 @@ class Pending:
         others stay filed)."""
         reqs = self._groups.pop(key)
         del self._min_k[key]
+        del self._max_c0[key]
         gs = self._by_video[key[0]]
         gs.discard(key[1])
         if not gs:
@@ -172,15 +182,22 @@ class Pending:
             heapq.heappop(heap)
         return None
 
+    def _joins(self, key, limit: int, whole_upto: int | None) -> bool:
+        """Whether a task may take group ``key`` along: it feeds batches <= ``limit``, or every
+        chunk it serves was first seen by batch ``whole_upto`` (so all its batches are in)."""
+        k = self._min_k.get(key)
+        return k is not None and (k <= limit or (whole_upto is not None and self._max_c0[key] <= whole_upto))
+
     def pick(self, limit: int, *, last: tuple[int, int] | None, open_videos, only_limit: bool = False,
-             run_limit: int | None = None) -> tuple[int, list[Request], tuple | None] | None:
+             whole_upto: int | None = None) -> tuple[int, list[Request], tuple | None] | None:
         """Requests for one task among groups feeding batches <= ``limit``: continue after
         ``last`` (video, GOP), else a video in ``open_videos`` (most recent last), else the
-        earliest group; the task goes on through the video's next GOPs that feed batches <=
-        ``run_limit`` (default ``limit``). ``only_limit``: of those groups, only the
-        requests of batches <= ``limit``. Returns (video, requests, the new last) or None."""
+        earliest group. The task takes along the video's adjacent GOPs that feed batches <=
+        ``limit`` or whose chunks are all in the window (first seen by batch ``whole_upto``):
+        the next ones, and the earlier ones unless it continues after ``last``.
+        ``only_limit``: of those groups, only the requests of batches <= ``limit``. Returns
+        (video, requests, the new last) or None."""
         upto = limit if only_limit else None
-        run_limit = limit if run_limit is None else run_limit
         while True:
             k0 = self.earliest()
             if k0 is None or k0 > limit:
@@ -192,6 +209,7 @@ class Pending:
                     if self._min_k.get(cand, limit + 1) <= limit:
                         key = cand
                         break
+            back = key is None  # a continuation reads on: going back would seek
             if key is None:
                 for v in reversed(list(open_videos)):
                     gs = self._by_video.get(v)
@@ -207,11 +225,12 @@ class Pending:
             reqs = self.take(key, upto)
             if g >= 0:
                 n = 1
-                while n < MAX_GOPS_PER_TASK and len(reqs) < TASK_CAP:
-                    nxt = (v, g + n)
-                    if self._min_k.get(nxt, run_limit + 1) > run_limit:
-                        break
-                    reqs += self.take(nxt, upto)
+                while back and g > 0 and n < MAX_GOPS_PER_TASK and len(reqs) < TASK_CAP and self._joins((v, g - 1), limit, whole_upto):
+                    reqs = self.take((v, g - 1), upto) + reqs
+                    g -= 1
+                    n += 1
+                while n < MAX_GOPS_PER_TASK and len(reqs) < TASK_CAP and self._joins((v, g + n), limit, whole_upto):
+                    reqs += self.take((v, g + n), upto)
                     n += 1
                 last = (v, g + n - 1)
             else:
@@ -268,6 +287,8 @@ class Window:
         self._crashes: dict[int, list[str]] = {}  # video -> causes of consecutive decoder deaths on it
         self._task_seq = 0
         self._keyframes: dict[int, np.ndarray] = {}
+        self._chunk_k0: dict[int, int] = {}  # chunk id -> first batch holding it, for chunks still arriving
+        self._chunks_seen: collections.deque = collections.deque()  # (batch, chunk ids first seen there)
 
     # ---- passes and slots
 
@@ -280,6 +301,8 @@ class Window:
             batch.retired = True
         self.active.clear()
         self.pending.clear()
+        self._chunk_k0.clear()
+        self._chunks_seen.clear()
         self.sampler = sampler
         self.chunk_window = int(sampler.chunk_window)
         self.next_k, self.end_k = first_k, end_k
@@ -298,10 +321,12 @@ class Window:
             self.active[k] = batch
             content = self.sampler.batch(k)
             entry = content.entry
+            chunk = getattr(content, "chunk", None)
+            k0 = self._chunk_firsts(k, chunk) if chunk is not None and self.chunk_window > 1 else None
             for b in range(len(content.video)):
                 batch.samples.append(
                     Sample(batch, b, int(content.video[b]), int(content.start[b]), content.frames[b], content.crop[b],
-                           bool(content.flip[b]), int(entry[b]))
+                           bool(content.flip[b]), int(entry[b]), None if k0 is None else k0[b])
                 )
             batch.remaining = len(batch.samples)
             for s in batch.samples:
@@ -311,6 +336,25 @@ class Window:
                     self._enqueue(s)
             if batch.remaining == 0 and not batch.failed:
                 self._complete(batch)
+
+    def _chunk_firsts(self, k: int, chunk: np.ndarray) -> list[int]:
+        """The first batch of this pass holding each sample's chunk (batch ``k`` admitted now).
+        A chunk's samples lie in at most ``chunk_window`` consecutive batches, so chunks first
+        seen that long ago are complete and forgotten (one seen again would count as new:
+        later, never wrongly early)."""
+        first, seen = self._chunk_k0, self._chunks_seen
+        while seen and seen[0][0] <= k - self.chunk_window:
+            for c in seen.popleft()[1]:
+                first.pop(c, None)
+        new, out = [], []
+        for c in chunk.tolist():
+            k0 = first.get(c)
+            if k0 is None:
+                first[c] = k0 = k
+                new.append(c)
+            out.append(k0)
+        seen.append((k, new))
+        return out
 
     def hold(self, slot: int) -> None:
         batch = self.slot_batch.get(slot)
@@ -391,12 +435,13 @@ class Window:
         # A bounded task reads on through the next GOPs of its chunk whatever batch they feed
         # (all are in the window): a chunk whose later GOPs feed only later batches (short
         # GOPs, few samples each) would otherwise go in pieces, a task and a seek each.
-        # (Reading on may take a GOP of the video's next chunk before all of that chunk's
-        # batches are in the window; the rest of it is then walked again. Going back through
-        # the earlier GOPs too did that twice as often: 1.44 decoded per delivered frame on
-        # 5 s videos at 1080p, bench/results/shape-5s-back.json.)
-        run = self.next_k if bounded and self.head_done else None
-        return self.pending.pick(limit, last=last, open_videos=open_videos, only_limit=split, run_limit=run)
+        # and back through the earlier ones, but only GOPs whose chunks have all their batches
+        # in the window: one taken before would leave the rest of it to be walked again (1.44
+        # decoded per delivered frame on 5 s videos, bench/results/shape-5s-back.json).
+        whole = None
+        if bounded and self.head_done:
+            whole = self.next_k - self.chunk_window if self.next_k < self.end_k else self.end_k
+        return self.pending.pick(limit, last=last, open_videos=open_videos, only_limit=split, whole_upto=whole)
 
     def make_work(self, video: int, reqs: list[Request]) -> Work:
         frames = np.fromiter((r.frame for r in reqs), dtype=np.int64, count=len(reqs))
@@ -525,6 +570,7 @@ class Window:
         self.counters["replaced_samples"] += 1
         s.video, s.start, s.frames, s.crop, s.flip = video, start, frames, crop, flip
         s.entry = entry
+        s.chunk_k0 = s.batch.k  # no longer its chunk's sample
         s.remaining = len(frames)
         self._enqueue(s)
 

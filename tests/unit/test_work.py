@@ -22,20 +22,25 @@ def _infos(n_videos=4, frames=100):
 
 
 class FakeSampler:
-    """Batch k is the samples listed in ``batches[k]``: (video, frame) pairs, one frame each."""
+    """Batch k is the samples listed in ``batches[k]``: (video, frame) pairs, one frame each;
+    ``chunks[k]``, when given, their chunk ids."""
 
-    def __init__(self, batches, chunk_window=1):
+    def __init__(self, batches, chunk_window=1, chunks=None):
         self.batches = batches
         self.chunk_window = chunk_window
+        self.chunks = chunks
         self.redraws = []
 
     def batch(self, k):
         vs = np.array(self.batches[k], dtype=np.int64).reshape(-1, 2)
         n = len(vs)
-        return types.SimpleNamespace(
+        content = types.SimpleNamespace(
             video=vs[:, 0], start=vs[:, 1], frames=vs[:, 1:2].copy(), crop=np.zeros((n, 4), np.int32), flip=np.zeros(n, bool),
             entry=vs[:, 0],
         )
+        if self.chunks is not None:
+            content.chunk = np.array(self.chunks[k], dtype=np.int64)
+        return content
 
     def replacement(self, video, start, attempt):
         self.redraws.append((video, start, attempt))
@@ -43,12 +48,14 @@ class FakeSampler:
         return v, start, np.array([start], np.int64), np.zeros(4, np.int32), False, v
 
 
-def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4, started=False, split_head=True):
-    """A window over ``batches``; ``started``: after a first batch (the last video's last
-    frame, done at once), so the steady-state rules apply to ``batches``."""
+def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4, started=False, split_head=True,
+            chunks=None):
+    """A window over ``batches`` (with chunk ids ``chunks``); ``started``: after a first batch
+    (the last video's last frame, done at once), so the steady-state rules apply to ``batches``."""
     events = collections.defaultdict(list)
     if started:
         batches = [[(n_videos - 1, 99)]] + list(batches)
+        chunks = None if chunks is None else [[999]] + list(chunks)
         slots += 1
     w = Window(
         num_slots=slots, paths=[f"/v{i}.mp4" for i in range(n_videos)], infos=_infos(n_videos), on_error=on_error,
@@ -56,7 +63,7 @@ def _window(batches, *, slots=4, on_error="raise", chunk_window=1, n_videos=4, s
         on_complete=lambda b, done: events["done"].append((b.k, done)),
         on_fail=lambda b, exc: events["failed"].append((b.k, exc)), split_head=split_head,
     )
-    sampler = FakeSampler(batches, chunk_window)
+    sampler = FakeSampler(batches, chunk_window, chunks)
     w.begin(sampler, 0, len(batches))
     if started:
         work, _ = _take(w)
@@ -137,11 +144,13 @@ def test_bounded_chunks_wait_until_every_batch_they_reach_is_in_the_window():
 
 
 @pytest.mark.parametrize("chunk_window, frames", [(3, [1, 11, 21]), (1, [1, 11])])
-def test_a_bounded_task_reads_on_through_its_videos_next_gops_whatever_batch_they_feed(chunk_window, frames):
-    # GOPs 0, 1, 2 of video 0 feed batches 1, 2, 3; the gate admits groups of batches <= 2.
-    # Bounded: the task goes on through GOP 2 (in the window, no seek); strict stops at the gate.
+def test_a_bounded_task_reads_on_through_its_chunks_next_gops_whatever_batch_they_feed(chunk_window, frames):
+    # GOPs 0, 1, 2 of video 0 (one chunk) feed batches 1, 2, 3; the gate admits groups of
+    # batches <= 2. Bounded: the task goes on through GOP 2 (its chunk is whole in the
+    # window: no seek, no second walk); strict stops at the gate.
     batches = [[(0, 1)], [(0, 11)], [(0, 21)], [(1, 5)], [(2, 5)], [(3, 5)]]
-    w, _, _ = _window(batches, slots=4, chunk_window=chunk_window, started=True)
+    chunks = [[0], [0], [0], [1], [2], [3]]
+    w, _, _ = _window(batches, slots=4, chunk_window=chunk_window, started=True, chunks=chunks)
     assert (w.next_k, w.end_k, w.pick_limit(eager=False)) == (5, 7, 2)
     work, last = _take(w, eager=False)
     assert work.frames.tolist() == frames
@@ -291,3 +300,50 @@ def test_task_size_is_capped():
     w, _, _ = _window(batches)
     work, _ = _take(w)
     assert len(work.reqs) <= _work.TASK_CAP + GOP * 2  # whole GOPs, stopped once past the cap
+
+
+def test_a_bounded_task_stops_at_a_gop_of_a_chunk_not_yet_whole():
+    # GOPs 0, 1 of video 0 are chunk 0 (first in batch 1); GOP 2 is chunk 4, first seen in
+    # batch 4, whose later batches are not admitted yet: taking it now would leave the rest
+    # of that GOP to be walked again.
+    batches = [[(0, 1)], [(0, 11)], [(1, 5)], [(0, 21)], [(2, 5)], [(3, 5)]]
+    chunks = [[0], [0], [1], [4], [2], [3]]
+    w, _, _ = _window(batches, slots=5, chunk_window=3, started=True, chunks=chunks)
+    assert (w.next_k, w.pick_limit(eager=False)) == (6, 3)
+    work, last = _take(w, eager=False)
+    assert (work.frames.tolist(), last) == ([1, 11], (0, 1))
+    # Without chunk ids a sample's own batch stands for its chunk's first: no run-on either.
+    w2, _, _ = _window(batches, slots=5, chunk_window=3, started=True)
+    work2, _ = _take(w2, eager=False)
+    assert work2.frames.tolist() == [1, 11]
+
+
+@pytest.mark.parametrize("chunk_window, frames", [(3, [1, 11, 21]), (1, [11, 21])])
+def test_a_bounded_task_starts_at_the_first_gop_of_its_chunk_in_the_window(chunk_window, frames):
+    # GOPs 0, 1, 2 of video 0 (one chunk) feed batches 3, 2, 1: the earliest batch's GOP is
+    # the chunk's last. Bounded: one task reads GOPs 0 to 2 from GOP 0; strict takes the
+    # GOPs of the gate's batches (1 and 2) and leaves GOP 0 for later.
+    batches = [[(0, 21)], [(0, 11)], [(0, 1)], [(1, 5)], [(2, 5)], [(3, 5)]]
+    chunks = [[0], [0], [0], [1], [2], [3]]
+    w, _, _ = _window(batches, slots=4, chunk_window=chunk_window, started=True, chunks=chunks)
+    work, last = _take(w, eager=False)
+    assert work.frames.tolist() == frames
+    assert last == (0, 2)
+
+
+def test_a_bounded_task_does_not_go_back_into_a_chunk_not_yet_whole_nor_after_a_continuation():
+    # GOP 0 of video 0 is chunk 5, first seen in batch 3 (not whole); GOPs 1, 2 are chunk 0.
+    batches = [[(0, 21)], [(0, 11)], [(0, 1)], [(1, 5)], [(2, 5)], [(3, 5)]]
+    chunks = [[0], [0], [5], [1], [2], [3]]
+    w, _, _ = _window(batches, slots=4, chunk_window=3, started=True, chunks=chunks)
+    work, _ = _take(w, eager=False)
+    assert work.frames.tolist() == [11, 21]
+    # A decoder that ended at GOP 1 continues at GOP 2 (in the gate) and does not seek back
+    # to GOP 1 (whole, but past the gate); a fresh pick takes both.
+    batches = [[(0, 21)], [(1, 5)], [(2, 5)], [(0, 11)], [(3, 5)], [(3, 15)]]
+    chunks = [[0], [1], [2], [0], [3], [3]]
+    for last, frames in (((0, 1), [21]), (None, [11, 21])):
+        w2, _, _ = _window(batches, slots=5, chunk_window=4, started=True, chunks=chunks)
+        assert (w2.next_k, w2.end_k, w2.pick_limit(eager=False)) == (6, 7, 2)
+        work2, last2 = _take(w2, eager=False, last=last)
+        assert (work2.frames.tolist(), last2) == (frames, (0, 2))
