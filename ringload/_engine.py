@@ -80,8 +80,7 @@ def window_depth(cfg: LoaderConfig, slot_bytes: int, chunk_window: int, workers:
     if cfg.sampling == "sequential":
         return min(fit, SEQUENTIAL_DEPTH)
     # A chunk's batches plus 2 per decoder. A lead of WORK_BATCHES (what the rule leaves room
-    # for) was tried: its build-up and drain swing the decoded-ahead frames by more than
-    # the bench's 15 s windows can average (docs/benchmarks.md, "The decoders' lead").
+    # for) was tried and not kept: docs/benchmarks.md, "Two scheduler changes tried".
     want = max(SEQUENTIAL_DEPTH, chunk_window + 2 * max(1, workers))
     if fit < want:
         log.warning(
