@@ -432,12 +432,12 @@ class Window:
             return None
         bounded = self.chunk_window > 1
         split = self.split_head and bounded and not self.head_done
-        # A bounded task reads on through the next GOPs of its chunk whatever batch they feed
-        # (all are in the window): a chunk whose later GOPs feed only later batches (short
-        # GOPs, few samples each) would otherwise go in pieces, a task and a seek each.
-        # and back through the earlier ones, but only GOPs whose chunks have all their batches
-        # in the window: one taken before would leave the rest of it to be walked again (1.44
-        # decoded per delivered frame on 5 s videos, bench/results/shape-5s-back.json).
+        # A bounded task takes along its video's adjacent GOPs whatever batch they feed, where
+        # their chunks have all their batches in the window: a chunk whose GOPs feed mostly
+        # later batches (short GOPs, few samples each) would otherwise go in pieces, a task
+        # and a seek each. A GOP of a chunk still arriving stays: taking it would leave the
+        # rest of it to be walked again (1.44 decoded per delivered frame on 5 s videos,
+        # bench/results/shape-5s-back.json).
         whole = None
         if bounded and self.head_done:
             whole = self.next_k - self.chunk_window if self.next_k < self.end_k else self.end_k
