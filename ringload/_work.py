@@ -225,7 +225,8 @@ class Pending:
             reqs = self.take(key, upto)
             if g >= 0:
                 n = 1
-                while back and g > 0 and n < MAX_GOPS_PER_TASK and len(reqs) < TASK_CAP and self._joins((v, g - 1), limit, whole_upto):
+                while (back and g > 0 and n < MAX_GOPS_PER_TASK and len(reqs) < TASK_CAP
+                       and self._joins((v, g - 1), limit, whole_upto)):
                     reqs = self.take((v, g - 1), upto) + reqs
                     g -= 1
                     n += 1
@@ -401,6 +402,11 @@ class Window:
         g = int(np.searchsorted(self.keyframes(s.video), r.frame, side="right") - 1)
         self.pending.add(r, (s.video, g), s.batch.k)
 
+    def whole_upto(self) -> int:
+        """The last batch whose chunks have all their batches admitted: a chunk first seen
+        in batch k0 reaches at most batch k0 + ``chunk_window`` - 1."""
+        return self.next_k - self.chunk_window if self.next_k < self.end_k else self.end_k
+
     def pick_limit(self, *, eager: bool) -> int | None:
         """The last batch whose groups may be decoded now. Only groups of the first GATE + 1
         incomplete batches are eligible (bounded mode: also those whose whole chunk is in
@@ -415,7 +421,7 @@ class Window:
         # start on the next): neither the gate's next batch nor whole chunks delay it.
         limit = (min(heads) if heads else k0) + (GATE if self.head_done else 0)
         if self.chunk_window > 1 and self.head_done:
-            limit = max(limit, self.next_k - self.chunk_window if self.next_k < self.end_k else self.end_k)
+            limit = max(limit, self.whole_upto())
         if k0 > limit:
             return k0 if eager else None
         return limit
@@ -438,9 +444,7 @@ class Window:
         # and a seek each. A GOP of a chunk still arriving stays: taking it would leave the
         # rest of it to be walked again (1.44 decoded per delivered frame on 5 s videos,
         # bench/results/shape-5s-back.json).
-        whole = None
-        if bounded and self.head_done:
-            whole = self.next_k - self.chunk_window if self.next_k < self.end_k else self.end_k
+        whole = self.whole_upto() if bounded and self.head_done else None
         return self.pending.pick(limit, last=last, open_videos=open_videos, only_limit=split, whole_upto=whole)
 
     def make_work(self, video: int, reqs: list[Request]) -> Work:
