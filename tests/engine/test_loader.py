@@ -3,6 +3,8 @@ import logging
 import math
 import os
 
+import time
+
 import numpy as np
 import pytest
 from helpers import assert_same_batches, check_exact, collect, wait_gone
@@ -179,6 +181,12 @@ def test_fps_clips_in_loader(engine_videos):
 def test_decoders_are_spawned_without_torch(engine_videos):
     with ringload.VideoLoader(engine_videos, batch_size=4, size=(16, 16), num_workers=2) as loader:
         next(iter(loader))
+        # The first batch can come from one decoder while the other is still starting: wait
+        # (bounded) for both handshakes rather than race them.
+        deadline = time.monotonic() + 60
+        while not all(d["ready"] for d in loader.stats()["decoders"]):
+            assert time.monotonic() < deadline, f"decoders not ready after 60 s: {loader.stats()['decoders']}"
+            time.sleep(0.05)
         decs = loader.stats()["decoders"]
         pids = loader.stats()["decoder_pids"]
         assert len(decs) == 2 and all(d["ready"] for d in decs)
