@@ -1,49 +1,141 @@
-"""The sweep table of docs/benchmarks.md from bench/shape_sweep.sh's result files: per
-shape and contender, images/s, the ratios to the starter and to sequential (median and
-min-max over rounds), CPU ms per image, decoded frames per delivered frame, the 95th
-percentile wait and the first batch (seconds, and over sequential's per round).
+"""The sweep table (and plot) of docs/benchmarks.md from bench/shape_sweep.sh's result
+files: per shape and contender, images/s, the ratios to the starter and to sequential
+(median and min-max over rounds), CPU ms per image, decoded frames per delivered frame,
+the 95th percentile wait and the first batch (seconds, and over sequential's per round).
 
-    python bench/shape_table.py bench/results/shape-*.json
+    python bench/shape_table.py [--plot docs/img/bench_shapes.png] bench/results/shape-*.json
+
+A shape is the file name's first word after ``shape-`` (``shape-gop10-final.json`` is
+GOP 10), so several runs of one shape (sequential and bounded in one, the starter,
+ceiling and strict in another) make one group of rows. Ratios are side by side within a
+run; a ratio to a contender of another run of the shape is marked with ``*``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import statistics
-import sys
+
+ORDER = ["starter", "ceiling", "sequential", "strict", "bounded"]
+SHAPES = ["default", "5s", "60s", "gop10", "gop250", "480p", "20distinct"]
+LABELS = {"default": "default (GOP 30, 10 s)", "5s": "5 s videos", "60s": "60 s videos", "gop10": "GOP 10",
+          "gop250": "GOP 250", "480p": "854x480", "20distinct": "20 distinct contents"}
 
 
 def _r(x, nd=2):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def rows(path: str):
-    d = json.loads(pathlib.Path(path).read_text())
-    shape = pathlib.Path(path).stem.removeprefix("shape-")
-    res = {r["name"]: r for r in d["results"] if r.get("status") == "ok"}
-    ratios = d["ratios"]["contenders"]
-    seq_fb = [x.get("first_batch_s") for x in res["sequential"]["rounds"]] if "sequential" in res else None
-    for name, r in res.items():
-        rat = ratios.get(name, {})
-        xs, xq = rat.get("x_starter"), rat.get("x_reference")
-        fb = [x.get("first_batch_s") for x in r["rounds"]]
-        fbx = statistics.median(a / b for a, b in zip(fb, seq_fb) if a and b) if seq_fb else None
-        wait = r.get("wait_ms") or {}
-        yield (shape, name, _r(r["images_per_s"], 1),
-               f"{_r(xs['median'])} ({_r(xs['min'])}-{_r(xs['max'])})" if xs else "-",
-               f"{_r(xq['median'])} ({_r(xq['min'])}-{_r(xq['max'])})" if xq else "-",
-               _r(r["cpu_s_per_image"] * 1e3 if r.get("cpu_s_per_image") else None, 1),
-               _r(r.get("decoded_per_frame")), _r(wait.get("p95"), 0), _r(r.get("first_batch_s"), 1), _r(fbx))
+def _span(rs):
+    return f"{_r(statistics.median(rs))} ({_r(min(rs))}-{_r(max(rs))})" if rs else "-"
 
 
-def main(paths) -> None:
-    print("| shape | contender | img/s | x starter | x sequential | CPU ms/img | decoded per frame | wait p95 ms | first batch s | first batch x sequential |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+def load(paths):
+    """{shape: {contender: (result, run)}} where run is the file's results by name."""
+    shapes: dict[str, dict[str, tuple[dict, dict]]] = {}
     for p in paths:
-        for row in rows(p):
-            print("| " + " | ".join(row) + " |")
+        d = json.loads(pathlib.Path(p).read_text())
+        shape = pathlib.Path(p).stem.removeprefix("shape-").split("-")[0]
+        run = {r["name"]: r for r in d["results"] if r.get("status") == "ok"}
+        for name, r in run.items():
+            if name in shapes.setdefault(shape, {}):
+                raise SystemExit(f"{p}: {shape} has {name} twice; pass one run of each contender per shape")
+            shapes[shape][name] = (r, run)
+    return shapes
+
+
+def _per_round(r, base):
+    """Per-round ratios of r to base when both ran in one run (same round count), else None."""
+    a, b = r.get("images_per_s_rounds") or [], base.get("images_per_s_rounds") or []
+    return [x / y for x, y in zip(a, b) if x and y] if a and len(a) == len(b) else None
+
+
+def _ratio(shape_rows, name, base_name):
+    """(text, per-round list) of name's images/s over base_name's in the shape."""
+    if base_name not in shape_rows or name not in shape_rows:
+        return "-", None
+    r, run = shape_rows[name]
+    base, _ = shape_rows[base_name]
+    if base_name in run:
+        rs = _per_round(r, base)
+        return _span(rs), rs
+    return _r(r["images_per_s"] / base["images_per_s"]) + "*", None
+
+
+def rows(shapes):
+    for shape in [s for s in SHAPES if s in shapes] + sorted(set(shapes) - set(SHAPES)):
+        got = shapes[shape]
+        seq = got.get("sequential")
+        for name in [n for n in ORDER if n in got] + sorted(set(got) - set(ORDER)):
+            r, run = got[name]
+            fbx = "-"
+            if seq is not None:
+                if "sequential" in run:
+                    fb = [x.get("first_batch_s") for x in r["rounds"]]
+                    sfb = [x.get("first_batch_s") for x in seq[0]["rounds"]]
+                    fbx = _span([a / b for a, b in zip(fb, sfb) if a and b])
+                elif r.get("first_batch_s") and seq[0].get("first_batch_s"):
+                    fbx = _r(r["first_batch_s"] / seq[0]["first_batch_s"]) + "*"
+            wait = r.get("wait_ms") or {}
+            cpu = r.get("cpu_s_per_image")
+            yield (LABELS.get(shape, shape), name, _r(r["images_per_s"], 1), _ratio(got, name, "starter")[0],
+                   _ratio(got, name, "sequential")[0], _r(cpu * 1e3 if cpu else None, 1),
+                   _r(r.get("decoded_per_frame")), _r(wait.get("p95"), 0), _r(r.get("first_batch_s"), 1), fbx)
+
+
+def plot(shapes, out: pathlib.Path) -> None:
+    """Left: images/s per shape and contender (log scale). Right: bounded over sequential
+    per round, the 0.85 target marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = [s for s in SHAPES if s in shapes]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    names = [n for n in ORDER if any(n in shapes[s] for s in order)]
+    w = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs = [j + (i - (len(names) - 1) / 2) * w for j, s in enumerate(order) if name in shapes[s]]
+        ys = [shapes[s][name][0]["images_per_s"] for s in order if name in shapes[s]]
+        ax.bar(xs, ys, w, label=name, color=f"C{ORDER.index(name)}" if name in ORDER else None)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(order)), [LABELS.get(s, s) for s in order], rotation=20, ha="right")
+    ax.set_ylabel("images/s (median over rounds)")
+    ax.legend(fontsize=8)
+    ax.set_title("throughput by dataset shape, 2 decoders, batch 128 at 224x224")
+    for j, s in enumerate(order):
+        _, rs = _ratio(shapes[s], "bounded", "sequential")
+        if rs:
+            bx.plot([j] * len(rs), rs, "o", color="C4")
+            bx.plot([j - 0.2, j + 0.2], [statistics.median(rs)] * 2, "-", color="C4")
+    bx.axhline(0.85, color="grey", ls="--", lw=1)
+    bx.text(len(order) - 0.5, 0.855, "0.85 target", ha="right", va="bottom", fontsize=8, color="grey")
+    bx.set_xticks(range(len(order)), [LABELS.get(s, s) for s in order], rotation=20, ha="right")
+    bx.set_ylabel("bounded / sequential images/s, per round")
+    bx.set_title("bounded against sequential")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--plot", type=pathlib.Path, help="also write the plot (PNG) here")
+    args = ap.parse_args(argv)
+    shapes = load(args.files)
+    print("| shape | contender | img/s | x starter | x sequential | CPU ms/img | decoded per frame | wait p95 ms | "
+          "first batch s | first batch x sequential |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows(shapes):
+        print("| " + " | ".join(row) + " |")
+    if args.plot:
+        plot(shapes, args.plot)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
