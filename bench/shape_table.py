@@ -8,7 +8,9 @@ the 95th percentile wait and the first batch (seconds, and over sequential's per
 A shape is the file name's first word after ``shape-`` (``shape-gop10-final.json`` is
 GOP 10), so several runs of one shape (sequential and bounded in one, the starter,
 ceiling and strict in another) make one group of rows. Ratios are side by side within a
-run; a ratio to a contender of another run of the shape is marked with ``*``.
+run; a ratio to a contender of another run of the shape is marked with ``*``. A contender
+that two runs of a shape hold appears twice, the second time with its file's tag
+(``strict (strict120)``).
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ def load(paths):
     shapes: dict[str, dict[str, tuple[dict, dict]]] = {}
     for p in paths:
         d = json.loads(pathlib.Path(p).read_text())
-        shape = pathlib.Path(p).stem.removeprefix("shape-").split("-")[0]
+        shape, _, tag = pathlib.Path(p).stem.removeprefix("shape-").partition("-")
         run = {r["name"]: r for r in d["results"] if r.get("status") == "ok"}
         for name, r in run.items():
-            if name in shapes.setdefault(shape, {}):
-                raise SystemExit(f"{p}: {shape} has {name} twice; pass one run of each contender per shape")
-            shapes[shape][name] = (r, run)
+            # A contender met again in another run of the shape is told apart by that run's tag.
+            key = name if name not in shapes.setdefault(shape, {}) else f"{name} ({tag or p})"
+            shapes[shape][key] = (r, run)
     return shapes
 
 
@@ -57,24 +59,28 @@ def _ratio(shape_rows, name, base_name):
     if base_name not in shape_rows or name not in shape_rows:
         return "-", None
     r, run = shape_rows[name]
-    base, _ = shape_rows[base_name]
-    if base_name in run:
-        rs = _per_round(r, base)
+    if base_name in run:  # side by side: the base of the row's own run
+        rs = _per_round(r, run[base_name])
         return _span(rs), rs
-    return _r(r["images_per_s"] / base["images_per_s"]) + "*", None
+    return _r(r["images_per_s"] / shape_rows[base_name][0]["images_per_s"]) + "*", None
+
+
+def _rank(name):
+    base = name.split(" (")[0]
+    return (ORDER.index(base) if base in ORDER else len(ORDER), name)
 
 
 def rows(shapes):
     for shape in [s for s in SHAPES if s in shapes] + sorted(set(shapes) - set(SHAPES)):
         got = shapes[shape]
         seq = got.get("sequential")
-        for name in [n for n in ORDER if n in got] + sorted(set(got) - set(ORDER)):
+        for name in sorted(got, key=_rank):
             r, run = got[name]
             fbx = "-"
             if seq is not None:
                 if "sequential" in run:
                     fb = [x.get("first_batch_s") for x in r["rounds"]]
-                    sfb = [x.get("first_batch_s") for x in seq[0]["rounds"]]
+                    sfb = [x.get("first_batch_s") for x in run["sequential"]["rounds"]]
                     fbx = _span([a / b for a, b in zip(fb, sfb) if a and b])
                 elif r.get("first_batch_s") and seq[0].get("first_batch_s"):
                     fbx = _r(r["first_batch_s"] / seq[0]["first_batch_s"]) + "*"
@@ -86,8 +92,8 @@ def rows(shapes):
 
 
 def plot(shapes, out: pathlib.Path) -> None:
-    """Left: images/s per shape and contender (log scale). Right: bounded over sequential
-    per round, the 0.85 target marked."""
+    """Left: images/s per shape and contender (log scale; a contender two runs of a shape
+    hold, from the later file). Right: bounded over sequential per round, 0.85 marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,11 +101,13 @@ def plot(shapes, out: pathlib.Path) -> None:
 
     order = [s for s in SHAPES if s in shapes]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
-    names = [n for n in ORDER if any(n in shapes[s] for s in order)]
+    # One bar per contender: where two runs of a shape hold it, the later file's.
+    last = {s: {k.split(" (")[0]: v for k, v in shapes[s].items()} for s in order}
+    names = [n for n in ORDER if any(n in last[s] for s in order)]
     w = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        xs = [j + (i - (len(names) - 1) / 2) * w for j, s in enumerate(order) if name in shapes[s]]
-        ys = [shapes[s][name][0]["images_per_s"] for s in order if name in shapes[s]]
+        xs = [j + (i - (len(names) - 1) / 2) * w for j, s in enumerate(order) if name in last[s]]
+        ys = [last[s][name][0]["images_per_s"] for s in order if name in last[s]]
         ax.bar(xs, ys, w, label=name, color=f"C{ORDER.index(name)}" if name in ORDER else None)
     ax.set_yscale("log")
     ax.set_xticks(range(len(order)), [LABELS.get(s, s) for s in order], rotation=20, ha="right")
