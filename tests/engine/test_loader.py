@@ -372,6 +372,26 @@ def test_bounded_default_chunk_len_follows_the_data_gop(tmp_path):
         assert loader.stats()["chunk_len"] is None
 
 
+@pytest.mark.parametrize(("seconds", "names"), [(5, 40), (60, 4)])
+def test_bounded_defaults_on_the_tables_shapes_are_the_rows_it_picked(tmp_path, seconds, names):
+    # docs/sampling.md's table (GOP 30, batch 128 at 224x224, 5 s and 60 s videos) picked
+    # C = 120 and M = 4 on both shapes: the rule, fed by the index of such data, must too.
+    # (The rule reads the GOP and the output size, not the source's, so small frames do.)
+    from ringload.synth import make_video
+
+    src = str(tmp_path / "v.mp4")
+    make_video(src, width=64, height=48, fps=30, seconds=seconds, gop=30, bframes=2, seed=seconds)
+    paths = []
+    for i in range(names):  # enough frames for a chunk's 31 batches of 128
+        paths.append(str(tmp_path / f"n{i}.mp4"))
+        os.symlink(src, paths[-1])
+    with ringload.VideoLoader(paths, batch_size=128, size=(224, 224), num_workers=1) as loader:
+        s = loader.stats()
+        assert (s["chunk_len"], s["max_per_chunk"]) == (120, 4), s["bounded_rule"]
+        assert (s["design_effect_bound"], s["effective_batch_size"]) == (4.0, 32.0)
+        assert loader._plan().chunk_len == 120
+
+
 @pytest.mark.parametrize("sampling", ["strict", "bounded"])
 def test_num_workers_0_decodes_in_this_process_with_the_same_batches(engine_videos, sampling):
     kw = dict(batch_size=8, size=(24, 32), crop="random_resized", hflip=True, sampling=sampling, seed=4)
