@@ -110,9 +110,11 @@ def plot(shapes, out: pathlib.Path) -> None:
         ys = [last[s][name][0]["images_per_s"] for s in order if name in last[s]]
         ax.bar(xs, ys, w, label=name, color=f"C{ORDER.index(name)}" if name in ORDER else None)
     ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * 4)  # room for the legend above the bars
     ax.set_xticks(range(len(order)), [LABELS.get(s, s) for s in order], rotation=20, ha="right")
     ax.set_ylabel("images/s (median over rounds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=len(names), loc="upper center")
     ax.set_title("throughput by dataset shape, 2 decoders, batch 128 at 224x224")
     for j, s in enumerate(order):
         _, rs = _ratio(shapes[s], "bounded", "sequential")
