@@ -48,21 +48,19 @@ def load(paths):
     return shapes
 
 
-def _per_round(r, base):
-    """Per-round ratios of r to base when both ran in one run (same round count), else None."""
-    a, b = r.get("images_per_s_rounds") or [], base.get("images_per_s_rounds") or []
-    return [x / y for x, y in zip(a, b) if x and y] if a and len(a) == len(b) else None
-
-
-def _ratio(shape_rows, name, base_name):
-    """(text, per-round list) of name's images/s over base_name's in the shape."""
+def _ratio(shape_rows, name, base_name, field="images_per_s"):
+    """(text, per-round list) of name's ``field`` over base_name's in the shape: per round
+    where both ran in one run, else of the summaries, marked ``*``."""
     if base_name not in shape_rows or name not in shape_rows:
         return "-", None
     r, run = shape_rows[name]
     if base_name in run:  # side by side: the base of the row's own run
-        rs = _per_round(r, run[base_name])
+        a = [x.get(field) for x in r["rounds"]]
+        b = [x.get(field) for x in run[base_name]["rounds"]]
+        rs = [x / y for x, y in zip(a, b) if x and y] if len(a) == len(b) else None
         return _span(rs), rs
-    return _r(r["images_per_s"] / shape_rows[base_name][0]["images_per_s"]) + "*", None
+    x, y = r.get(field), shape_rows[base_name][0].get(field)
+    return (_r(x / y) + "*" if x and y else "-"), None
 
 
 def _rank(name):
@@ -73,22 +71,14 @@ def _rank(name):
 def rows(shapes):
     for shape in [s for s in SHAPES if s in shapes] + sorted(set(shapes) - set(SHAPES)):
         got = shapes[shape]
-        seq = got.get("sequential")
         for name in sorted(got, key=_rank):
-            r, run = got[name]
-            fbx = "-"
-            if seq is not None:
-                if "sequential" in run:
-                    fb = [x.get("first_batch_s") for x in r["rounds"]]
-                    sfb = [x.get("first_batch_s") for x in run["sequential"]["rounds"]]
-                    fbx = _span([a / b for a, b in zip(fb, sfb) if a and b])
-                elif r.get("first_batch_s") and seq[0].get("first_batch_s"):
-                    fbx = _r(r["first_batch_s"] / seq[0]["first_batch_s"]) + "*"
+            r, _ = got[name]
             wait = r.get("wait_ms") or {}
             cpu = r.get("cpu_s_per_image")
             yield (LABELS.get(shape, shape), name, _r(r["images_per_s"], 1), _ratio(got, name, "starter")[0],
                    _ratio(got, name, "sequential")[0], _r(cpu * 1e3 if cpu else None, 1),
-                   _r(r.get("decoded_per_frame")), _r(wait.get("p95"), 0), _r(r.get("first_batch_s"), 1), fbx)
+                   _r(r.get("decoded_per_frame")), _r(wait.get("p95"), 0), _r(r.get("first_batch_s"), 1),
+                   _ratio(got, name, "sequential", "first_batch_s")[0])
 
 
 def plot(shapes, out: pathlib.Path) -> None:
