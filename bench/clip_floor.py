@@ -34,7 +34,6 @@ def main(argv=None) -> None:
     if not paths:
         raise SystemExit(f"{args.folder}: no videos")
     rng = random.Random(args.seed)
-    lengths = {}
     decoded = 0
     t0 = time.process_time()
     for _ in range(args.clips):
@@ -43,7 +42,7 @@ def main(argv=None) -> None:
             st = c.streams.video[0]
             cc = st.codec_context
             cc.thread_type, cc.thread_count = "SLICE", 1
-            n = lengths.setdefault(path, st.frames)
+            n = st.frames
             step = round(1 / (st.average_rate * st.time_base))
             t0_pts = st.start_time or 0
             start = rng.randrange(0, n - args.clip_len + 1)
