@@ -25,16 +25,10 @@ import weakref
 
 from . import _decoder
 from . import _protocol as P
+from .probe import MAIN_GUARD_EXIT, MAIN_GUARD_HELP
 
 log = logging.getLogger(__name__)
 
-MAIN_GUARD_EXIT = 78  # a decoder exited because the script lacks its main guard (loader._refuse_in_a_spawned_import)
-MAIN_GUARD_HELP = (
-    "Decoders are spawned processes that import your main module; a script that builds a VideoLoader "
-    "at module level builds it again in every decoder. Build the loader (and train) under "
-    "`if __name__ == \"__main__\":`, e.g.\n\n    def main():\n        loader = VideoLoader(...)\n"
-    "        for batch in loader: ...\n\n    if __name__ == \"__main__\":\n        main()"
-)
 MIN_STARTUP_TIMEOUT_S = 10.0  # a decoder not ready within max(this, task_timeout_s) is replaced
 _STARTUP_FAILURES = 3  # consecutive deaths before any decoder was ready, then the loader gives up
 

@@ -498,6 +498,6 @@ def _refuse_in_a_spawned_import() -> None:
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         log.critical("ringload: a VideoLoader was built while a spawned process imported __main__ (missing main guard)")
-        from ._pool import MAIN_GUARD_EXIT
+        from .probe import MAIN_GUARD_EXIT
 
         os._exit(MAIN_GUARD_EXIT)

@@ -43,9 +43,17 @@ from ._videoinfo import (  # noqa: F401
     short_files,
     short_files_warning,
 )
-from .errors import ConfigError, VideoError, VideoOpenError
+from .errors import ConfigError, VideoError, VideoOpenError, WorkerError
 
 log = logging.getLogger(__name__)
+
+MAIN_GUARD_EXIT = 78  # a spawned process exited: the script lacks its main guard (loader._refuse_in_a_spawned_import)
+MAIN_GUARD_HELP = (
+    "ringload's decoders and indexing processes are spawned processes that import your main module; a "
+    "script that builds a VideoLoader at module level builds it again in each of them. Build the loader (and train) under "
+    "`if __name__ == \"__main__\":`, e.g.\n\n    def main():\n        loader = VideoLoader(...)\n"
+    "        for batch in loader: ...\n\n    if __name__ == \"__main__\":\n        main()"
+)
 
 
 def probe(path: str | os.PathLike, *, stream: int | None = None, cache: bool | str | os.PathLike = True,
@@ -324,6 +332,9 @@ def _run_index_pool(paths, stream, cache, workers, results, on_result, members) 
                 except (EOFError, OSError):
                     i = w.job
                     w.proc.join(_STOP_TIMEOUT)
+                    if w.proc.exitcode == MAIN_GUARD_EXIT:
+                        # Not the file's fault: every file would "die" the same way.
+                        raise WorkerError(f"an indexing process re-ran your script's loader construction. {MAIN_GUARD_HELP}") from None
                     reason = _exit_reason(w.proc.exitcode)
                     log.warning("indexing process %d died while indexing %s (%s)", w.proc.pid, paths[i], reason)
                     why = f"the indexing process died on it ({reason})"

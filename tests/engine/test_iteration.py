@@ -175,3 +175,27 @@ def test_a_script_without_the_main_guard_gets_one_short_error(engine_videos, tmp
     assert 'if __name__ == "__main__":' in err
     assert "An attempt has been made to start a new process" not in err  # multiprocessing's own traceback
     assert len(err.splitlines()) < 40, err
+
+
+def test_a_script_without_the_main_guard_on_files_not_yet_indexed_gets_the_same_error(engine_videos, tmp_path):
+    # With no index cached, more than 8 files are indexed first, by spawned processes (with
+    # 2 or more cores): each of them re-ran the script and died, and every file was reported
+    # unusable ("no video in source has a full sample"), hiding the cause.
+    names = []
+    for i in range(3):
+        for p in engine_videos:
+            names.append(str(tmp_path / f"{i}-{os.path.basename(p)}"))
+            os.symlink(p, names[-1])
+    script = tmp_path / "train.py"
+    script.write_text(_NO_GUARD)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               RINGLOAD_CACHE_DIR=str(tmp_path / "fresh-cache"))
+    proc = subprocess.run(
+        [sys.executable, str(script), __import__("json").dumps(names)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert 'if __name__ == "__main__":' in err, err
+    assert "unusable" not in err and "full sample" not in err, err
+    assert len(err.splitlines()) < 40, err
